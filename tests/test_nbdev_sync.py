@@ -1,0 +1,34 @@
+"CI guards: the exported modules match the notebooks, and the notebooks are clean (nbdev_clean changes nothing)"
+import json, shutil, subprocess, sys
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LIB = 'self_supervised_fa'
+
+
+@pytest.fixture(scope='module')
+def copy(tmp_path_factory):
+    dest = tmp_path_factory.mktemp('repo')
+    for name in ['nbs', LIB]: shutil.copytree(ROOT/name, dest/name, ignore=shutil.ignore_patterns('__pycache__', '.ipynb_checkpoints'))
+    for name in ['settings.ini', 'setup.py', 'README.md']: shutil.copy(ROOT/name, dest/name)
+    return dest
+
+
+def _run(args, cwd):
+    r = subprocess.run([sys.executable, '-c', args], cwd=cwd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_modules_match_notebooks(copy):
+    _run('from nbdev.doclinks import nbdev_export; nbdev_export()', copy)
+    changed = [p.name for p in sorted((copy/LIB).glob('*.py'))
+               if not (ROOT/LIB/p.name).exists() or p.read_text() != (ROOT/LIB/p.name).read_text()]
+    assert not changed, f"modules differ from their notebooks: {changed}; run nbdev_export and commit both"
+
+
+def test_notebooks_clean(copy):
+    _run('from nbdev.clean import nbdev_clean; nbdev_clean()', copy)
+    dirty = [str(p.relative_to(copy)) for p in sorted((copy/'nbs').rglob('*.ipynb'))
+             if json.loads(p.read_text()) != json.loads((ROOT/p.relative_to(copy)).read_text())]
+    assert not dirty, f"notebooks not clean: {dirty}; run nbdev_clean and commit"

@@ -1,0 +1,21 @@
+"""Write README.md from nbs/index.ipynb (markdown cells as they are, code cells as python blocks), plus the
+benchmark tables in benchmarks/results/*.md. Used instead of nbdev_readme, which needs quarto."""
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+def main():
+    nb = json.loads((ROOT/'nbs'/'index.ipynb').read_text())
+    parts = []
+    for c in nb['cells']:
+        src = ''.join(c['source']).strip()
+        if not src or src.startswith('#| hide'): continue
+        parts.append(src if c['cell_type'] == 'markdown' else f'```python\n{src}\n```')
+    results = sorted((ROOT/'benchmarks'/'results').glob('*.md'))
+    if results:
+        parts.append('## Benchmarks\n\nEach table below was written by the script named in it (`benchmarks/`).')
+        parts += [p.read_text().strip() for p in results]
+    (ROOT/'README.md').write_text('\n\n'.join(parts) + '\n')
+
+if __name__ == '__main__': main()
