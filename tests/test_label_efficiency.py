@@ -1,0 +1,44 @@
+"Label-efficiency helpers on real MNIST sample digits, with a tiny timm body"
+import numpy as np, pytest, torch
+from self_supervised_fa.data import sample_dls, load_sample_df, subsample_per_class
+from self_supervised_fa.encoders import create_timm_body
+from self_supervised_fa.label_efficiency import *
+
+
+@pytest.fixture(scope='module')
+def dls():
+    return sample_dls(subsample_per_class(load_sample_df('train'), 30), subsample_per_class(load_sample_df('test'), 10), bs=64)
+
+
+def test_scratch_like_same_shapes_new_weights():
+    body = create_timm_body('test_resnet', n_in=1)
+    with torch.no_grad():
+        for p in body.parameters(): p.add_(1.0)   # as if trained
+    s1, s2 = scratch_like(body, seed=1), scratch_like(body, seed=1)
+    sd, sd1 = body.state_dict(), s1.state_dict()
+    assert {k: v.shape for k, v in sd.items()} == {k: v.shape for k, v in sd1.items()}
+    assert s1.arch == 'test_resnet' and s1.n_in == 1
+    conv = [k for k in sd if k.endswith('weight') and sd[k].ndim == 4][0]
+    assert not torch.allclose(sd[conv], sd1[conv]) and torch.equal(sd1[conv], s2.state_dict()[conv])
+    with pytest.raises(ValueError, match='no `.arch`'): scratch_like(torch.nn.Linear(2, 2))
+
+
+def test_finetune_leaves_encoder_untouched_and_learns(dls):
+    torch.manual_seed(0)
+    body = create_timm_body('test_resnet', n_in=1)
+    before = {k: v.clone() for k, v in body.state_dict().items()}
+    acc = finetune_accuracy(body, subset_dls(dls, np.arange(0, 300, 2), bs=32), epochs=4, lr=1e-2, pretrained=False)
+    assert all(torch.equal(v, body.state_dict()[k]) for k, v in before.items())
+    assert acc > 0.3   # 150 labelled digits, a few epochs: far above chance (10 %)
+
+
+def test_label_efficiency_table_and_errors(dls):
+    torch.manual_seed(0)
+    a, b = create_timm_body('test_resnet', n_in=1), create_timm_body('test_resnet', n_in=1)
+    df = label_efficiency({'a': a, 'b': b}, dls, budgets=[1, 0.5], methods=('knn', 'linear'), k=20, progress=False)
+    assert list(df.encoder) == ['a', 'a', 'b', 'b', 'from scratch', 'from scratch']
+    assert list(df.labels) == [1, '50%'] * 3 and list(df.n_train) == [10, 150] * 3
+    assert list(df.knn_k) == [10, 20] * 3   # k capped at the number of labelled items
+    assert df[['knn_top1', 'linear']].apply(lambda c: c.between(0, 1)).all().all()
+    with pytest.raises(ValueError, match='unknown methods'): label_efficiency(a, dls, methods=('svm',))
+    with pytest.raises(ValueError, match='leaves class'): label_efficiency(a, dls, budgets=[0.01], methods=('knn',), progress=False)
