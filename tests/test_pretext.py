@@ -2,6 +2,7 @@
 import pytest, torch, torch.nn.functional as F
 from torch import nn
 from fastai.learner import Learner
+from fastai.torch_core import set_seed
 from self_supervised_fa.data import sample_dls, load_sample_df, SAMPLE_STATS
 from self_supervised_fa.encoders import create_timm_body, save_encoder, classifier_learner
 from self_supervised_fa.pretext import *
@@ -9,12 +10,13 @@ from self_supervised_fa.pretext import *
 
 def tiny_dls(n_per_class=5, bs=16, **kwargs):
     "50 training digits, 64 validation digits: enough to see a pretext loss go down in seconds"
+    set_seed(0)  # the DataLoaders' shuffling RNG is drawn when they are created
     return sample_dls(n_per_class=n_per_class, bs=bs, valid_df=load_sample_df('test').iloc[:64], **kwargs)
 
 
 def pretrain_and_transfer(dls, model, cb, loss_func, tmp_path, cls_dls=None, epochs=2, lr=3e-3, metrics=None):
     "Train a pretext task with fit_one_cycle, check the (seeded) validation loss went down and the encoder transfers"
-    torch.manual_seed(0)
+    set_seed(0)
     learn = Learner(dls, model, loss_func=loss_func, cbs=cb, metrics=metrics)
     with learn.no_bar(), learn.no_logging():
         before = learn.validate()
