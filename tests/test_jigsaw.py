@@ -63,7 +63,7 @@ def test_too_small_images_error():
 
 
 def test_jigsaw_trains_and_transfers(tmp_path):
-    dls = tiny_dls(n_per_class=10, size=64)
+    dls = tiny_dls(n_per_class=10, size=48)     # 11-px tiles: small enough to train in seconds
     model = create_jigsaw_model('test_resnet', n_perms=8, n_in=1)
     assert model.encoder.arch == 'test_resnet'
     before, after = pretrain_and_transfer(dls, model, JigsawCallback(n_perms=8), CrossEntropyLossFlat(), tmp_path,
