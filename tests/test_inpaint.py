@@ -51,3 +51,13 @@ def test_bad_input():
 def test_inpaint_trains_and_transfers(tmp_path):
     model = create_inpaint_model('test_resnet', n_in=1, img_size=28)
     pretrain_and_transfer(tiny_dls(), model, InpaintCallback('block'), MaskedMSELoss(), tmp_path, epochs=2, lr=1e-2)
+
+
+def test_show_and_show_results():
+    import matplotlib; matplotlib.use('Agg')
+    from fastai.learner import Learner
+    dls = tiny_dls()
+    cb = InpaintCallback('center')
+    Learner(dls, create_inpaint_model('test_resnet', n_in=1, img_size=28), loss_func=MaskedMSELoss(), cbs=cb)
+    assert len(cb.show(n=4).axes) == 8 and len(cb.show_results(n=4).axes) == 12
+    assert cb.learn.model.training   # show_results puts the model back in training mode

@@ -42,3 +42,14 @@ def test_rotnet_trains_and_transfers(tmp_path):
     before, after = pretrain_and_transfer(dls, model, RotNetCallback(all_rotations=True), CrossEntropyLossFlat(), tmp_path,
                                           epochs=3, lr=1e-2, metrics=accuracy)
     assert after[1] > 0.25 + 0.05, f"rotation accuracy {after[1]:.3f} is no better than chance"
+
+
+def test_show_titles_are_degrees():
+    import matplotlib; matplotlib.use('Agg')
+    from fastai.learner import Learner
+    cb = RotNetCallback()
+    Learner(tiny_dls(), create_rotnet_model('test_resnet', n_in=1), loss_func=CrossEntropyLossFlat(), cbs=cb)
+    titles = [ax.get_title() for ax in cb.show(n=6).axes]
+    assert len(titles) == 6 and all(t in ('0°', '90°', '180°', '270°') for t in titles)
+    titles = [ax.get_title() for ax in cb.show_results(n=4).axes]   # 'predicted / true'
+    assert all(len(t.split(' / ')) == 2 for t in titles)
