@@ -1,0 +1,85 @@
+import warnings
+import pytest, torch
+from torch import nn
+from fastai.learner import Learner
+from self_supervised_fa.augment import ViewAugment, small_image_augs, normalize, denormalize
+from self_supervised_fa.data import sample_dls, load_sample_df, get_norm_stats
+from self_supervised_fa.encoders import create_timm_body
+from self_supervised_fa.views import MultiViewCallback, SiameseModel, create_mlp, get_encoder
+from self_supervised_fa.simclr import NTXentLoss
+
+pytestmark = pytest.mark.filterwarnings('ignore:ViewAugment. 1-channel')
+IDENTITY = dict(crop_scale=(1., 1.), crop_ratio=(1., 1.), flip_p=0, jitter_p=0, grayscale_p=0, blur_p=0)
+
+
+@pytest.fixture(scope='module')
+def dls(): return sample_dls(n_per_class=4, valid_df=load_sample_df('test').iloc[:32], bs=16)
+
+
+@pytest.fixture(scope='module')
+def model():
+    body = create_timm_body('test_resnet', n_in=1)
+    return SiameseModel(body, create_mlp(body.embed_dim, 32, 16))
+
+
+def test_normalised_batch_round_trips(dls, model):
+    "identity views of a Normalize'd batch come back exactly as the batch: denormalise -> augment -> normalise"
+    cb = MultiViewCallback(NTXentLoss(), ViewAugment(None, **IDENTITY))
+    Learner(dls, model, cbs=cb)
+    x = dls.one_batch()[0]
+    assert get_norm_stats(dls) is not None and x.min() < -0.3   # really normalised
+    for v in cb.views(x): torch.testing.assert_close(v, x.as_subclass(torch.Tensor), atol=1e-5, rtol=0)
+
+
+def test_views_differ_and_replay(dls, model):
+    cb = MultiViewCallback(NTXentLoss(), small_image_augs(28)); Learner(dls, model, cbs=cb)
+    x = dls.one_batch()[0]
+    v = cb.views(x)
+    assert (v[0] - v[1]).abs().amax(dim=(1, 2, 3)).min() > 1e-3          # per view, for every image
+    d = (v[0][:, None] - v[0][None]).abs().amax(dim=(2, 3, 4)) + torch.eye(len(x)) * 9
+    assert d.min() > 1e-3                                                # per image
+    stats = get_norm_stats(dls); x01 = denormalize(x.as_subclass(torch.Tensor), stats)
+    for aug, p, vi in zip(cb.augs, cb.params, v):                        # replay from the recorded parameters
+        torch.testing.assert_close(normalize(aug(x01, params=p), stats), vi)
+    torch.testing.assert_close(cb.views(x, seed=7)[1], cb.views(x, seed=7)[1])
+
+
+def test_one_aug_per_view_and_count_checks():
+    a, b = ViewAugment(None), ViewAugment(None, blur_p=1.)
+    assert MultiViewCallback(nn.Identity(), [a, b]).augs == [a, b]
+    assert len(MultiViewCallback(nn.Identity(), a, n_views=3).augs) == 3
+    with pytest.raises(ValueError, match='two views'): MultiViewCallback(nn.Identity(), n_views=1)
+    with pytest.raises(ValueError, match='one per view'): MultiViewCallback(nn.Identity(), [a, b], n_views=3)
+
+
+def test_bad_batches(dls, model):
+    cb = MultiViewCallback(NTXentLoss(), small_image_augs(28)); Learner(dls, model, cbs=cb)
+    x = dls.one_batch()[0]
+    with pytest.raises(ValueError, match='batch of 1'): cb.views(x[:1])
+    with pytest.raises(TypeError, match='dtype'): cb.views((x * 255).byte())
+    raw = sample_dls(n_per_class=2, valid_df=load_sample_df('test').iloc[:8], bs=8, normalize=False)
+    cb2 = MultiViewCallback(NTXentLoss(), small_image_augs(28)); Learner(raw, model, cbs=cb2)
+    with pytest.raises(ValueError, match='no Normalize'): cb2.views(raw.one_batch()[0] * 255)
+
+
+def test_model_output_must_be_2d(dls):
+    body = create_timm_body('test_resnet', n_in=1)                      # feature maps, not vectors
+    learn = Learner(dls, body, cbs=MultiViewCallback(NTXentLoss(), small_image_augs(28)))
+    old = learn.loss_func
+    with pytest.raises(ValueError, match='2-D'): learn.fit(1)
+    assert learn.loss_func is old                                        # learner left usable
+
+
+class _NaNLoss(nn.Module):
+    def forward(self, a, b): return (a * b).sum() * float('nan')
+
+
+def test_nan_loss_stops_training(dls, model):
+    learn = Learner(dls, model, cbs=MultiViewCallback(_NaNLoss(), small_image_augs(28)))
+    with pytest.raises(FloatingPointError, match='nan'): learn.fit(1)
+
+
+def test_get_encoder():
+    body = create_timm_body('test_resnet', n_in=1)
+    assert get_encoder(body) is body and get_encoder('test_resnet', n_in=1).n_in == 1
+    with pytest.raises(TypeError, match='TimmBody'): get_encoder(nn.Linear(2, 2))
