@@ -49,8 +49,9 @@ def test_too_small_images_error():
 
 
 def test_context_trains_and_transfers(tmp_path):
-    dls = tiny_dls(n_per_class=10, size=64)
+    # 200 digits, 4 epochs at 1e-3: accuracy ~0.5 with 1-4 threads (100 digits for 3 epochs stayed at chance)
+    dls = tiny_dls(n_per_class=20, size=64)
     model = create_context_model('test_resnet', n_in=1)
     before, after = pretrain_and_transfer(dls, model, ContextCallback(), CrossEntropyLossFlat(), tmp_path,
-                                          cls_dls=tiny_dls(), epochs=3, lr=3e-3, metrics=accuracy)
-    assert after[1] > 1/8 + 0.03, f"context accuracy {after[1]:.3f} is no better than chance (1/8)"
+                                          cls_dls=tiny_dls(), epochs=4, lr=1e-3, metrics=accuracy)
+    assert after[1] > 1/8 + 0.15, f"context accuracy {after[1]:.3f} is no better than chance (1/8)"

@@ -37,11 +37,12 @@ def test_non_square_error():
 
 
 def test_rotnet_trains_and_transfers(tmp_path):
-    dls = tiny_dls(n_per_class=10)
+    # 200 digits x 4 rotations, 4 epochs at 3e-3: accuracy ~0.7 with 1-4 threads (at 1e-2 the loss overshoots)
+    dls = tiny_dls(n_per_class=20)
     model = create_rotnet_model('test_resnet', n_in=1, ps=0.25)
     before, after = pretrain_and_transfer(dls, model, RotNetCallback(all_rotations=True), CrossEntropyLossFlat(), tmp_path,
-                                          epochs=3, lr=1e-2, metrics=accuracy)
-    assert after[1] > 0.25 + 0.05, f"rotation accuracy {after[1]:.3f} is no better than chance"
+                                          epochs=4, lr=3e-3, metrics=accuracy)
+    assert after[1] > 0.25 + 0.15, f"rotation accuracy {after[1]:.3f} is no better than chance"
 
 
 def test_show_titles_are_degrees():
