@@ -7,7 +7,7 @@ call) minus the resident set before the call. glibc is told to serve every alloc
 the high-water mark is the peak of live tensor bytes (plus a little allocator noise).
 Timings: implementations interleaved in one process, `--reps` rounds, medians reported (the CPU is shared).
 
-    python benchmarks/bench_ntxent.py [--reps 7] [--out benchmarks/results/ntxent.md]
+    python benchmarks/bench_ntxent.py [--reps 7] [--threads 1] [--out benchmarks/results/ntxent.md]
 """
 import os, sys, gc, time, argparse, platform, statistics
 if os.environ.get('MALLOC_MMAP_THRESHOLD_') != '65536':
@@ -49,7 +49,8 @@ def run_once(f, z0, z1):
     return dt, _status()['VmHWM'] - before
 
 
-def main(reps=7, out='benchmarks/results/ntxent.md', sizes=(256, 1024, 2048), dim=128, t=0.5):
+def main(reps=7, out='benchmarks/results/ntxent.md', sizes=(256, 1024, 2048), dim=128, t=0.5, threads=1):
+    torch.set_num_threads(threads)  # 1: OpenMP barriers make multi-threaded timings erratic on a shared CPU
     impls = {'self_supervised_fa': NTXentLoss(t), 'masking (seed)': lambda a, b: masking_ntxent(a, b, t)}
     try:
         from lightly.loss import NTXentLoss as LightlyNTXent
@@ -71,7 +72,7 @@ def main(reps=7, out='benchmarks/results/ntxent.md', sizes=(256, 1024, 2048), di
                          mem / med['masking (seed)'][1]))
             print(*rows[-1], flush=True)
     md = [f"NT-Xent forward+backward, embeddings of {dim} dims, temperature {t}; medians of {reps} interleaved runs.",
-          f"Machine: 2-core CPU (shared with other jobs), Python {platform.python_version()}, torch {torch.__version__.split('+')[0]}, no GPU.",
+          f"{threads} torch thread(s). Machine: 2-core CPU (shared with other jobs), Python {platform.python_version()}, torch {torch.__version__.split('+')[0]}, no GPU.",
           "Peak memory: resident-set high-water mark during the call minus the resident set before it, with glibc serving",
           "allocations > 64 KiB by mmap (so it tracks live tensor bytes). Command: `python benchmarks/bench_ntxent.py`", '',
           '| views x batch | implementation | time (ms) | peak memory (MiB) | time / lightly | memory / masking |',
@@ -85,4 +86,5 @@ def main(reps=7, out='benchmarks/results/ntxent.md', sizes=(256, 1024, 2048), di
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--reps', type=int, default=7); p.add_argument('--out', default='benchmarks/results/ntxent.md')
-    a = p.parse_args(); main(a.reps, a.out)
+    p.add_argument('--threads', type=int, default=1)
+    a = p.parse_args(); main(a.reps, a.out, threads=a.threads)
