@@ -35,7 +35,7 @@ class ContextCallback(PatchGridCallback):
 
     def show_batch(self, inputs:Tensor, targets, n:int=6):
         "Centre and neighbour patches titled with the position, over the pair placed on the grid by its label"
-        targ = targets[0] if isinstance(targets, (tuple, list)) else targets
+        targ = self.main_target(targets)
         pairs = [self.denorm(p) for p in inputs[:n]]
         return show_image_rows([[p[0] for p in pairs], [p[1] for p in pairs], [self._canvas(p, t) for p, t in zip(pairs, targ)]],
                                titles=[None, [self.target_name(t) for t in targ[:n]], None],

@@ -69,7 +69,7 @@ class JigsawCallback(PatchGridCallback):
 
     def show_batch(self, inputs:Tensor, targets, n:int=6):
         "Shuffled tiles titled with the permutation, over the tiles re-assembled by its inverse"
-        targ = targets[0] if isinstance(targets, (tuple, list)) else targets
+        targ = self.main_target(targets)
         inputs, targ = inputs[:n], targ[:n]
         perms = self.perms.to(targ.device)[targ]
         back = inputs[torch.arange(len(inputs), device=inputs.device)[:, None], perms.argsort(1)]

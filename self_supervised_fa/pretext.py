@@ -125,13 +125,18 @@ class PretextCallback(Callback):
 
     def show_batch(self, inputs, targets, n:int=8):
         "Inputs over image targets, or inputs titled with class targets; tasks customise this"
-        targ = targets[0] if isinstance(targets, (tuple, list)) else targets
+        targ = self.main_target(targets)
         ims = self.decode_inputs(inputs[:n])
         if targ.ndim == 4:
             return show_image_rows([list(ims), list(self.decode_outputs(targ[:n], inputs[:n]))], row_labels=['input', 'target'])
         return show_image_rows([list(ims)], titles=[[self.target_name(t) for t in targ[:n]]])
 
     def target_name(self, t) -> str: return str(int(t))
+
+    @staticmethod
+    def main_target(targets):
+        "The target that pictures draw: `targets` itself, or its first element (the image of `(image, mask)`)"
+        return targets[0] if isinstance(targets, (tuple, list)) else targets
 
     def predict(self, inputs:Tensor) -> Tensor:
         "The learner's model on pretext `inputs`, in eval mode and without gradients"
@@ -145,7 +150,7 @@ class PretextCallback(Callback):
     def show_results(self, n:int=8, ds_idx:int=1):
         "Draw inputs, the model's predictions and the targets for `n` images of `dls[ds_idx]`"
         inputs, targets = self._one_batch(n, ds_idx)
-        targ = targets[0] if isinstance(targets, (tuple, list)) else targets
+        targ = self.main_target(targets)
         out = self.predict(inputs)
         ims = list(self.decode_inputs(inputs[:n]))
         if targ.ndim == 4:

@@ -32,9 +32,6 @@ class RotNetCallback(PretextCallback):
         super().__init__(valid_seed); store_attr('all_rotations,valid_all')
 
     def make_batch(self, x:Tensor):
-        if x.shape[-1] != x.shape[-2]:
-            raise ValueError(f"RotNet needs square images (a rotated image must keep its shape), got "
-                             f"{x.shape[-2]}x{x.shape[-1]}; use item_tfms=Resize(size) or RandomResizedCrop(size)")
         b = x.shape[0]
         if self.all_rotations or (self.valid_all and not getattr(self, 'training', True)):
             k = torch.arange(4, device=x.device).repeat_interleave(b)
