@@ -72,7 +72,7 @@ def main(reps=7, out='benchmarks/results/ntxent.md', sizes=(256, 1024, 2048), di
                          mem / med['masking (seed)'][1]))
             print(*rows[-1], flush=True)
     md = [f"NT-Xent forward+backward, embeddings of {dim} dims, temperature {t}; medians of {reps} interleaved runs.",
-          f"{threads} torch thread(s). Machine: 2-core CPU (shared with other jobs), Python {platform.python_version()}, torch {torch.__version__.split('+')[0]}, no GPU.",
+          f"{threads} torch thread(s). Machine: 2-core CPU, 24 GiB ({os.getloadavg()[0]:.1f} load average at the end), Python {platform.python_version()}, torch {torch.__version__.split('+')[0]}, no GPU.",
           "Peak memory: resident-set high-water mark during the call minus the resident set before it, with glibc serving",
           "allocations > 64 KiB by mmap (so it tracks live tensor bytes). Command: `python benchmarks/bench_ntxent.py`", '',
           '| views x batch | implementation | time (ms) | peak memory (MiB) | time / lightly | memory / masking |',

@@ -4,7 +4,7 @@ loop doing the same work (same DataLoader batches, same views, model, NT-Xent lo
 Only the training phase is timed (fastai: a callback from before_train to after_train; bare loop: the epoch).
 The two are interleaved in one process, `--reps` rounds, medians reported (the CPU is shared).
 
-    python benchmarks/bench_simclr_throughput.py [--arch resnet18] [--reps 3] [--n_per_class 20] [--bs 64]
+    python benchmarks/bench_simclr_throughput.py [--arch resnet18] [--reps 5] [--n_per_class 100] [--bs 64]
 """
 import os, time, copy, argparse, platform, statistics, warnings
 import torch
@@ -45,7 +45,7 @@ def bare_epoch(dls, model, lr):
     return time.perf_counter() - t
 
 
-def main(arch='resnet18', reps=3, n_per_class=20, bs=64, lr=1e-3, out='benchmarks/results/simclr_throughput.md'):
+def main(arch='resnet18', reps=5, n_per_class=100, bs=64, lr=1e-3, out='benchmarks/results/simclr_throughput.md'):
     torch.manual_seed(0)
     dls = sample_dls(n_per_class=n_per_class, valid_df=load_sample_df('test').iloc[:bs], bs=bs)
     n_img = len(dls.train) * bs
@@ -58,7 +58,7 @@ def main(arch='resnet18', reps=3, n_per_class=20, bs=64, lr=1e-3, out='benchmark
     med = {k: statistics.median(v) for k, v in res.items()}
     ratio = med['fit_one_cycle + SimCLR'] / med['bare PyTorch loop']
     md = [f"SimCLR training throughput, {arch} on 28-px grey digits ({n_img} images/epoch, batch {bs}, 2 views), medians of {reps} interleaved epochs.",
-          f"Machine: 2-core CPU (shared with other jobs), Python {platform.python_version()}, torch {torch.__version__.split('+')[0]}, no GPU.",
+          f"Machine: 2-core CPU, 24 GiB ({os.getloadavg()[0]:.1f} load average at the end), Python {platform.python_version()}, torch {torch.__version__.split('+')[0]}, no GPU.",
           "Command: `python benchmarks/bench_simclr_throughput.py`", '',
           '| loop | images/s (median) | all runs | ratio |', '|---|---:|---|---:|']
     md += [f"| {k} | {med[k]:.1f} | {', '.join(f'{v:.1f}' for v in res[k])} | {med[k] / med['bare PyTorch loop']:.3f} |" for k in res]
@@ -69,7 +69,7 @@ def main(arch='resnet18', reps=3, n_per_class=20, bs=64, lr=1e-3, out='benchmark
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--arch', default='resnet18'); p.add_argument('--reps', type=int, default=3)
-    p.add_argument('--n_per_class', type=int, default=20); p.add_argument('--bs', type=int, default=64)
+    p.add_argument('--arch', default='resnet18'); p.add_argument('--reps', type=int, default=5)
+    p.add_argument('--n_per_class', type=int, default=100); p.add_argument('--bs', type=int, default=64)
     p.add_argument('--out', default='benchmarks/results/simclr_throughput.md')
     a = p.parse_args(); main(a.arch, a.reps, a.n_per_class, a.bs, out=a.out)
