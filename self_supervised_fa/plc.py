@@ -14,10 +14,11 @@ __all__ = ['PLCCallback']
 # %% ../nbs/42_plc.ipynb #2a92db1a
 class PLCCallback(ItemTargetCB):
     "Progressive label correction: after `warmup` epochs flip labels whose confidence gap exceeds a loosening `theta`"
-    def __init__(self, warmup: int=2, theta: float=0.6, step: float=0.1, theta_min: float=0.2):
+    def __init__(self, warmup: int=2, theta: float=0.6, step: float=0.1, theta_min: float=0.2, window: int=1):
         if warmup < 1: raise ValueError(f"warmup must be at least 1 epoch (PLC needs predictions), got {warmup}")
         if not 0 <= theta_min <= theta <= 1: raise ValueError(f"need 0 <= theta_min <= theta <= 1, got {theta_min}, {theta}")
-        store_attr('warmup,theta,step,theta_min'); self.n = None
+        if window < 1: raise ValueError(f"window (epochs of predictions averaged) must be at least 1, got {window}")
+        store_attr('warmup,theta,step,theta_min,window'); self.n = None
 
     def setup(self, dl):
         "Per-item state on the training items; kept across fits (e.g. both stages of `fine_tune`)"
@@ -25,18 +26,33 @@ class PLCCallback(ItemTargetCB):
         if self.n == n: return
         self.n, self.items, self.epochs_seen, self.changes, self.cur_theta = n, dl.items, 0, [], self.theta
         self.given = torch.full((n,), -1, dtype=torch.long, device=dev)
-        self.labels, self.probs = self.given.clone(), torch.zeros(n, c, device=dev)
-        self.has_probs = torch.zeros(n, dtype=torch.bool, device=dev)
+        self.labels = self.given.clone()
+        self.hist = torch.zeros(self.window, n, c, device=dev)              # softmax per item, last `window` epochs
+        self.seen = torch.zeros(self.window, n, dtype=torch.bool, device=dev)
+
+    @property
+    def probs(self) -> torch.Tensor:
+        "Mean softmax per item over the recorded epochs of the window (zeros for items never seen)"
+        k = self.seen.sum(0, keepdim=True).T.clamp(min=1)
+        return (self.hist * self.seen[..., None]).sum(0) / k
+    @property
+    def has_probs(self) -> torch.Tensor: return self.seen.any(0)
 
     def targets(self, y, idx):
+        self.idx, y = idx, y.as_subclass(torch.Tensor).long()
         new = self.given[idx] < 0
         self.given[idx[new]] = y[new]; self.labels[idx[new]] = y[new]
         return self.labels[idx]
 
+    def before_train(self):
+        super().before_train()
+        self.slot = self.epochs_seen % self.window
+        self.seen[self.slot] = False  # this epoch's predictions replace the oldest ones
+
     def after_loss(self):
         if not self.training: return
-        self.probs[self.idx] = F.softmax(self.pred.detach().float(), -1)
-        self.has_probs[self.idx] = True
+        self.hist[self.slot, self.idx] = F.softmax(self.pred.detach().float(), -1)
+        self.seen[self.slot, self.idx] = True
 
     def after_epoch(self):
         self.epochs_seen += 1
@@ -44,8 +60,9 @@ class PLCCallback(ItemTargetCB):
 
     def correct(self) -> int:
         "Flip the labels whose confidence gap exceeds the current threshold, then loosen it; return the number flipped"
-        conf, pred = self.probs.max(1)
-        cur = self.probs.gather(1, self.labels.clamp(min=0)[:, None])[:, 0]
+        p = self.probs
+        conf, pred = p.max(1)
+        cur = p.gather(1, self.labels.clamp(min=0)[:, None])[:, 0]
         flip = self.has_probs & (self.labels >= 0) & (pred != self.labels) & (conf - cur > self.cur_theta)
         idx = flip.nonzero()[:, 0]
         self.changes += [dict(epoch=self.epochs_seen - 1, item=i, old=o, new=n, theta=self.cur_theta)

@@ -12,7 +12,8 @@ from fastai.metrics import AccumMetric, ActivationType
 
 # %% auto #0
 __all__ = ['PROB_PREFIX', 'is_soft', 'hard_labels', 'blend_targets', 'check_weight', 'SoftTargetCrossEntropy', 'soft_accuracy',
-           'mean_roc_auc', 'RocAucMean', 'indexed_dl', 'ItemTargetCB', 'prob_columns', 'aligned_probs', 'SoftLabelCB']
+           'mean_roc_auc', 'RocAucMean', 'indexed_dl', 'item_labels', 'ItemTargetCB', 'prob_columns', 'aligned_probs',
+           'SoftLabelCB']
 
 # %% ../nbs/41_soft_label.ipynb #f8683cb2
 def is_soft(targ: torch.Tensor, pred: torch.Tensor|None=None) -> bool:
@@ -73,36 +74,54 @@ def RocAucMean():
     return AccumMetric(mean_roc_auc, dim_argmax=-1, activation=ActivationType.Softmax, flatten=False, name='roc_auc_mean')
 
 # %% ../nbs/41_soft_label.ipynb #b866b388
-def indexed_dl(dl):
-    "Copy of fastai `DataLoader` `dl` whose batches end with the dataset indices of their items (a `LongTensor`)"
+def indexed_dl(dl, rows=None, at: int|None=None, check=None):
+    """Copy of fastai `DataLoader` `dl` whose batches carry per-item data: the dataset indices of their items (a
+    `LongTensor`), or `rows(indices)` (one row per index: computed once per epoch for the epoch's items in order, then
+    sliced per batch). Appended to each batch, or in place of its element `at`, where the batch is collated (in the
+    worker, before `after_batch`). `check(indices, batch)` sees the first batch of each epoch (of each worker)."""
     if dl.bs is None: raise ValueError("indexed_dl needs a batched DataLoader (bs is None)")
     res = dl.new()
     def create_batches(samps):
         if res.dataset is not None: res.it = iter(res.dataset)
-        for idx in res.chunkify(samps):
-            b = [res.do_item(s) for s in idx]
-            if any(o is None for o in b):  # items skipped by a transform: drop their indices too
-                idx, b = [s for s, o in zip(idx, b) if o is not None], [o for o in b if o is not None]
-                if not b: continue
-            yield (*res.do_batch(b), torch.from_numpy(np.array(idx, dtype=np.int64)))
+        samps = list(samps)  # this epoch's (this worker's) items in order
+        idxs = np.array(samps, dtype=np.int64)
+        chunks = (torch.from_numpy(idxs) if rows is None else rows(idxs)).split(res.bs)  # batch k's rows: chunks[k]
+        do_item, do_batch = res.do_item, res.do_batch
+        for k, idx in enumerate(res.chunkify(samps)):
+            b, e = list(map(do_item, idx)), chunks[k]
+            if any(o is None for o in b):  # items skipped by a transform: drop their rows too
+                keep = [j for j, o in enumerate(b) if o is not None]
+                if not keep: continue
+                b, e, idx = [b[j] for j in keep], e[keep], [idx[j] for j in keep]
+            b = do_batch(b)
+            if check is not None and k == 0: check(np.array(idx, dtype=np.int64), b)
+            if at is not None: yield (*b[:at], e, *b[at + 1:])
+            else: yield (*b, e) if isinstance(b, (tuple, list)) else (b, e)  # an untupled batch (one tensor) stays whole
     res.create_batches = create_batches
     return res
 
 # %% ../nbs/41_soft_label.ipynb #3d980d90
+def item_labels(dl) -> torch.Tensor:
+    "Class index of every item of `dl.dataset`, read through the label pipeline only (fastai `Datasets`), else item by item"
+    ds = dl.dataset
+    n_inp = getattr(dl, 'n_inp', None) or getattr(ds, 'n_inp', 1)
+    tls = getattr(ds, 'tls', None)
+    get = (lambda i: tls[n_inp][i]) if tls is not None and len(tls) > n_inp else (lambda i: ds[i][n_inp])
+    return torch.tensor([int(get(i)) for i in range(len(ds))], dtype=torch.long)
+
 class ItemTargetCB(Callback):
-    "Base callback: training batches carry their item indices; subclasses map `(y, idx)` to the training target"
-    order = -5
+    "Base callback: training batches carry their item indices (see `training_dl`); `targets` makes the training target"
+    order, run_valid = -5, False  # validation batches (and get_preds) keep their labels and never reach before_batch
     def before_fit(self):
-        self.train_dl = indexed_dl(self.dls.train)
         self.setup(self.dls.train)
+        self.train_dl = self.training_dl(self.dls.train)
     def setup(self, dl): "Build the per-item tensors from the training DataLoader `dl` (once per fit)"
+    def training_dl(self, dl): "The `DataLoader` for the training epochs: `dl`'s batches ending with their item indices"; return indexed_dl(dl)
     def before_train(self): self.learn.dl = self.train_dl
     def before_batch(self):
-        if not self.training or len(self.yb) < 2: return
-        *ys, idx = self.yb
-        self.idx = idx.as_subclass(torch.Tensor)  # plain tensors: fastai's tensor subclasses add ~50 µs per op
-        self.learn.yb = (self.targets(ys[0].as_subclass(torch.Tensor).long(), self.idx),)
-    def targets(self, y, idx): return y
+        yb = self.learn.yb
+        if len(yb) > 1: self.learn.yb = (self.targets(yb[0], yb[-1]),)  # else: a batch from another DataLoader
+    def targets(self, y, idx): "The training target from the batch's labels `y` and item indices `idx`"; return y
 
 # %% ../nbs/41_soft_label.ipynb #b09b46c6
 PROB_PREFIX = 'prob_'
@@ -158,7 +177,14 @@ class SoftLabelCB(ItemTargetCB):
         if p.shape != (len(dl.dataset), len(self.dls.vocab)):
             raise ValueError(f"probs has shape {tuple(p.shape)}, expected (n_train_items, n_classes) = "
                              f"{(len(dl.dataset), len(self.dls.vocab))}")
-        dev = self.dls.device or 'cpu'
-        self.soft = ((1 - self.w) * p).to(dev)  # target = soft[idx] + (w * I)[y]: two gathers and an add
-        self.eye_w = (self.w * torch.eye(p.shape[1])).to(dev)
-    def targets(self, y, idx): return self.soft.index_select(0, idx).add_(self.eye_w.index_select(0, y))
+        self.labels = item_labels(dl)
+        self.table = blend_targets(self.labels, p, self.w)  # every item's target, blended once per fit
+    def training_dl(self, dl):
+        "`dl`'s batches with each item's blended target in place of its label (moved to the device with the batch)"
+        table, labels, n = self.table.numpy(), self.labels.numpy(), getattr(dl, 'n_inp', 1)
+        def check(idx, b):  # the labels the table was blended with are the batch's
+            if not np.array_equal(np.asarray(b[n]), labels[idx]):
+                raise ValueError("the training batch's labels differ from the items' labels read before training "
+                                 "(a transform that changes labels?); SoftLabelCB blends the items' given labels")
+        return indexed_dl(dl, rows=lambda idx: torch.from_numpy(table.take(idx, 0)), at=n, check=check)
+    def before_batch(self): "Nothing to do per batch: the soft targets arrive as the batch's `yb`"

@@ -26,7 +26,7 @@ def test_flip_rule_against_independent_formula():
     cb.learn = type('L', (), {'dls': type('D', (), {'vocab': list('abcde'), 'device': None})()})()
     cb.setup(type('DL', (), {'dataset': range(300), 'items': None})())
     cb.targets(given, torch.arange(300))
-    cb.probs[:] = p; cb.has_probs[:] = True
+    cb.hist[0] = p; cb.seen[0] = True
     for theta in (0.4, 0.25, 0.2, 0.2):  # loosens by step, floored at theta_min
         before = cb.labels.clone()
         exp = [int(np.argmax(p[i])) if float(p[i].max() - p[i, before[i]]) > theta else int(before[i]) for i in range(300)]
@@ -60,3 +60,28 @@ def test_corrected_labels_reach_next_epoch_and_validation_untouched():
 def test_bad_arguments():
     with pytest.raises(ValueError, match='warmup'): PLCCallback(warmup=0)
     with pytest.raises(ValueError, match='theta'): PLCCallback(theta=1.5)
+
+def test_window_averages_the_last_epochs_per_item():
+    "window=3: each item's probabilities are the mean over the last 3 epochs that saw it (independent numpy loop)"
+    from types import SimpleNamespace
+    rng = np.random.default_rng(1)
+    n, c, w = 40, 4, 3
+    cb = PLCCallback(warmup=1, theta=0.5, window=w)
+    cb.learn = SimpleNamespace(dls=SimpleNamespace(vocab=list('abcd'), device=None), dl=None)
+    cb.setup(SimpleNamespace(dataset=range(n), items=None))
+    cb.train_dl = None
+    record = []  # (epoch, item, probs)
+    for ep in range(5):
+        cb.epochs_seen = ep; cb.before_train()
+        seen = rng.permutation(n)[:30]  # some items skipped each epoch
+        p = torch.tensor(rng.dirichlet(np.ones(c), len(seen)), dtype=torch.float32)
+        cb.idx = torch.tensor(seen); cb.pred = p.log(); cb.learn.training = True
+        cb.after_loss()
+        record += [(ep, int(i), p[k].numpy()) for k, i in enumerate(seen)]
+        exp = np.zeros((n, c))
+        for i in range(n):
+            rows = [q for e, j, q in record if j == i and e > ep - w]
+            if rows: exp[i] = np.mean(rows, 0)
+        torch.testing.assert_close(cb.probs, torch.tensor(exp, dtype=torch.float32))
+        assert cb.has_probs.tolist() == [bool(exp[i].sum()) for i in range(n)]
+    with pytest.raises(ValueError, match='window'): PLCCallback(window=0)

@@ -118,3 +118,52 @@ def test_bad_probabilities_fail_before_training():
     assert 'unknown to the DataLoaders' in fit(probs.assign(prob_11=0.))
     assert "no probability column for classes ['9']" in fit(probs.drop(columns='prob_9'))
     assert probs.shape == (len(trn), 11)  # the caller's pseudo-labels are untouched
+
+def test_indexed_dl_rows_follow_their_items():
+    from fastai.data.load import DataLoader
+    items = [(i * 10, i % 3) for i in range(50)]
+    dl = DataLoader(items, bs=8, shuffle=True, drop_last=True)
+    seen = []
+    for x, y, idx in indexed_dl(dl):  # default: the item indices appended
+        assert idx.dtype == torch.long and torch.equal(x, idx * 10) and torch.equal(y, idx % 3)
+        seen += idx.tolist()
+    assert len(seen) == len(set(seen)) == 48 and seen != sorted(seen)  # shuffled, each item at most once
+    checked = []
+    rows = lambda ix: torch.from_numpy(ix * 1000.)[:, None]  # one row per index, computed once per epoch
+    for _ in range(2):
+        for x, r in indexed_dl(dl, rows=rows, at=1, check=lambda ix, b: checked.append((ix.copy(), b[0].clone()))):
+            assert torch.equal(r[:, 0], x * 100.)  # the label is replaced by the item's row
+    assert len(checked) == 2 and all(torch.equal(torch.from_numpy(ix) * 10, x) for ix, x in checked)  # first batch of each epoch
+    # an untupled batch stays one tensor
+    for b, idx in indexed_dl(DataLoader(list(range(10)), bs=4)): assert torch.equal(b, idx)
+    # items skipped by a transform: shorter batches, their rows dropped with them
+    from fastai.data.load import SkipItemException
+    def skip_odd(o):
+        if o[0] % 20: raise SkipItemException()
+        return o
+    sdl = DataLoader(items, bs=8, shuffle=True, after_item=skip_odd)
+    got = [(x, r) for x, y, r in indexed_dl(sdl, rows=lambda ix: torch.from_numpy(ix * 10))]
+    assert sum(len(x) for x, _ in got) == 25 and all(torch.equal(x, r) for x, r in got)
+    with pytest.raises(ValueError, match='bs is None'): indexed_dl(DataLoader(items, bs=None))
+
+def test_item_labels_read_the_label_pipeline():
+    from fastai.data.load import DataLoader
+    trn, dls = small_dls()
+    assert item_labels(dls.train).tolist() == dls.train.items.label.tolist()
+    assert item_labels(DataLoader([(i, (7 * i) % 5) for i in range(20)], bs=4)).tolist() == [(7 * i) % 5 for i in range(20)]
+
+def test_soft_targets_come_with_the_batch_and_label_mismatch_fails():
+    trn, dls = small_dls()
+    probs = random_probs(trn)
+    cb = SoftLabelCB(probs, w=0.2)
+    learn = Learner(dls, tiny_cnn(), loss_func=SoftTargetCrossEntropy(), cbs=cb)
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
+    items = dls.train.items.reset_index(drop=True)
+    p = torch.tensor(probs.set_index('image_id').loc[items.image_id].values, dtype=torch.float32)
+    torch.testing.assert_close(cb.table, blend_targets(torch.tensor(items.label.values), p, 0.2))  # blended once
+    x, soft = cb.train_dl.one_batch()
+    assert not isinstance(soft, type(dls.train.one_batch()[1])) and soft.shape == (32, 10)  # plain tensor, in yb's place
+    class WrongLabels(SoftLabelCB):
+        def setup(self, dl): super().setup(dl); self.labels = (self.labels + 1) % 10
+    learn = Learner(dls, tiny_cnn(), loss_func=SoftTargetCrossEntropy(), cbs=WrongLabels(probs))
+    with pytest.raises(ValueError, match='labels differ'), learn.no_bar(): learn.fit(1)
