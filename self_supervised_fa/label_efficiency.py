@@ -62,8 +62,9 @@ def _budget_name(b): return 'all' if b is None else (f'{b:.0%}' if isinstance(b,
 
 # %% ../nbs/31_label_efficiency.ipynb #0bf50ee7
 def label_efficiency(encoder, dls, budgets=(10, 100), scratch=True, methods=('knn', 'linear', 'finetune'),
-                     k: int = 20, temperature: float = 0.1, ft_epochs: int = 10, ft_lr: float = 2e-3, ft_bs: int = 32,
-                     scratch_lr: float | None = None, seed: int = 0, progress: bool = True) -> pd.DataFrame:
+                     k: int = 20, temperature: float = 0.1, ft_epochs: int = 10, ft_lr: float = 1e-3, ft_bs: int = 32,
+                     ft_freeze_epochs: int = 0, ft_lr_mult: float = 1, # fine_tune's freeze_epochs and lr_mult
+                     scratch_lr: float = 2e-3, seed: int = 0, progress: bool = True) -> pd.DataFrame:
     "kNN, linear-probe and fine-tuning valid accuracy of `encoder` (and of a from-scratch twin) at each label budget"
     bad = set(methods) - {'knn', 'linear', 'finetune'}
     if bad: raise ValueError(f"unknown methods {sorted(bad)}: choose from 'knn', 'linear', 'finetune'")
@@ -90,7 +91,8 @@ def label_efficiency(encoder, dls, budgets=(10, 100), scratch=True, methods=('kn
             if 'finetune' in methods:
                 pre = name != 'from scratch'
                 row['finetune'] = finetune_accuracy(enc, subset_dls(dls, idx, ft_bs), epochs=ft_epochs,
-                                                    lr=ft_lr if pre else ifnone(scratch_lr, ft_lr), pretrained=pre, seed=seed)
+                                                    lr=ft_lr if pre else scratch_lr, pretrained=pre, seed=seed,
+                                                    freeze_epochs=ft_freeze_epochs, lr_mult=ft_lr_mult)
             rows.append(row)
             if progress: print({k_: (round(v, 4) if isinstance(v, float) else v) for k_, v in row.items()})
     return pd.DataFrame(rows)
