@@ -4,6 +4,9 @@ import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+TITLES = {'ntxent': 'NT-Xent loss: time and memory (issue 3)', 'simclr_throughput': 'SimCLR training throughput (issue 3)',
+          'pretext': 'Pretext tasks after a short CPU run (issue 4)', 'label_efficiency': 'Label efficiency (issue 5)',
+          'noisy': 'Noisy labels: test accuracy (issue 6)', 'soft_label_overhead': 'SoftLabelCB per-batch overhead (issue 6)'}
 
 def main():
     nb = json.loads((ROOT/'nbs'/'index.ipynb').read_text())
@@ -15,7 +18,11 @@ def main():
     results = sorted((ROOT/'benchmarks'/'results').glob('*.md'))
     if results:
         parts.append('## Benchmarks\n\nEach table below was written by the script named in it (`benchmarks/`).')
-        parts += [p.read_text().strip() for p in results]
+        for p in results:
+            text = p.read_text().strip()
+            title = TITLES.get(p.stem, p.stem.replace('_', ' ').capitalize())
+            if text.startswith('## '): text = '#' + text    # one level below '## Benchmarks'
+            parts.append(text if text.startswith('#') else f'### {title}\n\n{text}')
     (ROOT/'README.md').write_text('\n\n'.join(parts) + '\n')
 
 if __name__ == '__main__': main()
