@@ -72,6 +72,7 @@ def get_sample_data(path=None, force:bool=False) -> Path:
     tmp = dest.parent/f'.{dest.name}.tmp-{uuid.uuid4().hex[:8]}'
     try:
         _write_dataset(tmp, *_sample_arrays())
+        if (dest/_MARKER).exists() and not force: return dest   # another process finished first: keep its copy
         if dest.exists():  # force=True or an empty folder: move the old one out of the way first
             old = dest.parent/f'.{dest.name}.old-{uuid.uuid4().hex[:8]}'
             os.replace(dest, old); shutil.rmtree(old, ignore_errors=True)

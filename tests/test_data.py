@@ -72,6 +72,21 @@ def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
     assert len(os.listdir(get_sample_data(dest)/'images')) == 5000
 
 
+def test_concurrent_writer_keeps_the_first_copy(tmp_path, monkeypatch):
+    """Two processes (e.g. notebooks run in parallel) write the sample at once: the loser must not replace the folder
+    the winner's readers already use"""
+    import shutil
+    dest, real, seen = tmp_path/'mnist', D._write_dataset, {}
+    def racing(tmp, *arrays):
+        real(tmp, *arrays)
+        shutil.copytree(tmp, dest)                               # the other process finishes first
+        seen['inode'] = (dest/'train.csv').stat().st_ino
+    monkeypatch.setattr(D, '_write_dataset', racing)
+    assert get_sample_data(dest) == dest
+    assert (dest/'train.csv').stat().st_ino == seen['inode']     # the winner's files were left in place
+    assert [p.name for p in tmp_path.iterdir()] == ['mnist']     # no temporary or old folder left behind
+
+
 def test_incomplete_folder_refused(tmp_path):
     (tmp_path/'half').mkdir(); (tmp_path/'half'/'train.csv').write_text('image_id\n')
     with pytest.raises(FileExistsError, match='not a complete sample'): get_sample_data(tmp_path/'half')
