@@ -21,7 +21,8 @@ def main():
         for p in results:
             text = p.read_text().strip()
             title = TITLES.get(p.stem, p.stem.replace('_', ' ').capitalize())
-            if text.startswith('## '): text = '#' + text    # one level below '## Benchmarks'
+            if text.startswith('## '):    # every heading one level down, below '## Benchmarks'
+                text = '\n'.join('#' + l if l.startswith('#') else l for l in text.split('\n'))
             parts.append(text if text.startswith('#') else f'### {title}\n\n{text}')
     (ROOT/'README.md').write_text('\n\n'.join(parts) + '\n')
 
