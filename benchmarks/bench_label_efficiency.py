@@ -12,7 +12,8 @@ Pretraining epochs and learning rates default to what `ssfa-demo` uses (`cli.DEF
 import argparse, os, platform, time
 from pathlib import Path
 import pandas as pd, torch
-from self_supervised_fa.cli import pretrain, available_methods, knn_monitor_dls, write_csv_atomic, DEFAULT_EPOCHS, DEFAULT_LR
+from self_supervised_fa.cli import pretrain, available_methods, knn_monitor_dls, DEFAULT_EPOCHS, DEFAULT_LR
+from self_supervised_fa.data import write_csv_atomic
 from self_supervised_fa.data import sample_dls
 from self_supervised_fa.evaluate import KNNMonitor
 from self_supervised_fa.label_efficiency import label_efficiency

@@ -19,7 +19,8 @@ from fastai.data.transforms import ColReader, ColSplitter, Normalize
 from fastai.vision.data import ImageBlock
 from fastai.vision.core import PILImageBW
 from self_supervised_fa.data import load_sample_df, add_label_noise, get_sample_data, CLASSES, SAMPLE_STATS
-from self_supervised_fa.pseudo_label import kfold_pseudo_labels, write_csv_atomic
+from self_supervised_fa.pseudo_label import kfold_pseudo_labels
+from self_supervised_fa.data import write_csv_atomic
 from self_supervised_fa.soft_label import SoftLabelCB, SoftTargetCrossEntropy, soft_accuracy
 from self_supervised_fa.plc import PLCCallback
 

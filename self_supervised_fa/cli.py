@@ -13,24 +13,14 @@ from fastcore.basics import ifnone
 from fastai.callback.schedule import *
 from fastai.torch_core import set_seed
 from fastai.learner import Learner
-from .data import sample_dls, get_sample_data, load_sample_df, subsample_per_class
+from .data import sample_dls, get_sample_data, load_sample_df, subsample_per_class, write_csv_atomic
 from .encoders import classifier_learner, create_timm_body, save_encoder
 from .evaluate import KNNMonitor
 from .label_efficiency import label_efficiency, plot_label_efficiency
 
 # %% auto #0
-__all__ = ['PRETRAIN_METHODS', 'DEFAULT_EPOCHS', 'DEFAULT_LR', 'write_csv_atomic', 'train_from_scratch', 'available_methods',
-           'knn_monitor_dls', 'pretrain', 'ssfa_demo']
-
-# %% ../nbs/90_cli.ipynb #c6daf23e
-def write_csv_atomic(df:pd.DataFrame, path) -> Path:
-    "Write `df` to `path` as CSV through a temporary file and `os.replace`, so readers never see half a file"
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp-{uuid.uuid4().hex[:8]}')
-    try: df.to_csv(tmp, index=False); os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-    return path
+__all__ = ['PRETRAIN_METHODS', 'DEFAULT_EPOCHS', 'DEFAULT_LR', 'train_from_scratch', 'available_methods', 'knn_monitor_dls',
+           'pretrain', 'ssfa_demo']
 
 # %% ../nbs/90_cli.ipynb #e217e328
 def train_from_scratch(n_per_class:int|None, arch:str='resnet10t', epochs:int=20, lr:float=3e-3, bs:int=32,

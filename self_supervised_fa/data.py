@@ -16,8 +16,9 @@ from fastai.vision.core import PILImage, PILImageBW
 from fastai.vision.augment import Resize
 
 # %% auto #0
-__all__ = ['SAMPLE_ENV', 'CLASSES', 'ONEHOT_COLS', 'SAMPLE_STATS', 'sample_path', 'get_sample_data', 'load_sample_df',
-           'add_label_noise', 'subsample_per_class', 'check_image_files', 'sample_dls', 'get_norm_stats']
+__all__ = ['SAMPLE_ENV', 'CLASSES', 'ONEHOT_COLS', 'SAMPLE_STATS', 'sample_path', 'write_csv_atomic', 'get_sample_data',
+           'load_sample_df', 'add_label_noise', 'subsample_per_class', 'check_image_files', 'sample_dls',
+           'get_norm_stats']
 
 # %% ../nbs/00_data.ipynb #0a001e77
 SAMPLE_ENV = 'SSFA_DATA'  # environment variable that overrides the sample-data folder
@@ -43,6 +44,15 @@ def _sample_arrays():
     idx = np.arange(len(y))
     train_idx, test_idx = train_test_split(idx, test_size=_N_TEST, stratify=y, random_state=_SPLIT_SEED)
     return X, y.astype(int), np.sort(train_idx), np.sort(test_idx)
+
+def write_csv_atomic(df:pd.DataFrame, path) -> Path:
+    "Write `df` to `path` as CSV through a temporary file and `os.replace`, so readers never see half a file"
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.tmp-{uuid.uuid4().hex[:8]}')
+    try: df.to_csv(tmp, index=False); os.replace(tmp, path)
+    finally:
+        if tmp.exists(): tmp.unlink()
+    return path
 
 # %% ../nbs/00_data.ipynb #da81ca6c
 def _frame(ids, y):

@@ -11,9 +11,10 @@ from fastcore.basics import ifnone
 from fastprogress.fastprogress import progress_bar
 from sklearn.model_selection import StratifiedKFold
 from .soft_label import PROB_PREFIX
+from .data import write_csv_atomic
 
 # %% auto #0
-__all__ = ['class_labels', 'assign_folds', 'write_csv_atomic', 'predict_fold', 'kfold_pseudo_labels']
+__all__ = ['class_labels', 'assign_folds', 'predict_fold', 'kfold_pseudo_labels']
 
 # %% ../nbs/40_pseudo_label.ipynb #c97a370e
 def class_labels(df: pd.DataFrame, label='label', classes=None) -> pd.Series:
@@ -47,14 +48,6 @@ def assign_folds(df: pd.DataFrame, n_folds: int=5, label='label', seed: int=0, c
     return res
 
 # %% ../nbs/40_pseudo_label.ipynb #21273124
-def write_csv_atomic(df: pd.DataFrame, fn) -> Path:
-    "Write `df` to `fn` through a temporary file and `os.replace`, so `fn` is either absent or complete"
-    fn = Path(fn); tmp = fn.with_name(f'.{fn.name}.{uuid.uuid4().hex[:8]}.tmp')
-    try: df.to_csv(tmp, index=False); os.replace(tmp, fn)
-    finally:
-        if tmp.exists(): tmp.unlink()
-    return fn
-
 def _check_folds(folds: pd.DataFrame, out_dir: Path, item_col: str):
     "Save the fold assignment, or check it matches the one a previous run saved"
     fn = out_dir/'folds.csv'
