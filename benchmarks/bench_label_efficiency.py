@@ -81,7 +81,7 @@ def main():
     for c in ('knn_top1', 'linear', 'finetune'):
         if c in pct: pct[c] = (pct[c] * 100).map(lambda v: f'{v:.1f}')
     cmd = 'python benchmarks/bench_label_efficiency.py ' + ' '.join(
-        f'--{k.replace("_", "-")} {v}' for k, v in vars(a).items() if k != 'out')
+        f'--{k.replace("_", "-")} {v}' for k, v in vars(a).items() if k != 'out' and v is not None)
     text = (f"## Label efficiency ({a.arch}, MNIST sample)\n\nMachine: {machine()}.\n\nCommand: `{cmd}`\n\n"
             f"### Pretraining (4,000 unlabelled images)\n\n{md_table(pd.DataFrame(rows))}\n\n"
             f"### Test accuracy (%) on the 1,000 test images ({eval_s:.0f} s for this table)\n\n"

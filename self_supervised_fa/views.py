@@ -35,13 +35,13 @@ class MultiViewCallback(Callback):
         "The `(mean, std)` the batches are normalised with: `stats`, or the `Normalize` in the DataLoaders"
         return self.stats if self.stats is not None else get_norm_stats(self.dls) if getattr(self, 'learn', None) else None
 
-    def views01(self, x, seed:int|None=None):
-        "Views of the normalised batch `x`, in [0,1] (not normalised): a list of `n_views` tensors"
+    def views01(self, x, seed:int|None=None, stats=None):
+        "Views of the normalised batch `x`, in [0,1] (not normalised): a list of `n_views` tensors; `stats`: `batch_stats()`"
         x = x.as_subclass(torch.Tensor) if type(x) is not torch.Tensor else x
         if not x.is_floating_point(): check_images(x, f'{type(self).__name__}: input batch')
         if len(x) < 2: raise ValueError(f"{type(self).__name__}: a batch of {len(x)} image has no negatives/no batch statistics; "
                                         "use batches of 2 or more (drop_last=True avoids a last batch of one)")
-        stats = self.batch_stats()
+        stats = stats if stats is not None else self.batch_stats()
         x01 = denormalize(x, stats)
         check_images(x01, f"{type(self).__name__}: input batch" + (" after undoing the DataLoaders' Normalize" if stats is not None else
                           " (no Normalize found in the DataLoaders)"))
@@ -53,8 +53,8 @@ class MultiViewCallback(Callback):
 
     def views(self, x, seed:int|None=None):
         "Normalised views of the normalised batch `x`, as the model sees them"
-        stats = self.batch_stats()
-        return [v if aug.stats is not None else normalize(v, stats) for v, aug in zip(self.views01(x, seed), self.augs)]
+        stats = self.batch_stats()   # looked up once per batch
+        return [v if aug.stats is not None else normalize(v, stats) for v, aug in zip(self.views01(x, seed, stats), self.augs)]
 
     def before_fit(self):
         self.old_loss_func, self.learn.loss_func = self.learn.loss_func, self._split_loss
@@ -91,7 +91,8 @@ class MultiViewCallback(Callback):
         import matplotlib.pyplot as plt
         if x is None: x = self.dls.one_batch()[0]
         x = x[:max(n, 2)]
-        views, orig = self.views01(x, seed), denormalize(x.as_subclass(torch.Tensor), self.batch_stats())
+        stats = self.batch_stats()
+        views, orig = self.views01(x, seed, stats), denormalize(x.as_subclass(torch.Tensor), stats)
         fig, axs = plt.subplots(n, 1 + self.n_views, figsize=figsize or (1.6 * (1 + self.n_views), 1.6 * n), squeeze=False)
         for i in range(n):
             for j, im in enumerate([orig[i]] + [v[i] for v in views]):
