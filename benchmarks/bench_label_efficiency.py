@@ -1,6 +1,6 @@
 """Label efficiency on the MNIST sample: self-supervised pretraining vs the same network from scratch.
 
-Pretrains `--arch` with each `--methods` on the 4,000 training images (labels unused), with `KNNMonitor`
+Pretrains `--arch` with each `--methods` on the 4,000 training images (labels unused), with `KNNMonitorCallback`
 timed separately (its cost as a fraction of the epoch), then runs `label_efficiency` (weighted kNN, linear
 probe, fine-tuning) at `--labels` per class and writes a markdown table to `--out`.
 
@@ -15,12 +15,12 @@ import pandas as pd, torch
 from self_supervised_fa.cli import pretrain, available_methods, knn_monitor_dls, DEFAULT_EPOCHS, DEFAULT_LR
 from self_supervised_fa.data import write_csv_atomic
 from self_supervised_fa.data import sample_dls
-from self_supervised_fa.evaluate import KNNMonitor
+from self_supervised_fa.evaluate import KNNMonitorCallback
 from self_supervised_fa.label_efficiency import label_efficiency
 
 
-class TimedKNNMonitor(KNNMonitor):
-    "KNNMonitor that accumulates the seconds it spends"
+class TimedKNNMonitor(KNNMonitorCallback):
+    "KNNMonitorCallback that accumulates the seconds it spends"
     seconds = 0.0
     def after_validate(self):
         t = time.perf_counter(); super().after_validate(); self.seconds += time.perf_counter() - t

@@ -1,4 +1,4 @@
-"""Noisy-label benchmark: test accuracy of (a) training on noisy labels, (b) k-fold soft labels + SoftLabelCB, (c) PLC.
+"""Noisy-label benchmark: test accuracy of (a) training on noisy labels, (b) k-fold soft labels + SoftLabelCallback, (c) PLC.
 
 MNIST sample (4,000 train / 1,000 clean test), 30 % symmetric noise on the train labels (`add_label_noise`), the same
 small CNN, epochs, learning rate and one-cycle schedule for every run. Usage:
@@ -21,7 +21,7 @@ from fastai.vision.core import PILImageBW
 from self_supervised_fa.data import load_sample_df, add_label_noise, get_sample_data, CLASSES, SAMPLE_STATS
 from self_supervised_fa.pseudo_label import kfold_pseudo_labels
 from self_supervised_fa.data import write_csv_atomic
-from self_supervised_fa.soft_label import SoftLabelCB, SoftTargetCrossEntropy, soft_accuracy
+from self_supervised_fa.soft_label import SoftLabelCallback, SoftTargetCrossEntropy, soft_accuracy
 from self_supervised_fa.plc import PLCCallback
 
 def small_cnn(n_out=10, widths=(16, 32, 64, 64)):
@@ -103,7 +103,7 @@ def run(seed, a, work):
                                   fit_fn=lambda l: train(l, a.epochs, a.lr, a.fold_select, work), seed=seed)
         res['oof_acc_vs_clean'] = float((oof.pred.values == trn.label_clean.values).mean())
         res['soft'] = cached(work, f'soft_{tag}_f{a.folds}_{a.fold_select}_w{a.w}_T{a.temp}',
-                             lambda: {'acc': test_acc(fit(trn, SoftLabelCB(sharpen(oof, a.temp), w=a.w)))})['acc']
+                             lambda: {'acc': test_acc(fit(trn, SoftLabelCallback(sharpen(oof, a.temp), w=a.w)))})['acc']
     if 'plc' in a.methods:
         def plc():
             cb = PLCCallback(warmup=a.warmup, theta=a.theta, step=a.step, window=a.window)
@@ -130,7 +130,7 @@ def summarize(work, a, out):
     seeds = sorted(df.seed.unique())
     base = df[df.method == 'noisy'].set_index('seed').acc
     order = {'clean': 0, 'noisy': 1, 'soft': 2, 'plc': 3}
-    names = {'clean': 'clean labels (reference)', 'noisy': '(a) noisy labels', 'soft': '(b) OOF soft labels + SoftLabelCB',
+    names = {'clean': 'clean labels (reference)', 'noisy': '(a) noisy labels', 'soft': '(b) OOF soft labels + SoftLabelCallback',
              'plc': '(c) PLC'}
     lines = ['| method | configuration | ' + ' | '.join(f'seed {s}' for s in seeds) + ' | mean | mean vs (a), same seeds |',
              '|---|---|' + '---|' * (len(seeds) + 2)]

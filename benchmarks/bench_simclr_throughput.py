@@ -27,7 +27,7 @@ class TrainTimer(Callback):
 
 def fastai_epoch(dls, model, lr):
     timer = TrainTimer()
-    learn = Learner(dls, model, cbs=[SimCLR(small_image_augs(28)), timer], opt_func=partial(OptimWrapper, opt=torch.optim.Adam))
+    learn = Learner(dls, model, cbs=[SimCLRCallback(small_image_augs(28)), timer], opt_func=partial(OptimWrapper, opt=torch.optim.Adam))
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(1, lr)
     return timer.elapsed
 

@@ -8,12 +8,13 @@ import torch
 from torch import nn
 from fastcore.basics import ifnone
 from .augment import ViewAugment, simclr_augs, small_image_augs
-from .views import MultiViewCallback, SiameseModel, create_mlp, get_encoder
-from .encoders import TimmBody, save_encoder, load_encoder
+from .views import MultiViewCallback, SiameseModel, create_mlp
+from .encoders import TimmEncoder, as_encoder, save_encoder, load_encoder
+from .compat import deprecated_alias
 
 # %% auto #0
-__all__ = ['BarlowTwinsLoss', 'create_barlow_twins_model', 'BarlowTwins', 'ViewAugment', 'simclr_augs', 'small_image_augs',
-           'save_encoder', 'load_encoder']
+__all__ = ['BarlowTwins', 'BarlowTwinsLoss', 'create_barlow_twins_model', 'BarlowTwinsCallback', 'ViewAugment', 'simclr_augs',
+           'small_image_augs', 'save_encoder', 'load_encoder']
 
 # %% ../nbs/11_barlow_twins.ipynb #548b529f
 _all_ = ['ViewAugment', 'simclr_augs', 'small_image_augs', 'save_encoder', 'load_encoder']  # re-exported: `import *` gives all a user needs
@@ -49,15 +50,17 @@ class BarlowTwinsLoss(nn.Module):
     def standardize(self, z): return (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + self.eps)
 
 # %% ../nbs/11_barlow_twins.ipynb #811927be
-def create_barlow_twins_model(encoder:TimmBody|str='resnet18', # a TimmBody or a timm architecture name
+def create_barlow_twins_model(encoder:TimmEncoder|str='resnet18', # a TimmEncoder or a timm architecture name
                               hidden_size:int=8192, projection_size:int=8192, n_layers:int=3, bn:bool=True,
                               n_in:int=3, pretrained:bool=False, **kwargs) -> SiameseModel:
     "Barlow Twins network: `encoder.embed` then the paper's projector (linear-BN-ReLU twice, then linear)"
-    body = get_encoder(encoder, n_in=n_in, pretrained=pretrained, **kwargs)
+    body = as_encoder(encoder, n_in, pretrained, **kwargs)
     return SiameseModel(body, create_mlp(body.embed_dim, hidden_size, projection_size, n_layers, bn))
 
-class BarlowTwins(MultiViewCallback):
+class BarlowTwinsCallback(MultiViewCallback):
     "Barlow Twins pretraining: two views of every image, `BarlowTwinsLoss(lambd)`"
     def __init__(self, aug:ViewAugment|list|None=None, # None: `simclr_augs` at the input's size
                  lambd:float=5e-3, **kwargs):
         super().__init__(BarlowTwinsLoss(lambd), ifnone(aug, simclr_augs(None)), n_views=2, **kwargs)
+
+BarlowTwins = deprecated_alias(BarlowTwinsCallback, 'BarlowTwins')

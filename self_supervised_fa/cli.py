@@ -15,7 +15,7 @@ from fastai.torch_core import set_seed
 from fastai.learner import Learner
 from .data import sample_dls, get_sample_data, load_sample_df, subsample_per_class, write_csv_atomic
 from .encoders import classifier_learner, create_timm_body, save_encoder
-from .evaluate import KNNMonitor
+from .evaluate import KNNMonitorCallback
 from .label_efficiency import label_efficiency, plot_label_efficiency
 
 # %% auto #0
@@ -50,7 +50,7 @@ def _simclr_learner(dls, arch, **kwargs):
     size = dls.one_batch()[0].shape[-1]
     # digits: crops keep at least 40 % of the image and no mirroring (a mirrored digit is another shape)
     aug = simclr.small_image_augs(size, crop_scale=(0.4, 1.), flip_p=0.)
-    return Learner(dls, simclr.create_simclr_model(arch, n_in=1), cbs=simclr.SimCLR(aug=aug, temperature=0.2), **kwargs)
+    return Learner(dls, simclr.create_simclr_model(arch, n_in=1), cbs=simclr.SimCLRCallback(aug=aug, temperature=0.2), **kwargs)
 
 PRETRAIN_METHODS = {'simclr': _simclr_learner, 'rotnet': _rotnet_learner}   # name -> (dls, arch) -> Learner
 DEFAULT_EPOCHS = {'simclr': 20, 'rotnet': 8}    # what `ssfa-demo` pretrains each method for
@@ -63,14 +63,14 @@ def available_methods() -> list:
 
 # %% ../nbs/90_cli.ipynb #7891823b
 def knn_monitor_dls(n_per_class:int=20, n_valid:int=20, bs:int=128, path=None, seed:int=0):
-    "Small labelled sample `DataLoaders` for `KNNMonitor`: `n_per_class` bank and `n_valid` query images per class"
+    "Small labelled sample `DataLoaders` for `KNNMonitorCallback`: `n_per_class` bank and `n_valid` query images per class"
     return sample_dls(valid_df=subsample_per_class(load_sample_df('test', path), n_valid, seed), n_per_class=n_per_class,
                       bs=bs, seed=seed, path=path, shuffle=False)
 
 def pretrain(method:str='simclr', arch:str='resnet10t', epochs:int=10, lr:float|None=None, bs:int=128, seed:int=0,
              path=None, knn_monitor=True, n_valid:int=256, show_progress:bool=True):
     "Pretrain `arch` with `method` on the sample's training images (labels unused); `(encoder, learner, seconds)`"
-    # knn_monitor: True (a KNNMonitor on `knn_monitor_dls`), False, or your own KNNMonitor
+    # knn_monitor: True (a KNNMonitorCallback on `knn_monitor_dls`), False, or your own KNNMonitorCallback
     if method not in PRETRAIN_METHODS:
         raise ValueError(f"unknown method {method!r}: choose from {list(PRETRAIN_METHODS)}")
     if method not in available_methods(): raise ImportError(f"self_supervised_fa.{method} is not installed")
@@ -78,7 +78,7 @@ def pretrain(method:str='simclr', arch:str='resnet10t', epochs:int=10, lr:float|
     dls = sample_dls(valid_df=load_sample_df('test', path).sample(n_valid, random_state=seed), bs=bs, seed=seed, path=path)
     learn = PRETRAIN_METHODS[method](dls, arch)
     lr = ifnone(lr, DEFAULT_LR.get(method, 2e-3))
-    if knn_monitor is True: knn_monitor = KNNMonitor(knn_monitor_dls(path=path, seed=seed))
+    if knn_monitor is True: knn_monitor = KNNMonitorCallback(knn_monitor_dls(path=path, seed=seed))
     if knn_monitor: learn.add_cb(knn_monitor)
     start = time.time()
     with ExitStack() as stack:

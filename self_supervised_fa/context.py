@@ -6,7 +6,8 @@
 from __future__ import annotations
 import torch
 from torch import Tensor
-from .pretext import show_image_rows, _as_body
+from .pretext import show_image_rows
+from .encoders import as_encoder
 from .patches import (PatchGridCallback, cut_patches, centre_neighbour_positions, neighbour_cell,
                                         tile_canvas, NEIGHBOUR_NAMES, NEIGHBOUR_OFFSETS, PatchSetClassifier, patch_set_splitter)
 
@@ -49,4 +50,4 @@ class ContextCallback(PatchGridCallback):
 def create_context_model(encoder, n_in:int|None=None, pretrained:bool=False, proj_dim:int=256, hidden:int=512,
                          p:float=0.) -> PatchSetClassifier:
     "Siamese classifier of the neighbour's position (8 classes) from (centre, neighbour); `encoder` is `model.encoder`"
-    return PatchSetClassifier(_as_body(encoder, n_in, pretrained), 2, 8, proj_dim, hidden, p)
+    return PatchSetClassifier(as_encoder(encoder, n_in, pretrained), 2, 8, proj_dim, hidden, p)

@@ -4,46 +4,58 @@
 
 # %% ../nbs/01_encoders.ipynb #e8f78ecd
 from __future__ import annotations
-import copy, difflib, os, uuid
+import copy, difflib, json, os, re, uuid
 from collections import OrderedDict
 from pathlib import Path
 import torch, timm
 from torch import nn
-from timm.models import adapt_input_conv
-from fastcore.basics import ifnone, store_attr
+from timm.models import adapt_input_conv, split_model_name_tag
+from fastcore.basics import ifnone
 from fastcore.foundation import L
 from fastai.torch_core import params, apply_init
 from fastai.vision.learner import create_head
 from fastai.learner import Learner
 from fastai.metrics import accuracy
 import fastai.callback.schedule  # patches Learner.fit_one_cycle / fine_tune onto Learner
+from .compat import deprecated_alias
 
 # %% auto #0
-__all__ = ['adapt_first_conv', 'TimmBody', 'create_timm_body', 'Embedder', 'create_classifier', 'classifier_splitter',
-           'save_encoder', 'load_encoder', 'classifier_learner']
+__all__ = ['TimmBody', 'classifier_splitter', 'check_arch', 'adapt_first_conv', 'TimmEncoder', 'create_timm_body', 'as_encoder',
+           'EncoderClassifier', 'create_classifier', 'encoder_splitter', 'read_encoder_metadata', 'save_encoder',
+           'load_encoder', 'classifier_learner']
 
 # %% ../nbs/01_encoders.ipynb #5c95cb99
-def _check_arch(arch:str):
-    if arch in timm.list_models(): return
-    close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
-    raise ValueError(f"unknown timm architecture {arch!r}" + (f"; close names: {close}" if close else "") +
-                     ". See timm.list_models('pattern*') for the full list.")
+_SOURCES = ('hf-hub:', 'hf_hub:', 'local-dir:')   # prefixes timm.create_model resolves itself
 
-# %% ../nbs/01_encoders.ipynb #e01f5c1a
-def _get_module(model, name:str): return model.get_submodule(name)
+def check_arch(arch:str) -> str:
+    "`arch` if `timm.create_model` accepts it (tags included), else a `ValueError` with close names or known tags"
+    if not isinstance(arch, str): raise TypeError(f"arch must be a timm model name (str), got {type(arch).__name__}")
+    if arch.startswith(_SOURCES): return arch
+    name, tag = split_model_name_tag(arch)
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        raise ValueError(f"unknown timm architecture {arch!r}" + (f"; close names: {close}" if close else "") +
+                         ". See timm.list_models('pattern*') for the full list.")
+    if tag and arch not in timm.list_pretrained(f'{name}.*'):
+        raise ValueError(f"timm knows no pretrained tag {tag!r} for {name}; its tags: "
+                         f"{[t.split('.', 1)[1] for t in timm.list_pretrained(f'{name}.*')][:12]} (or drop the tag)")
+    return arch
 
+# %% ../nbs/01_encoders.ipynb #b5d7f7d9
 def _set_module(model, name:str, new):
     parent, _, child = name.rpartition('.')
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
+def _first_conv_name(model) -> str|None: return (getattr(model, 'pretrained_cfg', None) or {}).get('first_conv')
+
 def adapt_first_conv(model:nn.Module, n_in:int) -> nn.Module:
-    "Give `model`'s first convolution (timm's `pretrained_cfg['first_conv']`) `n_in` input channels, keeping its weights"
+    "Give timm `model`'s first convolution (`pretrained_cfg['first_conv']`) `n_in` input channels, keeping its weights"
     if n_in < 1: raise ValueError(f"n_in must be a positive number of channels, got {n_in}")
-    name = model.pretrained_cfg.get('first_conv')
-    conv = _get_module(model, name) if name else None
+    name = _first_conv_name(model)
+    conv = model.get_submodule(name) if name else None
     if not isinstance(conv, nn.Conv2d):
         raise ValueError(f"cannot find the first convolution of {type(model).__name__} (pretrained_cfg['first_conv']={name!r}); "
-                         f"create it with timm.create_model(..., in_chans={n_in}) and pass it to TimmBody")
+                         f"create it with timm.create_model(..., in_chans={n_in}) and pass it to TimmEncoder")
     if conv.in_channels == n_in: return model
     new = copy.deepcopy(conv)  # keeps the class (e.g. Conv2dSame), stride, padding and bias
     new.in_channels = n_in
@@ -76,8 +88,12 @@ def _apply_cut(model, cut):
     raise TypeError(f"cut must be None, an int (number of children to keep, negative counts from the end) or a "
                     f"function model -> module; got {type(cut).__name__}")
 
+def _in_chans(model):
+    name = _first_conv_name(model)
+    return getattr(model.get_submodule(name) if name else None, 'in_channels', None)
+
 # %% ../nbs/01_encoders.ipynb #40da4f71
-class TimmBody(nn.Module):
+class TimmEncoder(nn.Module):
     "A timm network without its classifier: `forward` gives feature maps (or tokens), `embed` pooled vectors"
     def __init__(self, model:nn.Module, cut=None, arch:str|None=None):
         super().__init__()
@@ -98,44 +114,90 @@ class TimmBody(nn.Module):
 
     def embed(self, x): return self.pool(self(x))
 
-def _in_chans(model):
-    name = (getattr(model, 'pretrained_cfg', None) or {}).get('first_conv')
-    conv = _get_module(model, name) if name else None
-    return getattr(conv, 'in_channels', None)
+TimmBody = deprecated_alias(TimmEncoder, 'TimmBody')
 
 # %% ../nbs/01_encoders.ipynb #c9fd179f
-def create_timm_body(arch:str, pretrained:bool=False, cut=None, n_in:int=3, **kwargs) -> TimmBody:
-    "Body of timm architecture `arch` with `n_in` input channels; `cut` keeps that many children (None: `forward_features`)"
-    _check_arch(arch)
-    model = timm.create_model(arch, pretrained=pretrained, num_classes=0, **kwargs)
-    if n_in != 3: adapt_first_conv(model, n_in)
-    return TimmBody(model, cut=cut, arch=arch)
+def create_timm_body(arch:str, pretrained:bool=False, cut=None, n_in:int=3, **kwargs) -> TimmEncoder:
+    "`TimmEncoder` of timm architecture `arch` with `n_in` input channels; `cut` keeps that many children (None: `forward_features`)"
+    check_arch(arch)
+    if not isinstance(n_in, int) or n_in < 1: raise ValueError(f"n_in must be a positive number of channels, got {n_in!r}")
+    model = timm.create_model(arch, pretrained=pretrained, num_classes=0, in_chans=n_in, **kwargs)
+    return TimmEncoder(model, cut=cut, arch=arch)
 
 # %% ../nbs/01_encoders.ipynb #43376eb6
-class Embedder(nn.Module):
-    "Wraps a `TimmBody` so that `forward` returns pooled embeddings"
-    def __init__(self, body:TimmBody): super().__init__(); self.body = body
-    def forward(self, x): return self.body.embed(x)
-
-def create_classifier(body:TimmBody, n_out:int, init=nn.init.kaiming_normal_, **kwargs) -> nn.Sequential:
-    "`nn.Sequential(Embedder(body), head)`, head from fastai's `create_head` on `body.embed_dim` features"
-    head = create_head(body.embed_dim, n_out, pool=False, **kwargs)
-    if init is not None: apply_init(head, init)
-    return nn.Sequential(Embedder(body), head)
-
-def classifier_splitter(model): return L(model[0], model[1]).map(params)
+def as_encoder(encoder, n_in:int|None=None, pretrained:bool=False, **kwargs) -> nn.Module:
+    "`create_timm_body(encoder, ...)` for a timm name; an encoder (a module with `embed` and `embed_dim`) as it is"
+    if isinstance(encoder, str): return create_timm_body(encoder, pretrained=pretrained, n_in=ifnone(n_in, 3), **kwargs)
+    if not isinstance(encoder, nn.Module) or not hasattr(encoder, 'embed') or not hasattr(encoder, 'embed_dim'):
+        raise TypeError(f"encoder must be a timm architecture name or a TimmEncoder (a module with .embed and .embed_dim), "
+                        f"got {type(encoder).__name__}")
+    have = getattr(encoder, 'n_in', None)
+    if n_in is not None and have is not None and n_in != have:
+        raise ValueError(f"n_in={n_in} but the encoder takes {have} channels; drop n_in or build the encoder with n_in={n_in}")
+    return encoder
 
 # %% ../nbs/01_encoders.ipynb #764fef41
-_FORMAT = 'self_supervised_fa.encoder'
+class EncoderClassifier(nn.Module):
+    "`head(encoder.embed(x))`: fastai's `create_head` (kaiming-initialised) on an encoder's pooled embedding"
+    def __init__(self, encoder:nn.Module, n_out:int, init=nn.init.kaiming_normal_, **head_kwargs):
+        super().__init__()
+        self.encoder, self.head = encoder, create_head(encoder.embed_dim, n_out, pool=False, **head_kwargs)
+        if init is not None: apply_init(self.head, init)
+    def forward(self, x): return self.head(self.encoder.embed(x))
 
-def save_encoder(body:TimmBody, path) -> Path:
-    "Save `body`'s weights to a safetensors file at `path`, with arch/n_in/cut as metadata (atomic write)"
+def create_classifier(encoder, n_out:int, n_in:int|None=None, pretrained:bool=False, init=nn.init.kaiming_normal_,
+                      **head_kwargs) -> EncoderClassifier:
+    "`EncoderClassifier` over `encoder` (a `TimmEncoder` or a timm name); `head_kwargs` go to fastai's `create_head`"
+    return EncoderClassifier(as_encoder(encoder, n_in, pretrained), n_out, init=init, **head_kwargs)
+
+def encoder_splitter(model:nn.Module):
+    "Parameter groups [`model.encoder`, the rest but `model.teacher`], so `Learner.freeze()` trains only the head"
+    enc = params(model.encoder)
+    skip = set(map(id, enc)) | set(map(id, params(getattr(model, 'teacher', None) or nn.Module())))
+    return L(enc, [p for p in model.parameters() if id(p) not in skip])
+
+classifier_splitter = deprecated_alias(encoder_splitter, 'classifier_splitter')
+
+# %% ../nbs/01_encoders.ipynb #59df2849
+_FORMAT = 'self_supervised_fa.encoder'
+_INT = re.compile(r'-?[0-9]{1,4}')
+
+def _meta_error(path, field, value, want):
+    return ValueError(f"{path}: metadata field {field!r} is {str(value)[:80]!r}, not {want}. The file may come from "
+                      f"another tool or have been edited: build the encoder yourself and pass it, "
+                      f"load_encoder(path, body=create_timm_body(arch, n_in=..., cut=...))")
+
+def read_encoder_metadata(path) -> dict:
+    "The metadata of encoder file `path`, parsed strictly: `{'arch': str, 'n_in': int, 'cut': int|None, 'recipe': dict}`"
+    path = Path(path)
+    meta = _read_safetensors_meta(path)
+    if meta is None: raise ValueError(f"{path} is not a safetensors file, so it holds no metadata; pass body= to load_encoder")
+    return _parse_meta(meta, path)
+
+def _parse_meta(meta:dict, path) -> dict:
+    if meta.get('format') != _FORMAT: raise _meta_error(path, 'format', meta.get('format'), repr(_FORMAT))
+    arch = meta.get('arch', '')
+    try: check_arch(arch)
+    except (ValueError, TypeError): raise _meta_error(path, 'arch', arch, 'an architecture name timm knows') from None
+    n_in = meta.get('n_in', '')
+    if not _INT.fullmatch(n_in) or int(n_in) < 1: raise _meta_error(path, 'n_in', n_in, 'a positive integer')
+    cut = meta.get('cut', '')
+    if cut != 'None' and not _INT.fullmatch(cut): raise _meta_error(path, 'cut', cut, "an integer or 'None' (a cut made by a function is not stored)")
+    try: recipe = json.loads(meta.get('recipe') or '{}')
+    except ValueError: recipe = None
+    if not isinstance(recipe, dict): raise _meta_error(path, 'recipe', meta.get('recipe'), 'a JSON object')
+    return dict(arch=arch, n_in=int(n_in), cut=None if cut == 'None' else int(cut), recipe=recipe)
+
+def save_encoder(body:nn.Module, path, recipe:dict|None=None) -> Path:
+    "Save `body`'s weights to a safetensors file at `path`, with arch/n_in/cut (and `recipe`, as JSON) as metadata; atomic"
     from safetensors.torch import save_file
-    if not isinstance(body, nn.Module): raise TypeError(f"save_encoder needs an nn.Module (a TimmBody), got {type(body).__name__}")
+    if not isinstance(body, nn.Module): raise TypeError(f"save_encoder needs an nn.Module (a TimmEncoder), got {type(body).__name__}")
     path = Path(path)
     if path.suffix != '.safetensors': path = path.with_name(path.name + '.safetensors')
+    cut = getattr(body, 'cut', None)
     meta = {'format': _FORMAT, 'arch': str(getattr(body, 'arch', None)), 'n_in': str(getattr(body, 'n_in', None)),
-            'cut': repr(body.cut) if isinstance(getattr(body, 'cut', None), (int, type(None))) else 'custom'}
+            'cut': repr(cut) if isinstance(cut, (int, type(None))) else 'custom'}
+    if recipe is not None: meta['recipe'] = json.dumps(recipe, default=str)
     sd = {k: v.detach().cpu().contiguous().clone() for k, v in body.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.tmp-{uuid.uuid4().hex[:8]}')
@@ -146,20 +208,18 @@ def save_encoder(body:TimmBody, path) -> Path:
         if tmp.exists(): tmp.unlink()
     return path
 
-# %% ../nbs/01_encoders.ipynb #75175afe
-def _is_safetensors(path:Path) -> bool:
+# %% ../nbs/01_encoders.ipynb #cbc0c9de
+def _read_safetensors_meta(path:Path):
+    "The metadata dict (strings only) of a safetensors file, or None when `path` is not one"
     from safetensors import safe_open
     try:
-        with safe_open(str(path), framework='pt'): return True
-    except Exception: return False
+        with safe_open(str(path), framework='pt') as f: return dict(f.metadata() or {})
+    except Exception: return None
 
-def _read_state(path:Path):
-    "State dict and metadata from a safetensors file or a `torch.save`d state dict (weights only)"
-    from safetensors import safe_open
+def _read_state(path:Path, safetensors:bool) -> dict:
+    "State dict from a safetensors file or a `torch.save`d state dict (weights only)"
     from safetensors.torch import load_file
-    if _is_safetensors(path):
-        with safe_open(str(path), framework='pt') as f: meta = f.metadata() or {}
-        return load_file(str(path)), meta
+    if safetensors: return load_file(str(path))
     try: sd = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
         raise ValueError(f"{path} is not a safetensors file nor a plain state dict that loads with weights_only=True "
@@ -168,11 +228,11 @@ def _read_state(path:Path):
                          f"(or torch.save(m.state_dict(), ...)). Underlying error: {type(e).__name__}: {str(e)[:200]}") from None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ValueError(f"{path} holds a {type(sd).__name__}, not a state dict of tensors; save `module.state_dict()` instead")
-    return sd, {}
+    return sd
 
-# %% ../nbs/01_encoders.ipynb #59df2849
+# %% ../nbs/01_encoders.ipynb #480e9013
 def _match_keys(sd:dict, body:nn.Module) -> dict:
-    "Accept keys as saved from a TimmBody (`model.`) or from the bare timm model"
+    "Accept keys as saved from a TimmEncoder (`model.`) or from the bare timm model"
     want = body.state_dict()
     if not set(sd) & set(want) and all(('model.'+k) in want for k in list(sd)[:5]): sd = {'model.'+k: v for k, v in sd.items()}
     missing, unexpected = sorted(set(want) - set(sd)), sorted(set(sd) - set(want))
@@ -185,30 +245,30 @@ def _match_keys(sd:dict, body:nn.Module) -> dict:
                              f"check n_in (input channels) and the architecture")
     return sd
 
-def load_encoder(path, body:nn.Module|None=None) -> TimmBody:
-    "Load encoder weights from `path` into `body` (built from the file's metadata when None)"
+def load_encoder(path, body:nn.Module|None=None) -> TimmEncoder:
+    "Load encoder weights from `path` into `body` (built from the file's checked metadata when None)"
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"no encoder file at {path}")
-    sd, meta = _read_state(path)
+    meta = _read_safetensors_meta(path)
     if body is None:
-        if meta.get('format') != _FORMAT or meta.get('arch') in (None, 'None') or meta.get('cut') == 'custom':
+        if meta is None:
             raise ValueError(f"{path} does not say which architecture it holds; pass body=create_timm_body(arch, n_in=..., cut=...)")
-        body = create_timm_body(meta['arch'], n_in=int(meta['n_in']), cut=eval(meta['cut'], {}))
+        m = _parse_meta(meta, path)
+        body = create_timm_body(m['arch'], n_in=m['n_in'], cut=m['cut'])
+    sd = _read_state(path, meta is not None)
     body.load_state_dict(_match_keys(sd, body))
     return body
 
-# %% ../nbs/01_encoders.ipynb #73d996b9
+# %% ../nbs/01_encoders.ipynb #0265b917
 def classifier_learner(dls, body_or_arch, n_out:int|None=None, n_in:int|None=None, pretrained:bool=False,
                        encoder_path=None, metrics=accuracy, head_kwargs:dict|None=None, **kwargs) -> Learner:
-    "A fastai `Learner` classifying with a timm body (arch name or `TimmBody`), optionally from a saved encoder"
+    "A fastai `Learner` classifying with a timm encoder (arch name or `TimmEncoder`), optionally from a saved encoder"
     n_out = ifnone(n_out, getattr(dls, 'c', None))
     if n_out is None: raise ValueError("cannot infer the number of classes from dls; pass n_out")
-    if isinstance(body_or_arch, str):
-        n_in = ifnone(n_in, dls.one_batch()[0].shape[1])
-        body = create_timm_body(body_or_arch, pretrained=pretrained, n_in=n_in)
-    else: body = body_or_arch
+    if isinstance(body_or_arch, str): n_in = ifnone(n_in, dls.one_batch()[0].shape[1])
+    body = as_encoder(body_or_arch, n_in, pretrained)
     if encoder_path is not None: body = load_encoder(encoder_path, body)
-    learn = Learner(dls, create_classifier(body, n_out, **(head_kwargs or {})), splitter=classifier_splitter,
+    learn = Learner(dls, EncoderClassifier(body, n_out, **(head_kwargs or {})), splitter=encoder_splitter,
                     metrics=metrics, **kwargs)
     if pretrained or encoder_path is not None: learn.freeze()
     return learn

@@ -10,9 +10,10 @@ from fastprogress.fastprogress import progress_bar
 from fastai.callback.core import Callback
 from fastai.data.core import DataLoaders
 from fastai.learner import ValueMetric
+from .compat import deprecated_alias
 
 # %% auto #0
-__all__ = ['get_embeddings', 'budget_indices', 'knn_scores', 'knn_accuracy', 'linear_probe', 'KNNMonitor']
+__all__ = ['KNNMonitor', 'get_embeddings', 'budget_indices', 'knn_scores', 'knn_accuracy', 'linear_probe', 'KNNMonitorCallback']
 
 # %% ../nbs/30_evaluate.ipynb #b2e6ae8a
 def _as_tensor(x, name, dtype=None) -> Tensor:
@@ -49,7 +50,7 @@ def get_embeddings(encoder: nn.Module, dl, progress: bool = True) -> tuple[Tenso
                 out = _as_tensor(embed(xb.to(device)), 'features')
                 if out.ndim != 2:
                     raise ValueError(f"get_embeddings: the encoder returned shape {tuple(out.shape)}, not (batch, features); "
-                                     "pass a TimmBody (its `.embed` pools) or a module that pools")
+                                     "pass a TimmEncoder (its `.embed` pools) or a module that pools")
                 feats.append(out.float().cpu())
                 if yb is not None: labels.append(_as_tensor(yb, 'labels').cpu())
     finally: encoder.train(was_training)
@@ -143,7 +144,7 @@ def _get_encoder(model):
     "The encoder of a self-supervised model (`model.encoder`, by the library's convention) or the model itself"
     return getattr(model, 'encoder', model)
 
-class KNNMonitor(Callback):
+class KNNMonitorCallback(Callback):
     "Cosine-kNN top-1 accuracy of the encoder on a small labelled `dls` (train = bank, valid = queries) after every epoch"
     order = 40   # before the Recorder (50) reads metric values in `after_validate`
     def __init__(self, dls, k: int = 20, temperature: float = 0.1, get_encoder=_get_encoder, name: str = 'knn_top1'):
@@ -162,3 +163,5 @@ class KNNMonitor(Callback):
         self.history.append(self.value)
 
     def after_fit(self): self.learn.metrics = [m for m in self.learn.metrics if m is not self.metric]
+
+KNNMonitor = deprecated_alias(KNNMonitorCallback, 'KNNMonitor')

@@ -7,7 +7,8 @@ from __future__ import annotations
 import math, itertools, functools
 import numpy as np, torch
 from torch import Tensor
-from .pretext import show_image_rows, _as_body
+from .pretext import show_image_rows
+from .encoders import as_encoder
 from .patches import PatchGridCallback, cut_patches, tile_canvas, PatchSetClassifier, patch_set_splitter
 
 # %% auto #0
@@ -80,5 +81,5 @@ class JigsawCallback(PatchGridCallback):
 # %% ../nbs/23a_jigsaw.ipynb #662c8e05
 def create_jigsaw_model(encoder, n_perms:int=100, n_tiles:int=9, n_in:int|None=None, pretrained:bool=False,
                         proj_dim:int=256, hidden:int=512, p:float=0.) -> PatchSetClassifier:
-    "Context-free network classifying `n_perms` permutations of `n_tiles` tiles; `encoder` (`TimmBody` or arch) is `model.encoder`"
-    return PatchSetClassifier(_as_body(encoder, n_in, pretrained), n_tiles, n_perms, proj_dim, hidden, p)
+    "Context-free network classifying `n_perms` permutations of `n_tiles` tiles; `encoder` (`TimmEncoder` or arch) is `model.encoder`"
+    return PatchSetClassifier(as_encoder(encoder, n_in, pretrained), n_tiles, n_perms, proj_dim, hidden, p)

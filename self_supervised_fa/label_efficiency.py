@@ -52,9 +52,9 @@ def finetune_accuracy(body, dls, epochs: int = 10, lr: float = 2e-3, pretrained:
 
 # %% ../nbs/31_label_efficiency.ipynb #4908222a
 def scratch_like(body, seed: int = 0):
-    "A freshly initialised `TimmBody` with `body`'s architecture, input channels and cut"
+    "A freshly initialised `TimmEncoder` with `body`'s architecture, input channels and cut"
     if getattr(body, 'arch', None) is None:
-        raise ValueError("scratch_like needs a TimmBody made by create_timm_body (it has no `.arch`); pass `scratch=` yourself")
+        raise ValueError("scratch_like needs a TimmEncoder made by create_timm_body (it has no `.arch`); pass `scratch=` yourself")
     torch.manual_seed(seed)
     return create_timm_body(body.arch, n_in=body.n_in, cut=body.cut).to(next(body.parameters()).device)
 

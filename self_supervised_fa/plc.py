@@ -6,13 +6,13 @@
 from __future__ import annotations
 import pandas as pd, torch, torch.nn.functional as F
 from fastcore.basics import store_attr
-from .soft_label import ItemTargetCB
+from .soft_label import ItemTargetCallback
 
 # %% auto #0
 __all__ = ['PLCCallback']
 
 # %% ../nbs/42_plc.ipynb #2a92db1a
-class PLCCallback(ItemTargetCB):
+class PLCCallback(ItemTargetCallback):
     "Progressive label correction: after `warmup` epochs flip labels whose confidence gap exceeds a loosening `theta`"
     def __init__(self, warmup: int=2, theta: float=0.6, step: float=0.1, theta_min: float=0.2, window: int=1):
         if warmup < 1: raise ValueError(f"warmup must be at least 1 epoch (PLC needs predictions), got {warmup}")

@@ -15,13 +15,13 @@ from fastai.callback.core import Callback
 from fastai.torch_core import params, show_image
 from fastai.vision.models.unet import DynamicUnet
 from fastai.vision.learner import create_head
-from timm.models._features import _module_list
 from .data import get_norm_stats
-from .encoders import TimmBody, create_timm_body
+from .encoders import TimmEncoder, as_encoder, create_timm_body, EncoderClassifier, create_classifier, encoder_splitter
+from .compat import deprecated_alias
 
 # %% auto #0
-__all__ = ['show_image_rows', 'PretextCallback', 'unet_stages', 'EncoderDecoder', 'create_encoder_decoder', 'encoder_splitter',
-           'EncoderClassifier', 'create_encoder_classifier', 'MaskedPixelLoss', 'MaskedMSELoss', 'MaskedL1Loss']
+__all__ = ['create_encoder_classifier', 'show_image_rows', 'PretextCallback', 'unet_stages', 'EncoderDecoder',
+           'create_encoder_decoder', 'MaskedPixelLoss', 'MaskedMSELoss', 'MaskedL1Loss']
 
 # %% ../nbs/20_pretext.ipynb #1f6bdd19
 def _as_hwc(im:Tensor):
@@ -162,12 +162,18 @@ class PretextCallback(Callback):
 # %% ../nbs/20_pretext.ipynb #d6fb997e
 _HEAD_NAMES = ('global_pool', 'head', 'fc', 'classifier', 'head_drop', 'pre_logits', 'fc_norm', 'flatten')
 
-def unet_stages(body:TimmBody, img_size=(64, 64)) -> nn.Sequential:
+def _running_order(model:nn.Module):
+    "`(name, module)` of `model`'s children with the first level of `nn.Sequential`s opened (names joined by `_`)"
+    for name, mod in model.named_children():
+        if isinstance(mod, nn.Sequential): yield from ((f'{name}_{n}', m) for n, m in mod.named_children())
+        else: yield name, mod
+
+def unet_stages(body:TimmEncoder, img_size=(64, 64)) -> nn.Sequential:
     "The layers of CNN `body` in running order, as an `nn.Sequential` for `DynamicUnet` (shares weights with `body`)"
     layers = []
-    for name, _, mod in _module_list(body.model, flatten_sequential=True):
+    for name, mod in _running_order(body.model):
         if name.split('_')[0] in _HEAD_NAMES or name in _HEAD_NAMES: break
-        layers.append((name.replace('.', '_'), mod))
+        layers.append((name, mod))
     stages = nn.Sequential(OrderedDict(layers))
     was_training = body.training
     x = torch.randn(2, body.n_in or 3, *img_size, device=next(body.parameters()).device)
@@ -187,8 +193,8 @@ def unet_stages(body:TimmBody, img_size=(64, 64)) -> nn.Sequential:
 
 # %% ../nbs/20_pretext.ipynb #46f34835
 class EncoderDecoder(nn.Module):
-    "A `DynamicUnet` over `encoder`'s layers (`x + unet(x)` if `residual`); `encoder` (the `TimmBody`, weights shared) is kept for transfer"
-    def __init__(self, encoder:TimmBody, unet:DynamicUnet, residual:bool=False):
+    "A `DynamicUnet` over `encoder`'s layers (`x + unet(x)` if `residual`); `encoder` (the `TimmEncoder`, weights shared) is kept for transfer"
+    def __init__(self, encoder:TimmEncoder, unet:DynamicUnet, residual:bool=False):
         super().__init__()
         self.encoder, self.unet, self.residual = encoder, unet, residual
     def forward(self, x):
@@ -200,19 +206,10 @@ def _zero_last_conv(m:nn.Module):
     nn.init.zeros_(conv.weight)
     if conv.bias is not None: nn.init.zeros_(conv.bias)
 
-def _as_body(encoder, n_in=None, pretrained=False) -> TimmBody:
-    "A `TimmBody` from a body or an arch name"
-    if isinstance(encoder, str): return create_timm_body(encoder, pretrained=pretrained, n_in=ifnone(n_in, 3))
-    if not isinstance(encoder, TimmBody):
-        raise TypeError(f"encoder must be a TimmBody or a timm arch name, got {type(encoder).__name__}")
-    if n_in is not None and encoder.n_in is not None and n_in != encoder.n_in:
-        raise ValueError(f"n_in={n_in} but the encoder takes {encoder.n_in} channels; drop n_in or build the body with n_in={n_in}")
-    return encoder
-
 def create_encoder_decoder(encoder, n_out:int|None=None, n_in:int|None=None, img_size=64, pretrained:bool=False,
                            y_range=None, residual:bool=False, **kwargs) -> EncoderDecoder:
-    "U-Net (fastai `DynamicUnet`, `kwargs` passed on) from `encoder` (`TimmBody` or arch) giving `n_out` channels"
-    body = _as_body(encoder, n_in, pretrained)
+    "U-Net (fastai `DynamicUnet`, `kwargs` passed on) from `encoder` (`TimmEncoder` or arch) giving `n_out` channels"
+    body = as_encoder(encoder, n_in, pretrained)
     n_out = ifnone(n_out, body.n_in)
     if residual and (n_out != body.n_in or y_range is not None):
         raise ValueError(f"residual=True predicts x + unet(x): it needs n_out == n_in ({n_out} vs {body.n_in}) and no y_range")
@@ -221,23 +218,8 @@ def create_encoder_decoder(encoder, n_out:int|None=None, n_in:int|None=None, img
     if residual: _zero_last_conv(unet)  # starts as the identity: the loss starts at that of the input itself
     return EncoderDecoder(body, unet, residual)
 
-def encoder_splitter(model:nn.Module):
-    "Parameter groups [`model.encoder`, the rest], so `Learner.freeze()` trains only the decoder or head"
-    enc = set(id(p) for p in model.encoder.parameters())
-    return L(params(model.encoder), [p for p in model.parameters() if id(p) not in enc])
-
 # %% ../nbs/20_pretext.ipynb #b7be28f5
-class EncoderClassifier(nn.Module):
-    "`head(encoder.embed(x))`: a fastai `create_head` on a `TimmBody`'s pooled embedding"
-    def __init__(self, encoder:TimmBody, n_out:int, **head_kwargs):
-        super().__init__()
-        self.encoder = encoder
-        self.head = create_head(encoder.embed_dim, n_out, pool=False, **head_kwargs)
-    def forward(self, x): return self.head(self.encoder.embed(x))
-
-def create_encoder_classifier(encoder, n_out:int, n_in:int|None=None, pretrained:bool=False, **head_kwargs) -> EncoderClassifier:
-    "`EncoderClassifier` over `encoder` (`TimmBody` or arch name); `head_kwargs` go to fastai's `create_head`"
-    return EncoderClassifier(_as_body(encoder, n_in, pretrained), n_out, **head_kwargs)
+create_encoder_classifier = deprecated_alias(create_classifier, 'create_encoder_classifier')
 
 # %% ../nbs/20_pretext.ipynb #95e2938d
 class MaskedPixelLoss(nn.Module):

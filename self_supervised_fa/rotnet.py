@@ -7,7 +7,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from fastcore.basics import store_attr
-from .pretext import PretextCallback, create_encoder_classifier, EncoderClassifier
+from .pretext import PretextCallback
+from .encoders import create_classifier, EncoderClassifier
 
 # %% auto #0
 __all__ = ['rotate_batch', 'RotNetCallback', 'create_rotnet_model']
@@ -43,5 +44,5 @@ class RotNetCallback(PretextCallback):
 
 # %% ../nbs/21_rotnet.ipynb #516253f1
 def create_rotnet_model(encoder, n_in:int|None=None, pretrained:bool=False, n_rot:int=4, **head_kwargs) -> EncoderClassifier:
-    "Classifier of `n_rot` rotations on `encoder` (a `TimmBody` or arch name), kept as `model.encoder`"
-    return create_encoder_classifier(encoder, n_rot, n_in=n_in, pretrained=pretrained, **head_kwargs)
+    "Classifier of `n_rot` rotations on `encoder` (a `TimmEncoder` or arch name), kept as `model.encoder`"
+    return create_classifier(encoder, n_rot, n_in=n_in, pretrained=pretrained, **head_kwargs)

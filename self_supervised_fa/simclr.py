@@ -8,12 +8,13 @@ import torch, torch.nn.functional as F
 from torch import nn
 from fastcore.basics import ifnone
 from .augment import ViewAugment, simclr_augs, small_image_augs
-from .views import MultiViewCallback, SiameseModel, create_mlp, get_encoder
-from .encoders import TimmBody, save_encoder, load_encoder
+from .views import MultiViewCallback, SiameseModel, create_mlp
+from .encoders import TimmEncoder, as_encoder, save_encoder, load_encoder
+from .compat import deprecated_alias
 
 # %% auto #0
-__all__ = ['NTXentLoss', 'create_simclr_model', 'SimCLR', 'ViewAugment', 'simclr_augs', 'small_image_augs', 'save_encoder',
-           'load_encoder']
+__all__ = ['SimCLR', 'NTXentLoss', 'create_simclr_model', 'SimCLRCallback', 'ViewAugment', 'simclr_augs', 'small_image_augs',
+           'save_encoder', 'load_encoder']
 
 # %% ../nbs/10_simclr.ipynb #bb2afcf9
 _all_ = ['ViewAugment', 'simclr_augs', 'small_image_augs', 'save_encoder', 'load_encoder']  # re-exported: `import *` gives all a user needs
@@ -73,17 +74,19 @@ class NTXentLoss(nn.Module):
             return _NTXent.apply(z, pos, self.temperature)
 
 # %% ../nbs/10_simclr.ipynb #45fef586
-def create_simclr_model(encoder:TimmBody|str='resnet18', # a TimmBody or a timm architecture name
+def create_simclr_model(encoder:TimmEncoder|str='resnet18', # a TimmEncoder or a timm architecture name
                         hidden_size:int|None=None, # projector width; None: the encoder's embed_dim
                         projection_size:int=128, n_layers:int=2, bn:bool=True,
                         n_in:int=3, pretrained:bool=False, **kwargs) -> SiameseModel:
     "SimCLR network: `encoder.embed` then an MLP projector; the encoder stays reachable as `model.encoder`"
-    body = get_encoder(encoder, n_in=n_in, pretrained=pretrained, **kwargs)
+    body = as_encoder(encoder, n_in, pretrained, **kwargs)
     return SiameseModel(body, create_mlp(body.embed_dim, hidden_size or body.embed_dim, projection_size, n_layers, bn))
 
 # %% ../nbs/10_simclr.ipynb #b085485b
-class SimCLR(MultiViewCallback):
+class SimCLRCallback(MultiViewCallback):
     "SimCLR pretraining: two views of every image, NT-Xent loss at `temperature`"
     def __init__(self, aug:ViewAugment|list|None=None, # None: `simclr_augs` at the input's size
                  temperature:float=0.5, n_views:int=2, **kwargs):
         super().__init__(NTXentLoss(temperature), ifnone(aug, simclr_augs(None)), n_views=n_views, **kwargs)
+
+SimCLR = deprecated_alias(SimCLRCallback, 'SimCLR')

@@ -10,10 +10,11 @@ from fastai.callback.core import Callback
 from fastcore.basics import listify, store_attr
 from .augment import ViewAugment, check_images, normalize, denormalize
 from .data import get_norm_stats
-from .encoders import TimmBody, create_timm_body
+from .encoders import TimmEncoder, as_encoder, create_timm_body
+from .compat import deprecated_alias
 
 # %% auto #0
-__all__ = ['MultiViewCallback', 'create_mlp', 'get_encoder', 'SiameseModel']
+__all__ = ['get_encoder', 'MultiViewCallback', 'create_mlp', 'SiameseModel']
 
 # %% ../nbs/03_views.ipynb #aeafc3ea
 class MultiViewCallback(Callback):
@@ -114,14 +115,9 @@ def create_mlp(in_dim:int, hidden_size:int, out_dim:int, n_layers:int=2, bn:bool
         if not last: layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
 
-def get_encoder(encoder:TimmBody|str, n_in:int=3, pretrained:bool=False, **kwargs) -> TimmBody:
-    "`encoder` itself if it is a `TimmBody`, else `create_timm_body(encoder, pretrained, n_in=n_in)`"
-    if isinstance(encoder, str): return create_timm_body(encoder, pretrained=pretrained, n_in=n_in, **kwargs)
-    if not isinstance(encoder, nn.Module) or not hasattr(encoder, 'embed'):
-        raise TypeError(f"encoder must be a timm architecture name or a TimmBody (with .embed), got {type(encoder).__name__}")
-    return encoder
+get_encoder = deprecated_alias(as_encoder, 'get_encoder')
 
 class SiameseModel(nn.Module):
-    "`projector(encoder.embed(x))`, keeping the encoder (a `TimmBody`) as `model.encoder` for transfer"
-    def __init__(self, encoder:TimmBody, projector:nn.Module): super().__init__(); self.encoder, self.projector = encoder, projector
+    "`projector(encoder.embed(x))`, keeping the encoder (a `TimmEncoder`) as `model.encoder` for transfer"
+    def __init__(self, encoder:TimmEncoder, projector:nn.Module): super().__init__(); self.encoder, self.projector = encoder, projector
     def forward(self, x): return self.projector(self.encoder.embed(x))

@@ -1,5 +1,5 @@
 "timm bodies across families and channel counts; first-layer adaptation; safe encoder files; classifier"
-import math
+import copy, math
 import pytest, torch, timm
 from torch import nn
 from self_supervised_fa.encoders import *
@@ -33,30 +33,42 @@ def test_mobilenet_sizes_differ():
 
 @pytest.mark.parametrize('arch', ['resnet18', 'efficientnet_b0', 'convnext_atto', 'vit_tiny_patch16_224'])
 def test_first_layer_adaptation(arch):
-    "Adapted weights against the original 3-channel ones of the same random model (no download)"
-    torch.manual_seed(1); b3 = create_timm_body(arch, n_in=3)
-    torch.manual_seed(1); b1 = create_timm_body(arch, n_in=1)
-    torch.manual_seed(1); b4 = create_timm_body(arch, n_in=4)
-    w = _first_conv(b3).weight
-    torch.testing.assert_close(_first_conv(b1).weight, w.sum(1, keepdim=True))
+    "adapt_first_conv against the original 3-channel weights of the same random model (no download)"
+    m3 = timm.create_model(arch, num_classes=0)
+    first = m3.pretrained_cfg['first_conv']
+    w = m3.get_submodule(first).weight.detach().clone()
+    m1, m4 = adapt_first_conv(copy.deepcopy(m3), 1), adapt_first_conv(copy.deepcopy(m3), 4)
+    torch.testing.assert_close(m1.get_submodule(first).weight, w.sum(1, keepdim=True))
     # 4 channels: the 3 filters repeated ([r,g,b,r]) and scaled by 3/4
-    torch.testing.assert_close(_first_conv(b4).weight, torch.cat([w, w[:, :1]], 1) * 3 / 4)
-    # every other tensor is untouched
-    fc = b3.model.pretrained_cfg['first_conv'] + '.weight'
-    for k, v in b3.state_dict().items():
-        if not k.endswith(fc): torch.testing.assert_close(b1.state_dict()[k], v)
+    torch.testing.assert_close(m4.get_submodule(first).weight, torch.cat([w, w[:, :1]], 1) * 3 / 4)
+    for k, v in m3.state_dict().items():   # every other tensor is untouched
+        if not k.startswith(first + '.weight'): torch.testing.assert_close(m1.state_dict()[k], v)
+    assert TimmEncoder(m4, arch=arch).n_in == 4
 
 
 def test_grey_image_same_features_any_channels():
     "A grey image over 6 channels (a multiple of 3) gives the 3-channel network's features: the 3/n_in scaling"
-    torch.manual_seed(2); b3 = create_timm_body('resnet18', n_in=3).eval()
-    torch.manual_seed(2); b6 = create_timm_body('resnet18', n_in=6).eval()
-    torch.manual_seed(2); b1 = create_timm_body('resnet18', n_in=1).eval()
+    m3 = timm.create_model('resnet18', num_classes=0).eval()
+    m6, m1 = adapt_first_conv(copy.deepcopy(m3), 6), adapt_first_conv(copy.deepcopy(m3), 1)
     g = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
-        ref = b3(g.expand(-1, 3, -1, -1))
-        torch.testing.assert_close(b6(g.expand(-1, 6, -1, -1)), ref, rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(b1(g), ref, rtol=1e-4, atol=1e-4)   # summed filters: same for one channel
+        ref = m3.forward_features(g.expand(-1, 3, -1, -1))
+        torch.testing.assert_close(m6.forward_features(g.expand(-1, 6, -1, -1)), ref, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(m1.forward_features(g), ref, rtol=1e-4, atol=1e-4)   # summed filters: same for one channel
+
+
+@pytest.mark.parametrize('arch', ['resnet18.a1_in1k', 'vit_tiny_patch16_224.augreg_in21k', 'convnext_atto.d2_in1k'])
+def test_pretrained_tag_names_accepted_and_stored(tmp_path, arch):
+    "Names with a pretrained tag (timm.list_pretrained) build without download when pretrained=False; the tag is kept"
+    body = create_timm_body(arch, n_in=1)
+    assert body.arch == arch and body.n_in == 1
+    fn = save_encoder(body, tmp_path/'enc')
+    assert read_encoder_metadata(fn)['arch'] == arch and load_encoder(fn).arch == arch
+
+
+def test_unknown_tag_lists_known_tags():
+    with pytest.raises(ValueError, match=r"no pretrained tag 'a1_in1kk' for resnet18; its tags: \[.*'a1_in1k'"):
+        create_timm_body('resnet18.a1_in1kk')
 
 
 def test_unknown_arch_lists_close_names():
@@ -121,7 +133,7 @@ def test_classifier_freezes_body(tmp_path):
     dls = sample_dls(n_per_class=3, bs=10)
     fn = save_encoder(create_timm_body('resnet18', n_in=1), tmp_path/'e')
     learn = classifier_learner(dls, 'resnet18', encoder_path=fn)
-    body, head = learn.model[0].body, learn.model[1]
+    body, head = learn.model.encoder, learn.model.head
     assert len(learn.opt.param_groups) == 2
     assert not body.model.conv1.weight.requires_grad and all(p.requires_grad for p in head.parameters())
     before = body.model.conv1.weight.detach().clone()
@@ -131,3 +143,57 @@ def test_classifier_freezes_body(tmp_path):
     with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-2)
     assert not torch.equal(before, body.model.conv1.weight)
     assert learn.model(dls.one_batch()[0]).shape == (10, 10)
+
+
+# --- untrusted files: nothing read from a file is evaluated or unpickled ---------------------------------------------
+
+def _tensors(body): return {k: v.contiguous() for k, v in body.state_dict().items()}
+
+GOOD_META = {'format': 'self_supervised_fa.encoder', 'arch': 'resnet18', 'n_in': '1', 'cut': 'None'}
+
+@pytest.mark.parametrize('field', ['format', 'arch', 'n_in', 'cut', 'recipe'])
+@pytest.mark.parametrize('payload', ["__import__('pathlib').Path({m!r}).touch()",
+                                     "exec(\"open({m!r}, 'w').close()\")",
+                                     "(lambda: open({m!r}, 'w'))()"])
+def test_crafted_metadata_never_runs(tmp_path, field, payload):
+    "A payload in any metadata field that would leave a marker file if evaluated: refused by name, marker absent"
+    from safetensors.torch import save_file
+    marker = tmp_path/'MARKER'
+    meta = dict(GOOD_META, **{field: payload.format(m=str(marker))})
+    save_file(_tensors(create_timm_body('resnet18', n_in=1)), str(tmp_path/'evil.safetensors'), metadata=meta)
+    with pytest.raises(ValueError, match=f"metadata field '{field}'.*pass it, load_encoder\\(path, body="):
+        load_encoder(tmp_path/'evil.safetensors')
+    with pytest.raises(ValueError, match=f"metadata field '{field}'"): read_encoder_metadata(tmp_path/'evil.safetensors')
+    assert not marker.exists()
+    # with the body given, the metadata is not needed and the weights load
+    assert load_encoder(tmp_path/'evil.safetensors', create_timm_body('resnet18', n_in=1)).n_in == 1
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize('field,value', [('n_in', '0'), ('n_in', '1.0'), ('n_in', ' 1'), ('cut', 'custom'),
+                                         ('cut', '-3 '), ('arch', 'resnet181'), ('arch', ''), ('format', 'other')])
+def test_metadata_parsed_strictly(tmp_path, field, value):
+    from safetensors.torch import save_file
+    save_file(_tensors(create_timm_body('resnet18', n_in=1)), str(tmp_path/'e.safetensors'), metadata=dict(GOOD_META, **{field: value}))
+    with pytest.raises(ValueError, match=f"metadata field '{field}'"): load_encoder(tmp_path/'e.safetensors')
+
+
+def test_metadata_fields_round_trip(tmp_path):
+    body = create_timm_body('resnet18', n_in=2, cut=-3)
+    fn = save_encoder(body, tmp_path/'e', recipe={'method': 'simclr', 'epochs': 3, 'lr': 2e-3})
+    assert read_encoder_metadata(fn) == dict(arch='resnet18', n_in=2, cut=-3, recipe={'method': 'simclr', 'epochs': 3, 'lr': 2e-3})
+    assert load_encoder(fn).cut == -3
+
+
+class _Payload:
+    "Pickles to a call that leaves a marker file: what a hostile `torch.save` file would hold"
+    def __init__(self, marker): self.marker = marker
+    def __reduce__(self): return (open, (str(self.marker), 'w'))
+
+
+def test_pickle_payload_refused_and_never_runs(tmp_path):
+    marker = tmp_path/'MARKER'
+    torch.save({'model.conv1.weight': torch.zeros(1), 'x': _Payload(marker)}, tmp_path/'evil.pt')
+    assert not marker.exists()
+    with pytest.raises(ValueError, match='weights_only=True'): load_encoder(tmp_path/'evil.pt', create_timm_body('resnet18', n_in=1))
+    assert not marker.exists()

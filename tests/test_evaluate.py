@@ -111,7 +111,7 @@ def test_get_embeddings_rejects_shuffling_torch_dl():
 
 
 def test_knn_monitor_records_in_recorder():
-    "KNNMonitor's value is a column of the progress table and equals knn_accuracy on the encoder's features"
+    "KNNMonitorCallback's value is a column of the progress table and equals knn_accuracy on the encoder's features"
     from fastai.learner import Learner
     from fastai.data.core import DataLoaders
     from fastai.data.load import DataLoader as FaDL
@@ -125,7 +125,7 @@ def test_knn_monitor_records_in_recorder():
         def __init__(self): super().__init__(); self.encoder = nn.Linear(784, 32); self.head = nn.Linear(32, 10)
         def forward(self, x): return self.head(self.encoder(x))
     torch.manual_seed(0)
-    mon = KNNMonitor(dls, k=10)
+    mon = KNNMonitorCallback(dls, k=10)
     learn = Learner(dls, M(), loss_func=nn.CrossEntropyLoss(), cbs=mon)
     with learn.no_bar(): learn.fit(2, 1e-3)
     assert 'knn_top1' in learn.recorder.metric_names

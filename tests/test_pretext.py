@@ -4,7 +4,7 @@ from torch import nn
 from fastai.learner import Learner
 from fastai.torch_core import set_seed
 from self_supervised_fa.data import sample_dls, load_sample_df, SAMPLE_STATS
-from self_supervised_fa.encoders import create_timm_body, save_encoder, classifier_learner
+from self_supervised_fa.encoders import create_timm_body, save_encoder, classifier_learner, create_classifier, encoder_splitter
 from self_supervised_fa.pretext import *
 
 
@@ -30,7 +30,7 @@ def pretrain_and_transfer(dls, model, cb, loss_func, tmp_path, cls_dls=None, epo
     enc = model.encoder.eval()
     clf.model.eval()
     with torch.no_grad():
-        assert torch.allclose(clf.model[0](x), enc.embed(x), atol=1e-5), "downstream body differs from the pretext encoder"
+        assert torch.allclose(clf.model.encoder.embed(x), enc.embed(x), atol=1e-5), "downstream body differs from the pretext encoder"
         assert clf.model(x).shape == (4, cls_dls.c)
     return before, after
 
@@ -45,7 +45,7 @@ class _Flip(PretextCallback):
 def test_callback_rewrites_train_and_valid_batches():
     dls = tiny_dls()
     cb = _Flip()
-    learn = Learner(dls, create_encoder_classifier('test_resnet', 2, n_in=1), loss_func=nn.CrossEntropyLoss(), cbs=cb)
+    learn = Learner(dls, create_classifier('test_resnet', 2, n_in=1), loss_func=nn.CrossEntropyLoss(), cbs=cb)
     x, y = dls.one_batch()
     for training in (True, False):
         learn.training = training
@@ -63,7 +63,7 @@ def test_callback_rewrites_train_and_valid_batches():
 def test_norm_stats_roundtrip():
     dls = tiny_dls()
     cb = _Flip()
-    Learner(dls, create_encoder_classifier('test_resnet', 2, n_in=1), loss_func=nn.CrossEntropyLoss(), cbs=cb)
+    Learner(dls, create_classifier('test_resnet', 2, n_in=1), loss_func=nn.CrossEntropyLoss(), cbs=cb)
     x = dls.one_batch()[0]
     px = cb.denorm(x)
     assert torch.allclose(cb.stats[0].flatten(), torch.tensor(SAMPLE_STATS[0]))
@@ -95,7 +95,7 @@ def test_unet_stages_match_body(arch):
 def test_unet_rejects_vit_and_bad_n_in():
     with pytest.raises(ValueError, match='CNN'): create_encoder_decoder('test_vit', img_size=32)
     with pytest.raises(ValueError, match='n_in=3'): create_encoder_decoder(create_timm_body('test_resnet', n_in=1), n_in=3)
-    with pytest.raises(TypeError, match='TimmBody'): create_encoder_decoder(nn.Conv2d(1, 1, 3))
+    with pytest.raises(TypeError, match='TimmEncoder'): create_encoder_decoder(nn.Conv2d(1, 1, 3))
 
 
 def test_training_the_unet_trains_the_encoder():

@@ -74,7 +74,7 @@ def test_fit_one_cycle_lowers_the_loss():
     torch.manual_seed(0)
     dls = sample_dls(n_per_class=16, valid_df=load_sample_df('test').iloc[:32], bs=32)
     model = create_simclr_model('test_resnet', hidden_size=64, projection_size=32, n_in=1)
-    learn = Learner(dls, model, cbs=SimCLR(small_image_augs(28), temperature=0.2))
+    learn = Learner(dls, model, cbs=SimCLRCallback(small_image_augs(28), temperature=0.2))
     old = learn.loss_func
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(4, 3e-3)
     train_loss = [v[0] for v in learn.recorder.values]

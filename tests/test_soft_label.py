@@ -1,4 +1,4 @@
-"SoftLabelCB, soft-target loss and metrics: cross-checks against torch / scikit-learn and small real trainings"
+"SoftLabelCallback, soft-target loss and metrics: cross-checks against torch / scikit-learn and small real trainings"
 import numpy as np, pandas as pd, pytest, torch, torch.nn as nn, torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from fastai.learner import Learner
@@ -23,7 +23,7 @@ def random_probs(trn, seed=0):
     return p.sample(frac=1, random_state=seed)  # any row order: rows are matched by image_id
 
 class TargetSpy(Callback):
-    "Record the training targets after SoftLabelCB rewrote them, and the loss inputs"
+    "Record the training targets after SoftLabelCallback rewrote them, and the loss inputs"
     order = 50
     def __init__(self): self.targs, self.vtargs = [], []
     def before_batch(self): (self.targs if self.training else self.vtargs).append(self.yb[0].detach().clone())
@@ -35,7 +35,7 @@ def test_blend_formula():
         exp = torch.stack([w*torch.eye(4)[y[i]] + (1 - w)*p[i] for i in range(3)])
         torch.testing.assert_close(blend_targets(y, p, w), exp)
     with pytest.raises(ValueError, match=r'\[0, 1\]'): blend_targets(y, p, -0.01)
-    with pytest.raises(ValueError, match=r'\[0, 1\]'): SoftLabelCB(None, w=1.2)
+    with pytest.raises(ValueError, match=r'\[0, 1\]'): SoftLabelCallback(None, w=1.2)
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16])
@@ -71,7 +71,7 @@ def test_trains_on_blend_validates_on_given_labels():
     probs, w = random_probs(trn), 0.4
     spy = TargetSpy()
     learn = Learner(dls, tiny_cnn(), loss_func=SoftTargetCrossEntropy(), metrics=[soft_accuracy, RocAucMean()],
-                    cbs=[SoftLabelCB(probs, w=w), spy])
+                    cbs=[SoftLabelCallback(probs, w=w), spy])
     with learn.no_bar(): learn.fit(1, 1e-3)
     items = dls.train.items.reset_index(drop=True)
     p = torch.tensor(probs.set_index('image_id').loc[items.image_id].values, dtype=torch.float32)
@@ -90,7 +90,7 @@ def test_fine_tune_savemodel_get_preds(tmp_path):
     trn, dls = small_dls(n_train=6, n_valid=3, bs=16)
     spy = TargetSpy()
     learn = classifier_learner(dls, 'test_resnet', loss_func=SoftTargetCrossEntropy(), metrics=soft_accuracy,
-                               path=tmp_path, cbs=[SoftLabelCB(random_probs(trn), w=0.5), spy])
+                               path=tmp_path, cbs=[SoftLabelCallback(random_probs(trn), w=0.5), spy])
     learn.freeze()
     with learn.no_bar(), learn.no_logging(): learn.fine_tune(1, 1e-3, freeze_epochs=1, cbs=SaveModelCallback(monitor='valid_loss', fname='best'))
     assert (tmp_path/'models'/'best.pth').exists()
@@ -105,7 +105,7 @@ def test_bad_probabilities_fail_before_training():
     trn, dls = small_dls()
     probs = random_probs(trn)
     def fit(p):
-        learn = Learner(dls, tiny_cnn(), loss_func=SoftTargetCrossEntropy(), cbs=SoftLabelCB(p))
+        learn = Learner(dls, tiny_cnn(), loss_func=SoftTargetCrossEntropy(), cbs=SoftLabelCallback(p))
         w0 = [q.clone() for q in learn.model.parameters()]
         with pytest.raises((ValueError, KeyError)) as e, learn.no_bar(): learn.fit(1)
         assert all(torch.equal(a, b) for a, b in zip(w0, learn.model.parameters()))  # nothing trained
@@ -155,7 +155,7 @@ def test_item_labels_read_the_label_pipeline():
 def test_soft_targets_come_with_the_batch_and_label_mismatch_fails():
     trn, dls = small_dls()
     probs = random_probs(trn)
-    cb = SoftLabelCB(probs, w=0.2)
+    cb = SoftLabelCallback(probs, w=0.2)
     learn = Learner(dls, tiny_cnn(), loss_func=SoftTargetCrossEntropy(), cbs=cb)
     with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
     items = dls.train.items.reset_index(drop=True)
@@ -163,7 +163,7 @@ def test_soft_targets_come_with_the_batch_and_label_mismatch_fails():
     torch.testing.assert_close(cb.table, blend_targets(torch.tensor(items.label.values), p, 0.2))  # blended once
     x, soft = cb.train_dl.one_batch()
     assert not isinstance(soft, type(dls.train.one_batch()[1])) and soft.shape == (32, 10)  # plain tensor, in yb's place
-    class WrongLabels(SoftLabelCB):
+    class WrongLabels(SoftLabelCallback):
         def setup(self, dl): super().setup(dl); self.labels = (self.labels + 1) % 10
     learn = Learner(dls, tiny_cnn(), loss_func=SoftTargetCrossEntropy(), cbs=WrongLabels(probs))
     with pytest.raises(ValueError, match='labels differ'), learn.no_bar(): learn.fit(1)

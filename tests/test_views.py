@@ -5,7 +5,8 @@ from fastai.learner import Learner
 from self_supervised_fa.augment import ViewAugment, small_image_augs, normalize, denormalize
 from self_supervised_fa.data import sample_dls, load_sample_df, get_norm_stats
 from self_supervised_fa.encoders import create_timm_body
-from self_supervised_fa.views import MultiViewCallback, SiameseModel, create_mlp, get_encoder
+from self_supervised_fa.views import MultiViewCallback, SiameseModel, create_mlp
+from self_supervised_fa.encoders import as_encoder
 from self_supervised_fa.simclr import NTXentLoss
 
 pytestmark = pytest.mark.filterwarnings('ignore:ViewAugment. 1-channel')
@@ -81,5 +82,5 @@ def test_nan_loss_stops_training(dls, model):
 
 def test_get_encoder():
     body = create_timm_body('test_resnet', n_in=1)
-    assert get_encoder(body) is body and get_encoder('test_resnet', n_in=1).n_in == 1
-    with pytest.raises(TypeError, match='TimmBody'): get_encoder(nn.Linear(2, 2))
+    assert as_encoder(body) is body and as_encoder('test_resnet', n_in=1).n_in == 1
+    with pytest.raises(TypeError, match='TimmEncoder'): as_encoder(nn.Linear(2, 2))
