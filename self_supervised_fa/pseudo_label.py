@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np, pandas as pd
 from fastcore.basics import ifnone
 from fastprogress.fastprogress import progress_bar
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedKFold, StratifiedGroupKFold
 from .soft_label import PROB_PREFIX
 from .data import write_csv_atomic
 
@@ -33,18 +33,28 @@ def class_labels(df: pd.DataFrame, label='label', classes=None) -> pd.Series:
     return pd.Series(names[oh.argmax(1)], index=df.index, name='label')
 
 # %% ../nbs/40_pseudo_label.ipynb #726e7e68
-def assign_folds(df: pd.DataFrame, n_folds: int=5, label='label', seed: int=0, col: str='fold', classes=None) -> pd.DataFrame:
-    "Copy of `df` with a `col` column: stratified fold numbers 0..n_folds-1 (scikit-learn `StratifiedKFold`, shuffled)"
+def assign_folds(df: pd.DataFrame, n_folds: int=5, label='label', seed: int=0, col: str='fold', classes=None,
+                 group: str|None=None) -> pd.DataFrame:
+    "Copy of `df` with a `col` column: stratified fold numbers 0..n_folds-1, grouped by column `group` if given"
     if n_folds < 2: raise ValueError(f"n_folds must be at least 2, got {n_folds}")
     y = class_labels(df, label, classes)
     counts = y.value_counts()
     if counts.min() < n_folds:
         raise ValueError(f"class {counts.idxmin()} has only {counts.min()} items, fewer than n_folds={n_folds}; "
                          f"use n_folds <= {max(counts.min(), 1)} (at least 2) or drop/merge that class")
+    groups = None
+    if group is not None:
+        if group not in df: raise KeyError(f"group column {group!r} not in the DataFrame (columns: {list(df.columns)})")
+        groups = df[group]
+        if groups.isna().any(): raise ValueError(f"group column {group!r} has {int(groups.isna().sum())} empty values; "
+                                                 "give every item a group (its own id if it shares none)")
+        if groups.nunique() < n_folds: raise ValueError(f"group column {group!r} has {groups.nunique()} groups, fewer than "
+                                                        f"n_folds={n_folds}")
     res = df.copy()
     res[col] = -1
-    skf = StratifiedKFold(n_folds, shuffle=True, random_state=seed)
-    for k, (_, idx) in enumerate(skf.split(np.zeros(len(y)), y.astype(str))): res.iloc[idx, res.columns.get_loc(col)] = k
+    kf = (StratifiedKFold if groups is None else StratifiedGroupKFold)(n_folds, shuffle=True, random_state=seed)
+    split = kf.split(np.zeros(len(y)), y.astype(str), None if groups is None else groups.astype(str))
+    for k, (_, idx) in enumerate(split): res.iloc[idx, res.columns.get_loc(col)] = k
     return res
 
 # %% ../nbs/40_pseudo_label.ipynb #21273124
