@@ -1,0 +1,132 @@
+"""Pieces the pretext benchmarks share: resumable JSON cells, a CPU-time training budget, the fair random-init
+baseline, best-stage probes on frozen features, markdown tables and a description of the machine."""
+import copy, json, os, platform, time, uuid
+from pathlib import Path
+import numpy as np, torch
+from torch import nn
+from fastai.callback.core import Callback, CancelFitException
+from fastai.callback.schedule import *   # fit_one_cycle
+from self_supervised_fa.evaluate import get_stage_embeddings, budget_indices, best_stage, knn_accuracy, linear_probe
+
+
+# --- resumable cells: one JSON file per benchmark, rewritten atomically after every finished cell
+class Cells:
+    "A JSON dict on disk: `get(key)` a finished cell's result, `put(key, value)` writes the whole file atomically"
+    def __init__(self, path):
+        self.path = Path(path)
+        self.data = json.loads(self.path.read_text()) if self.path.exists() else {}
+    def get(self, key): return self.data.get(key)
+    def put(self, key, value):
+        self.data[key] = value
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f'.{self.path.name}.tmp-{uuid.uuid4().hex[:8]}')
+        try: tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True)); os.replace(tmp, self.path)
+        finally:
+            if tmp.exists(): tmp.unlink()
+        return value
+
+
+def write_text_atomic(path, text):
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.tmp-{uuid.uuid4().hex[:8]}')
+    try: tmp.write_text(text); os.replace(tmp, path)
+    finally:
+        if tmp.exists(): tmp.unlink()
+
+
+# --- a training budget in CPU seconds of this process (robust to other jobs sharing the cores, unlike wall time)
+class _BatchClock(Callback):
+    "Records the CPU seconds of each training batch and stops the fit after `n` batches"
+    order = 99
+    def __init__(self, n): self.n, self.secs = n, []
+    def before_batch(self): self.t = time.process_time()
+    def after_batch(self):
+        if not self.training: return
+        self.secs.append(time.process_time() - self.t)
+        if len(self.secs) >= self.n: raise CancelFitException
+
+
+def cpu_per_batch(learn, lr, n=6) -> float:
+    "Median CPU seconds of a training batch of `learn` (measured on a copy of its model, which is thrown away)"
+    model = learn.model
+    learn.model = copy.deepcopy(model)
+    clock = _BatchClock(n)
+    try:
+        with learn.no_bar(), learn.no_logging(): learn.fit(1, lr, cbs=clock)
+    finally: learn.model = model; learn.opt = None
+    return float(np.median(clock.secs[1:] or clock.secs))
+
+
+def fit_cpu_budget(learn, budget_s, lr, max_epochs=200) -> dict:
+    "`fit_one_cycle` for as many epochs as fit in `budget_s` CPU seconds (batches timed first); the epochs and CPU/wall seconds spent"
+    per = cpu_per_batch(learn, lr)
+    epochs = int(max(1, min(max_epochs, round(budget_s / (per * len(learn.dls.train))))))
+    c0, w0 = time.process_time(), time.perf_counter()
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
+    return dict(epochs=epochs, cpu_per_batch=round(per, 3), cpu_s=round(time.process_time() - c0), wall_s=round(time.perf_counter() - w0))
+
+
+# --- baselines
+def unzero_bn(body):
+    "A copy of `body` with the BatchNorm scales that are all zero (timm's `zero_init_last` residual branches) set to 1"
+    body = copy.deepcopy(body)
+    for m in body.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and not m.weight.any(): nn.init.ones_(m.weight)
+    return body
+
+
+def pixel_probe(dls, n_per_class=10, seeds=(0, 1, 2)) -> dict:
+    "kNN and linear probe on the raw (normalised) pixels, `n_per_class` labels per class, mean over label draws"
+    def grab(dl):
+        xs, ys = zip(*[(b[0].flatten(1).float().cpu(), b[1].cpu()) for b in dl.new(shuffle=False, drop_last=False)])
+        return torch.cat(xs), torch.cat(ys)
+    (trx, trl), (tex, tel) = grab(dls.train), grab(dls.valid)
+    knn, lin = [], []
+    for s in seeds:
+        idx = budget_indices(trl, n_per_class, s)
+        knn.append(knn_accuracy(trx[idx], trl[idx], tex, tel, k=min(20, len(idx)), topk=(1,))['top1'])
+        lin.append(linear_probe(trx[idx], trl[idx], tex, tel, seed=s))
+    return dict(knn=float(np.mean(knn)), linear=float(np.mean(lin)))
+
+
+def stage_probe(enc, dls, n_per_class=10, seeds=(0, 1, 2), pool='avg', folds=5) -> dict:
+    """Best-stage kNN and linear probe of `enc` with `n_per_class` labels per class, mean over label draws `seeds`.
+
+    The stage is chosen by `best_stage` (stratified CV on the labelled items of each draw); the test set is read only to
+    score the chosen stage. `per_stage_*` (test accuracy of every stage, mean over draws) is a diagnostic, never a choice."""
+    trf, trl = get_stage_embeddings(enc, dls.train, 'all', pool, progress=False)
+    tef, tel = get_stage_embeddings(enc, dls.valid, 'all', pool, progress=False)
+    n_cls = int(max(trl.max(), tel.max())) + 1
+    out = {m: [] for m in ('knn', 'linear', 'knn_stage', 'linear_stage')}
+    per = {m: {s: [] for s in trf} for m in ('knn', 'linear')}
+    for seed in seeds:
+        idx = budget_indices(trl, n_per_class, seed)
+        acc = dict(knn=lambda s: knn_accuracy(trf[s][idx], trl[idx], tef[s], tel, k=min(20, len(idx)), n_classes=n_cls, topk=(1,))['top1'],
+                   linear=lambda s: linear_probe(trf[s][idx], trl[idx], tef[s], tel, seed=seed))
+        for m in ('knn', 'linear'):
+            for s in trf: per[m][s].append(acc[m](s))
+            chosen, _ = best_stage({s: f[idx] for s, f in trf.items()}, trl[idx], m, folds, seed)
+            out[m].append(per[m][chosen][-1]); out[f'{m}_stage'].append(int(chosen))
+    res = {m: float(np.mean(out[m])) for m in ('knn', 'linear')}
+    res.update({f'{m}_stage': out[f'{m}_stage'] for m in ('knn', 'linear')})
+    res.update({f'per_stage_{m}': {str(s): float(np.mean(v)) for s, v in per[m].items()} for m in ('knn', 'linear')})
+    return res
+
+
+# --- reporting
+def md_table(rows, cols, names=None):
+    "A GitHub markdown table of dicts `rows`, columns `cols` (headers `names`)"
+    names = names or cols
+    out = ['| ' + ' | '.join(names) + ' |', '|' + '---|' * len(cols)]
+    return '\n'.join(out + ['| ' + ' | '.join(str(r.get(c, '')) for c in cols) + ' |' for r in rows])
+
+
+def machine(load0, threads):
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'
+    mem = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30
+    return (f"{os.cpu_count()}-core CPU, {mem:.0f} GiB, Python {platform.python_version()}, torch {torch.__version__}, {gpu}; "
+            f"{threads} torch thread(s); CPU shared with other jobs (load average {load0:.1f} at the start, "
+            f"{os.getloadavg()[0]:.1f} at the end)")
+
+
+def pct(v): return f'{100*v:.1f}'
