@@ -20,19 +20,13 @@ from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
 from fastai.torch_core import set_seed
-from fastai.data.block import DataBlock, CategoryBlock
-from fastai.data.transforms import ColReader, ColSplitter, Normalize
-from fastai.vision.data import ImageBlock
-from fastai.vision.core import PILImageBW, imagenet_stats
-from kornia.color import rgb_to_grayscale
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_utils import Cells, fit_cpu_budget, unzero_bn, pixel_probe, stage_probe, md_table, machine, pct, write_text_atomic
+from bench_utils import Cells, colour_crops_dls, fit_cpu_budget, unzero_bn, pixel_probe, stage_probe, md_table, machine, pct, write_text_atomic
 from self_supervised_fa.data import sample_dls, load_sample_df
 from self_supervised_fa.encoders import create_timm_body, save_encoder, load_encoder
 from self_supervised_fa.pretext import MaskedMSELoss
 from self_supervised_fa.rotnet import RotNetCallback, create_rotnet_model
-from self_supervised_fa import colorize
-from self_supervised_fa.colorize import ColorizeCallback, create_colorize_model
+from self_supervised_fa.colorize import ColorizeCallback, create_colorize_model, ABBinLoss, ab_prior
 from self_supervised_fa.jigsaw import JigsawCallback, create_jigsaw_model
 from self_supervised_fa.context import ContextCallback, create_context_model
 from self_supervised_fa.inpaint import InpaintCallback, create_inpaint_model
@@ -52,16 +46,7 @@ def digits(a, size=None, bs=None):
     return sample_dls(valid_df=load_sample_df('test').iloc[:a.n_valid], size=size, bs=bs or a.bs, seed=a.seed)
 
 
-def colour_dls(a, bs=None, grey=False):
-    "The colour crops (label: the photo): RGB for colorization, or their luminance (`grey`), normalised as the colorizer's input"
-    root = colorize.get_colour_sample(size=32, n_per_photo=a.colour_per_photo)
-    df = pd.read_csv(root/'crops.csv')
-    luma = lambda v: rgb_to_grayscale(torch.tensor(v).view(1, 3, 1, 1)).flatten().tolist()
-    norm = Normalize.from_stats(luma(imagenet_stats[0]), luma(imagenet_stats[1])) if grey else Normalize.from_stats(*imagenet_stats)
-    dblock = DataBlock(blocks=(ImageBlock(cls=PILImageBW) if grey else ImageBlock, CategoryBlock),
-                       get_x=ColReader('image_id', pref=root/'images', suff='.png'), get_y=ColReader('label'),
-                       splitter=ColSplitter('is_valid'), batch_tfms=[norm])
-    return dblock.dataloaders(df, bs=bs or a.bs, num_workers=0)
+def colour_dls(a, bs=None, grey=False): return colour_crops_dls(a.colour_per_photo, bs or a.bs, grey)
 
 
 # --- tasks: each returns the pretext setup; variants pin every setting they compare, so later default changes leave them alone
@@ -71,13 +56,20 @@ def task_rotnet(a, v):
                 metrics=accuracy, chance=0.25, lr=a.lr, eval='digits28',
                 data=dict(one='one random rotation per image (valid: all 4)', all4='all 4 rotations of every image in the batch')[v])
 
-_COLOUR = dict(rgb=dict(space='rgb'), lab=dict(space='lab'))
+_COLOUR = dict(rgb=dict(space='rgb'), lab=dict(space='lab'), bins=dict(space='lab'))
 def task_colorize(a, v):
-    kw = _COLOUR[v]
-    cb = ColorizeCallback(grey_channels=1, **kw)
-    base_cb = ColorizeCallback(grey_channels=1, **kw)
+    kw, dls = _COLOUR[v], colour_dls(a)
+    cb, base_cb = ColorizeCallback(grey_channels=1, **kw), ColorizeCallback(grey_channels=1, **kw)
+    if v == 'bins':   # Zhang et al.: ab bins, soft-encoded, rarity-weighted; baseline: the training colour distribution everywhere
+        prior = ab_prior(dls)
+        loss = ABBinLoss(prior)
+        model = create_colorize_model(a.arch, space='lab', n_in=1, img_size=32, n_bins=loss.n_bins)
+        base = lambda inp: prior.clamp_min(1e-8).log().view(1, -1, 1, 1).expand(len(inp), -1, *inp.shape[2:]).to(inp)
+        return dict(dls=dls, model=model, cb=cb, loss=loss, metrics=None, baseline=lambda: (Fn(base), base_cb),
+                    baseline_name='the colour prior', lr=a.lr, eval='colour32',
+                    data=f"colour crops, 1-channel luminance in, scores over {loss.n_bins} ab bins out, class-rebalanced cross-entropy (`ABBinLoss`)")
     grey = (lambda inp: base_cb.grey(inp).expand(-1, 3, -1, -1)) if kw['space'] == 'rgb' else (lambda inp: torch.zeros_like(inp).expand(-1, 2, -1, -1))
-    return dict(dls=colour_dls(a), model=create_colorize_model(a.arch, space=kw['space'], n_in=1, img_size=32), cb=cb,
+    return dict(dls=dls, model=create_colorize_model(a.arch, space=kw['space'], n_in=1, img_size=32), cb=cb,
                 loss=MaskedMSELoss(), metrics=None, baseline=lambda: (Fn(grey), base_cb), baseline_name='grey prediction',
                 lr=a.lr, eval='colour32', data=f"colour crops, 1-channel luminance in, {kw['space']} out, MSE")
 
@@ -110,7 +102,7 @@ def task_superres(a, v):
 
 TASKS = dict(rotnet=(task_rotnet, ('one', 'all4')), colorize=(task_colorize, tuple(_COLOUR)), jigsaw=(task_jigsaw, ('base', 'paper')),
              context=(task_context, ('base', 'paper')), inpaint=(task_inpaint, ('base',)), superres=(task_superres, ('base',)))
-DEFAULT = 'rotnet:one,rotnet:all4,colorize:rgb,colorize:lab,jigsaw:base,jigsaw:paper,context:base,context:paper,inpaint:base,superres:base'
+DEFAULT = 'rotnet:one,rotnet:all4,colorize:rgb,colorize:lab,colorize:bins,jigsaw:base,jigsaw:paper,context:base,context:paper,inpaint:base,superres:base'
 
 
 def eval_dls(a, name):

@@ -66,6 +66,29 @@ def fit_cpu_budget(learn, budget_s, lr, max_epochs=200) -> dict:
     return dict(epochs=epochs, cpu_per_batch=round(per, 3), cpu_s=round(time.process_time() - c0), wall_s=round(time.perf_counter() - w0))
 
 
+# --- the colour crops (colorize.get_colour_sample), as RGB or as the luminance a colorizer's encoder reads
+def colour_crops_dls(n_per_photo=200, bs=64, grey=False, all_train=False, n_valid=100, seed=0):
+    """DataLoaders of the colour crops labelled by photo: RGB normalised with ImageNet statistics, or (`grey`) their luminance
+    (Rec. 601, as `ColorizeCallback` makes it) normalised by the luminance of those statistics. `all_train`: every crop in the
+    training set (labels unused: pretraining on all images) and `n_valid` of them again as the validation set"""
+    import pandas as pd
+    from fastai.data.block import DataBlock, CategoryBlock
+    from fastai.data.transforms import ColReader, ColSplitter, Normalize
+    from fastai.vision.data import ImageBlock
+    from fastai.vision.core import PILImageBW, imagenet_stats
+    from kornia.color import rgb_to_grayscale
+    from self_supervised_fa.colorize import get_colour_sample
+    root = get_colour_sample(size=32, n_per_photo=n_per_photo)
+    df = pd.read_csv(root/'crops.csv')
+    if all_train: df = pd.concat([df.assign(is_valid=False), df.sample(n_valid, random_state=seed).assign(is_valid=True)], ignore_index=True)
+    luma = lambda v: rgb_to_grayscale(torch.tensor(v).view(1, 3, 1, 1)).flatten().tolist()
+    norm = Normalize.from_stats(luma(imagenet_stats[0]), luma(imagenet_stats[1])) if grey else Normalize.from_stats(*imagenet_stats)
+    dblock = DataBlock(blocks=(ImageBlock(cls=PILImageBW) if grey else ImageBlock, CategoryBlock),
+                       get_x=ColReader('image_id', pref=root/'images', suff='.png'), get_y=ColReader('label'),
+                       splitter=ColSplitter('is_valid'), batch_tfms=[norm])
+    return dblock.dataloaders(df, bs=bs, num_workers=0)
+
+
 # --- baselines
 def unzero_bn(body):
     "A copy of `body` with the BatchNorm scales that are all zero (timm's `zero_init_last` residual branches) set to 1"
