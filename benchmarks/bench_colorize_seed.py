@@ -11,7 +11,7 @@ class rebalancing (`ABBinLoss`). Downstream, `label_efficiency` on the luminance
 (`stage=None`) and at the stage chosen on the labelled items (`stage='best'`, the network cut there), against the
 same architecture from scratch through the same procedure.
 
-    nice -n 5 python benchmarks/bench_colorize_seed.py [--variants rgb,lab,bins] [--budget 600] [--threads 1]
+    python benchmarks/bench_colorize_seed.py [--variants rgb,lab,bins] [--budget 600] [--threads 1]
 """
 import argparse, os, sys, time
 from pathlib import Path
@@ -19,7 +19,7 @@ import numpy as np, torch
 from fastai.learner import Learner
 from fastai.torch_core import set_seed
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_utils import Cells, colour_crops_dls, fit_cpu_budget, md_table, machine, write_text_atomic
+from bench_utils import add_common_args, start, command, colour_crops_dls, fit_cpu_budget, md_table, machine, write_text_atomic
 from self_supervised_fa.encoders import create_timm_body, save_encoder, load_encoder
 from self_supervised_fa.label_efficiency import label_efficiency
 from self_supervised_fa.pretext import MaskedMSELoss
@@ -64,16 +64,10 @@ def main():
     p.add_argument('--labels', type=int, default=10, help='labels per class downstream')
     p.add_argument('--ft-epochs', type=int, default=20)
     p.add_argument('--stages', default='embed,best')
-    p.add_argument('--seeds', default='0,1,2')
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--threads', type=int, default=1)
-    p.add_argument('--cells', default='benchmarks/results/colorize_seed_cells.json')
-    p.add_argument('--cache', default='scratch/bench_colorize_seed')
-    p.add_argument('--out', default='benchmarks/results/colorize_seed.md')
+    add_common_args(p, 'colorize_seed', seeds=True)
     a = p.parse_args()
-    torch.set_num_threads(a.threads)
-    load0, t0 = os.getloadavg()[0], time.perf_counter()
-    cells, seeds = Cells(a.cells), [int(s) for s in a.seeds.split(',')]
+    load0, t0, cells = start(a)
+    seeds = [int(s) for s in a.seeds.split(',')]
     rows, pre_rows = [], []
     for v in a.variants.split(','):
         pre = pretrain(a, v, cells)
@@ -92,10 +86,9 @@ def main():
                              slin=f"{100*np.mean(get('from scratch', 'linear')):.1f}",
                              stages=f"{st(v, 'finetune_stage')} / {st('from scratch', 'finetune_stage')}" if stage != 'embed' else '-'))
             print(rows[-1], flush=True)
-    cmd = 'nice -n 5 python benchmarks/bench_colorize_seed.py ' + ' '.join(f'--{k.replace("_", "-")} {v}' for k, v in vars(a).items()
-                                                                          if k not in ('cells', 'cache', 'out'))
+    cmd = command('bench_colorize_seed.py', a)
     text = (f"## Colorization as the colour write-up ran it: pretrain on all images, fine-tune with {a.labels} labels per class\n\n"
-            f"Machine: {machine(load0, a.threads)}, `nice -n 5`.\n\nCommand: `{cmd}` ({(time.perf_counter() - t0)/60:.0f} min for the "
+            f"Machine: {machine(load0, a.threads)}.\n\nCommand: `{cmd}` ({(time.perf_counter() - t0)/60:.0f} min for the "
             f"cells run this time; cells cached in `{a.cells}`)\n\n"
             f"Data: {a.n_per_photo} crops of 32 px from each of scikit-image's 5 colour photos (`colorize.get_colour_sample`), "
             f"labelled by photo; pretraining reads all {5*a.n_per_photo} without labels, downstream draws {a.labels} labels per "

@@ -10,7 +10,7 @@ from the training pool, the stage is chosen by 5-fold cross-validation on those 
 and scored on the test items; mean over 3 label draws. Every cell is cached in `--cells` (JSON) so an interrupted run
 resumes; encoders are kept in `--cache`.
 
-    nice -n 5 python benchmarks/bench_pretext.py [--tasks rotnet:all4,jigsaw:paper,...] [--budget 300] [--arch resnet10t]
+    python benchmarks/bench_pretext.py [--tasks rotnet:all4,jigsaw:paper,...] [--budget 300] [--arch resnet10t]
 """
 import argparse, os, sys, time
 from pathlib import Path
@@ -21,10 +21,11 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
 from fastai.torch_core import set_seed
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_utils import Cells, colour_crops_dls, fit_cpu_budget, unzero_bn, pixel_probe, stage_probe, md_table, machine, pct, write_text_atomic
+from bench_utils import add_common_args, start, command, colour_crops_dls, fit_cpu_budget, unzero_bn, pixel_probe, stage_probe, md_table, machine, pct, write_text_atomic
 from self_supervised_fa.data import sample_dls, load_sample_df
 from self_supervised_fa.encoders import create_timm_body, save_encoder, load_encoder
-from self_supervised_fa.pretext import MaskedMSELoss
+from self_supervised_fa.pretext import MaskedMSELoss, AugmentBatchCallback
+from self_supervised_fa.augment import small_image_augs
 from self_supervised_fa.rotnet import RotNetCallback, create_rotnet_model
 from self_supervised_fa.colorize import ColorizeCallback, create_colorize_model, ABBinLoss, ab_prior
 from self_supervised_fa.jigsaw import JigsawCallback, create_jigsaw_model
@@ -50,11 +51,18 @@ def colour_dls(a, bs=None, grey=False): return colour_crops_dls(a.colour_per_pho
 
 
 # --- tasks: each returns the pretext setup; variants pin every setting they compare, so later default changes leave them alone
+def digit_augs(size):
+    "Augmentation for digits before a pretext task: crops of 50-100 % of the image, brightness/contrast jitter, no flip"
+    return AugmentBatchCallback(small_image_augs(size, crop_scale=(0.5, 1.), flip_p=0.))
+
 def task_rotnet(a, v):
-    cb = RotNetCallback(**dict(one=dict(all_rotations=False, valid_all=True), all4=dict(all_rotations=True))[v])
-    return dict(dls=digits(a), model=create_rotnet_model(a.arch, n_in=1), cb=cb, loss=CrossEntropyLossFlat(),
-                metrics=accuracy, chance=0.25, lr=a.lr, eval='digits28',
-                data=dict(one='one random rotation per image (valid: all 4)', all4='all 4 rotations of every image in the batch')[v])
+    cb = RotNetCallback(**dict(one=dict(all_rotations=False, valid_all=True), all4=dict(all_rotations=True),
+                               all4aug=dict(all_rotations=True))[v])
+    return dict(dls=digits(a), model=create_rotnet_model(a.arch, n_in=1), cb=[cb] + ([digit_augs(28)] if v == 'all4aug' else []),
+                loss=CrossEntropyLossFlat(), metrics=accuracy, chance=0.25, lr=a.lr, eval='digits28',
+                data=dict(one='one random rotation per image (valid: all 4)', all4='all 4 rotations of every image in the batch',
+                          all4aug='all 4 rotations of every image, of training images augmented first (`AugmentBatchCallback`: '
+                                  'crops of 50-100 %, brightness/contrast jitter)')[v])
 
 _COLOUR = dict(rgb=dict(space='rgb'), lab=dict(space='lab'), bins=dict(space='lab'))
 def task_colorize(a, v):
@@ -100,7 +108,7 @@ def task_superres(a, v):
                 loss=MaskedMSELoss(), metrics=None, baseline=lambda: (Fn(lambda inp: inp), SuperResCallback(scale=2)),
                 baseline_name='bilinear x2', lr=a.lr, eval='digits32', data='digits at 32 px, shrunk x2 and enlarged back, MSE')
 
-TASKS = dict(rotnet=(task_rotnet, ('one', 'all4')), colorize=(task_colorize, tuple(_COLOUR)), jigsaw=(task_jigsaw, ('base', 'paper')),
+TASKS = dict(rotnet=(task_rotnet, ('one', 'all4', 'all4aug')), colorize=(task_colorize, tuple(_COLOUR)), jigsaw=(task_jigsaw, ('base', 'paper')),
              context=(task_context, ('base', 'paper')), inpaint=(task_inpaint, ('base',)), superres=(task_superres, ('base',)))
 DEFAULT = 'rotnet:one,rotnet:all4,colorize:rgb,colorize:lab,colorize:bins,jigsaw:base,jigsaw:paper,context:base,context:paper,inpaint:base,superres:base'
 
@@ -168,14 +176,13 @@ def report(a, cells, keys, load0, total):
              'kNN % (stages)', 'linear % (stages)', 'random kNN %', 'random linear % (stages)', 'pixels kNN / linear %', 'linear gain (pts)', '>= +10 pts']
     diag = md_table(rows, ['task', 'per_stage', 'rper_stage'], ['task:variant', 'linear % per stage, pretrained (test, diagnostic)',
                                                                'linear % per stage, random init'])
-    cmd = 'nice -n 5 python benchmarks/bench_pretext.py ' + ' '.join(f'--{k.replace("_", "-")} {v}' for k, v in vars(a).items()
-                                                                     if k not in ('cells', 'cache', 'out'))
+    cmd = command('bench_pretext.py', a)
     colour = [cells.get(k) for k in keys if k.startswith('colorize')]
     colour_digits = '; '.join(f"{r['task']}:{r['variant']} on digits: kNN {pct(r['probe_digits28']['knn'])}, linear {pct(r['probe_digits28']['linear'])} "
                               f"(random init {pct(cells.get(f'random/{a.arch}/digits28/s{a.seed}')['linear'])})"
                               for r in colour if r and cells.get(f'random/{a.arch}/digits28/s{a.seed}'))
     text = (f"## Pretext tasks under a fixed CPU budget ({a.arch}, 1 input channel)\n\n"
-            f"Machine: {machine(load0, a.threads)}, `nice -n 5`.\n\nCommand: `{cmd}` ({total/60:.0f} min for the cells run this time; "
+            f"Machine: {machine(load0, a.threads)}.\n\nCommand: `{cmd}` ({total/60:.0f} min for the cells run this time; "
             f"finished cells are cached in `{a.cells}`)\n\n"
             f"**Budget**: each task trains `fit_one_cycle` for as many epochs as fit in {a.budget} CPU seconds of one torch thread "
             f"(seconds per batch measured first on a throw-away copy; `CPU s` is what the fit really spent, validation included), "
@@ -209,16 +216,10 @@ def main():
     p.add_argument('--lr', type=float, default=3e-3)
     p.add_argument('--lr-context', type=float, default=1e-3)
     p.add_argument('--bs', type=int, default=64)
-    p.add_argument('--threads', type=int, default=1)
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--cells', default='benchmarks/results/pretext_cells.json')
-    p.add_argument('--cache', default='scratch/bench_pretext')
-    p.add_argument('--out', default='benchmarks/results/pretext.md')
+    add_common_args(p, 'pretext')
     p.add_argument('--report-only', type=int, default=0)
     a = p.parse_args()
-    torch.set_num_threads(a.threads)
-    load0, t0 = os.getloadavg()[0], time.perf_counter()
-    cells = Cells(a.cells)
+    load0, t0, cells = start(a)
     keys = []
     for tv in [t for t in a.tasks.split(',') if t]:
         name, variant = tv.split(':')

@@ -14,7 +14,7 @@ PyTorch MNIST example's two-conv network) and timm's `resnet10t`. Two recipes:
   downstream `label_efficiency` (fastai head, `fit_one_cycle` on the whole network; the resnet reads and is cut at the
   stage chosen by cross-validation on the labelled items, `stage='best'`), against the same network from scratch.
 
-    nice -n 5 python benchmarks/bench_rotnet_seed.py [--archs mnist_cnn2,resnet10t] [--threads 1]
+    python benchmarks/bench_rotnet_seed.py [--archs mnist_cnn2,resnet10t] [--threads 1]
 """
 import argparse, copy, os, sys, time
 from functools import partial
@@ -27,7 +27,7 @@ from fastai.optimizer import OptimWrapper
 from fastai.torch_core import set_seed
 sys.path.insert(0, str(Path(__file__).parent))
 import seed_models   # registers mnist_cnn2 with timm
-from bench_utils import Cells, md_table, machine, write_text_atomic
+from bench_utils import add_common_args, start, command, md_table, machine, write_text_atomic
 from self_supervised_fa.data import sample_dls, load_sample_df
 from self_supervised_fa.encoders import create_timm_body, create_classifier, save_encoder, load_encoder
 from self_supervised_fa.evaluate import budget_indices
@@ -97,16 +97,10 @@ def main():
     p.add_argument('--lecture-epochs', default='1,3,10,30', help='downstream epochs of the lecture recipe')
     p.add_argument('--lr', type=float, default=3e-3, help='pretext learning rate of our recipe')
     p.add_argument('--ft-epochs', type=int, default=10)
-    p.add_argument('--seeds', default='0,1,2', help='label draws (and training seeds) downstream')
-    p.add_argument('--seed', type=int, default=0, help='pretext seed')
-    p.add_argument('--threads', type=int, default=1)
-    p.add_argument('--cells', default='benchmarks/results/rotnet_seed_cells.json')
-    p.add_argument('--cache', default='scratch/bench_rotnet_seed')
-    p.add_argument('--out', default='benchmarks/results/rotnet_seed.md')
+    add_common_args(p, 'rotnet_seed', seeds=True)
     a = p.parse_args()
-    torch.set_num_threads(a.threads)
-    load0, t0 = os.getloadavg()[0], time.perf_counter()
-    cells, seeds, eps = Cells(a.cells), [int(s) for s in a.seeds.split(',')], [int(e) for e in a.lecture_epochs.split(',')]
+    load0, t0, cells = start(a)
+    seeds, eps = [int(s) for s in a.seeds.split(',')], [int(e) for e in a.lecture_epochs.split(',')]
     sections = []
     for arch in a.archs.split(','):
         pre = {r: pretext(a, arch, r, cells) for r in ('lecture', 'ours')}
@@ -141,9 +135,8 @@ def main():
             + md_table(orow, ['enc', 'lin', 'ls', 'ft', 'fs'], ['encoder', 'linear probe', 'probe stage (per draw)', 'fine-tuned',
                                                                  'fine-tuned from stage (per draw)'])
             + f"\n\nSelf-supervised >= supervised under our recipe: {'yes' if holds else 'no'}.\n")
-    cmd = 'nice -n 5 python benchmarks/bench_rotnet_seed.py ' + ' '.join(f'--{k.replace("_", "-")} {v}' for k, v in vars(a).items()
-                                                                         if k not in ('cells', 'cache', 'out'))
-    text = (f"## RotNet on MNIST: the lecture's protocol and ours\n\nMachine: {machine(load0, a.threads)}, `nice -n 5`.\n\n"
+    cmd = command('bench_rotnet_seed.py', a)
+    text = (f"## RotNet on MNIST: the lecture's protocol and ours\n\nMachine: {machine(load0, a.threads)}.\n\n"
             f"Command: `{cmd}` ({(time.perf_counter() - t0)/60:.0f} min for the cells run this time; cells cached in `{a.cells}`)\n\n"
             f"Data: the lecture pretrained on 10,000 unlabelled digits; the sample has 5,000, so the pretext uses its 4,000 training "
             f"digits and the 1,000 test digits are only tested on. Downstream: 100 labels per class (1,000) drawn from the 4,000 "

@@ -11,18 +11,22 @@ from self_supervised_fa.evaluate import get_stage_embeddings, budget_indices, be
 
 # --- resumable cells: one JSON file per benchmark, rewritten atomically after every finished cell
 class Cells:
-    "A JSON dict on disk: `get(key)` a finished cell's result, `put(key, value)` writes the whole file atomically"
+    "A JSON dict on disk: `get(key)` a finished cell's result, `put(key, value)` merges it in and rewrites the file atomically"
     def __init__(self, path):
         self.path = Path(path)
-        self.data = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.data = self._read()
+    def _read(self): return json.loads(self.path.read_text()) if self.path.exists() else {}
     def get(self, key): return self.data.get(key)
     def put(self, key, value):
-        self.data[key] = value
+        import fcntl
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f'.{self.path.name}.tmp-{uuid.uuid4().hex[:8]}')
-        try: tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True)); os.replace(tmp, self.path)
-        finally:
-            if tmp.exists(): tmp.unlink()
+        with open(self.path.with_name(f'.{self.path.name}.lock'), 'w') as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)   # several runs may share the file: re-read under the lock, add, replace
+            self.data = {**self._read(), key: value}
+            tmp = self.path.with_name(f'.{self.path.name}.tmp-{uuid.uuid4().hex[:8]}')
+            try: tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True)); os.replace(tmp, self.path)
+            finally:
+                if tmp.exists(): tmp.unlink()
         return value
 
 
@@ -134,6 +138,27 @@ def stage_probe(enc, dls, n_per_class=10, seeds=(0, 1, 2), pool='avg', folds=5) 
     res.update({f'{m}_stage': out[f'{m}_stage'] for m in ('knn', 'linear')})
     res.update({f'per_stage_{m}': {str(s): float(np.mean(v)) for s, v in per[m].items()} for m in ('knn', 'linear')})
     return res
+
+
+# --- command line
+def add_common_args(p, name, seeds=False):
+    "--seed, --threads and where `name`'s cells (`benchmarks/results/<name>_cells.json`), encoders and report go"
+    if seeds: p.add_argument('--seeds', default='0,1,2', help='label draws (and training seeds) downstream')
+    p.add_argument('--seed', type=int, default=0, help='pretraining seed')
+    p.add_argument('--threads', type=int, default=1)
+    p.add_argument('--cells', default=f'benchmarks/results/{name}_cells.json')
+    p.add_argument('--cache', default=f'scratch/bench_{name}')
+    p.add_argument('--out', default=f'benchmarks/results/{name}.md')
+
+def start(a):
+    "Set the torch threads; the load average and clock at the start, and the cells"
+    torch.set_num_threads(a.threads)
+    return os.getloadavg()[0], time.perf_counter(), Cells(a.cells)
+
+def command(script, a):
+    "The command line that re-runs `script` with the arguments `a` (paths of the cells, cache and report left out)"
+    return f'python benchmarks/{script} ' + ' '.join(f'--{k.replace("_", "-")} {v}' for k, v in vars(a).items()
+                                                              if k not in ('cells', 'cache', 'out', 'report_only'))
 
 
 # --- reporting
