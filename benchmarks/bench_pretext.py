@@ -1,29 +1,33 @@
-"""Pretext tasks after a short CPU pretraining run: pretext metric before/after and kNN transfer vs random weights.
+"""The six pretext tasks under one fixed CPU budget: pretext metric, then best-stage kNN and linear probe at 10 labels
+per class against the same network at random init (unit BatchNorm scales) and raw pixels.
 
-For each task (rotnet, colorize, jigsaw, context, inpaint, superres): `Learner.fit_one_cycle` on the MNIST sample
-(colour crops of scikit-image's photos for colorization: grey digits have no colour to learn), the pretext metric on a
-held-out validation set before and after training (accuracy for the classification tasks, the task loss for the
-reconstruction tasks, next to a trivial baseline), the wall time, and the cosine-kNN top-1 of the pretrained encoder
-on the sample's 1,000 test digits (bank: `--knn-bank` training digits per class, 28 px, 1 channel) against the same
-encoder with its weights before training (random init, same seed). Writes a markdown table atomically to `--out`.
+Each task (and each variant of a task: the settings before and after an improvement) pretrains `--arch` with
+`fit_one_cycle` for as many epochs as fit in `--budget` CPU seconds of this process (1 torch thread; the seconds per
+batch are measured on a throw-away copy first), on the sample's 4,000 training digits (colorization: grey-to-colour on
+the colour crops of scikit-image's photos, `colorize.get_colour_sample`: grey digits have no colour). Then the encoder's
+stages are read on frozen features (`evaluate.get_stage_embeddings`, spatial average): with 10 labels per class drawn
+from the training pool, the stage is chosen by 5-fold cross-validation on those labelled items (`evaluate.best_stage`)
+and scored on the test items; mean over 3 label draws. Every cell is cached in `--cells` (JSON) so an interrupted run
+resumes; encoders are kept in `--cache`.
 
-    nice -n 5 python benchmarks/bench_pretext.py [--tasks rotnet,colorize,...] [--arch resnet18] [--threads 1]
+    python benchmarks/bench_pretext.py [--tasks rotnet:all4,jigsaw:paper,...] [--budget 300] [--arch resnet10t]
 """
-import argparse, copy, os, platform, sys, time
+import argparse, os, sys, time
 from pathlib import Path
-import torch
+import numpy as np, pandas as pd, torch
 from torch import nn
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
-from fastai.callback.schedule import *   # fit_one_cycle
 from fastai.torch_core import set_seed
-from self_supervised_fa.data import sample_dls, load_sample_df, subsample_per_class
-from self_supervised_fa.encoders import create_timm_body
-from self_supervised_fa.evaluate import get_embeddings, knn_accuracy
-from self_supervised_fa.pretext import MaskedMSELoss
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_utils import add_common_args, start, command, colour_crops_dls, fit_cpu_budget, unzero_bn, pixel_probe, stage_probe, md_table, machine, pct, write_text_atomic
+from self_supervised_fa.data import sample_dls, load_sample_df
+from self_supervised_fa.encoders import create_timm_body, save_encoder, load_encoder
+from self_supervised_fa.pretext import MaskedMSELoss, AugmentBatchCallback
+from self_supervised_fa.augment import small_image_augs
 from self_supervised_fa.rotnet import RotNetCallback, create_rotnet_model
-from self_supervised_fa.colorize import ColorizeCallback, create_colorize_model, colour_sample_dls
+from self_supervised_fa.colorize import ColorizeCallback, create_colorize_model, ABBinLoss, ab_prior
 from self_supervised_fa.jigsaw import JigsawCallback, create_jigsaw_model
 from self_supervised_fa.context import ContextCallback, create_context_model
 from self_supervised_fa.inpaint import InpaintCallback, create_inpaint_model
@@ -38,180 +42,197 @@ class Fn(nn.Module):
     def forward(self, x): return self.fn(x)
 
 
-def digits(a, size=None):
-    "The sample's digits: `--n-per-class` training images per class, the first `--n-valid` test images held out"
-    return sample_dls(n_per_class=a.n_per_class, valid_df=load_sample_df('test').iloc[:a.n_valid], size=size, bs=a.bs,
-                      seed=a.seed)
+def digits(a, size=None, bs=None):
+    "Pretext data: the sample's 4,000 training digits (labels unused), the first `--n-valid` test digits for the pretext metric"
+    return sample_dls(valid_df=load_sample_df('test').iloc[:a.n_valid], size=size, bs=bs or a.bs, seed=a.seed)
 
 
-# each task: (dls, model, callback, loss, metrics, baseline model or None, description of data/size, chance)
-def task_rotnet(a):
-    dls = digits(a)
-    return dict(dls=dls, model=create_rotnet_model(a.arch, n_in=1), cb=RotNetCallback(all_rotations=True),
-                loss=CrossEntropyLossFlat(), metrics=accuracy, chance=0.25, size=28,
-                data='MNIST sample digits, all 4 rotations of each image (valid: all 4 too)', lr=a.lr)
+def colour_dls(a, bs=None, grey=False): return colour_crops_dls(a.colour_per_photo, bs or a.bs, grey)
 
-def task_colorize(a):
-    dls = colour_sample_dls(size=32, n_per_photo=a.colour_per_photo, bs=a.bs)
-    cb = ColorizeCallback('rgb', grey_channels=1)
-    base_cb = ColorizeCallback('rgb', grey_channels=1)
-    base = lambda: (Fn(lambda inp: base_cb.grey(inp).expand(-1, 3, -1, -1)), base_cb)   # predict grey: R=G=B=luma
-    return dict(dls=dls, model=create_colorize_model(a.arch, n_in=1, img_size=32), cb=cb, loss=MaskedMSELoss(),
-                metrics=None, baseline=base, baseline_name='grey (R=G=B=luma)', size=32, lr=a.lr,
-                data=f'colour crops of 5 scikit-image photos (`colour_sample_dls`, {a.colour_per_photo}/photo, 1/4 held out), '
-                     'RGB MSE in [0,1], 1-channel luminance input '
-                     '(`grey_channels=1`); its kNN column is a transfer from photos to digits')
 
-def task_jigsaw(a):
-    dls = digits(a, size=64)
-    return dict(dls=dls, model=create_jigsaw_model(a.arch, n_perms=a.n_perms, n_in=1), cb=JigsawCallback(n_perms=a.n_perms),
-                loss=CrossEntropyLossFlat(), metrics=accuracy, chance=1/a.n_perms, size=64, lr=a.lr,
-                data=f'MNIST sample digits resized to 64 px, 3x3 tiles, {a.n_perms} permutations')
+# --- tasks: each returns the pretext setup; variants pin every setting they compare, so later default changes leave them alone
+def digit_augs(size):
+    "Augmentation for digits before a pretext task: crops of 50-100 % of the image, brightness/contrast jitter, no flip"
+    return AugmentBatchCallback(small_image_augs(size, crop_scale=(0.5, 1.), flip_p=0.))
 
-def task_context(a):
-    dls = digits(a, size=64)
-    return dict(dls=dls, model=create_context_model(a.arch, n_in=1), cb=ContextCallback(), loss=CrossEntropyLossFlat(),
-                metrics=accuracy, chance=1/8, size=64, lr=a.lr_context,
-                data='MNIST sample digits resized to 64 px, centre + 1 of 8 neighbours')
+def task_rotnet(a, v):
+    cb = RotNetCallback(**dict(one=dict(all_rotations=False, valid_all=True), all4=dict(all_rotations=True),
+                               all4aug=dict(all_rotations=True))[v])
+    return dict(dls=digits(a), model=create_rotnet_model(a.arch, n_in=1), cb=[cb] + ([digit_augs(28)] if v == 'all4aug' else []),
+                loss=CrossEntropyLossFlat(), metrics=accuracy, chance=0.25, lr=a.lr, eval='digits28',
+                data=dict(one='one random rotation per image (valid: all 4)', all4='all 4 rotations of every image in the batch',
+                          all4aug='all 4 rotations of every image, of training images augmented first (`AugmentBatchCallback`: '
+                                  'crops of 50-100 %, brightness/contrast jitter)')[v])
 
-def task_inpaint(a):
-    dls = digits(a, size=32)
-    base_cb = InpaintCallback('block')
-    return dict(dls=dls, model=create_inpaint_model(a.arch, n_in=1, img_size=32), cb=InpaintCallback('block'),
-                loss=MaskedMSELoss(), metrics=None, baseline=lambda: (Fn(lambda inp: inp), base_cb), size=32, lr=a.lr,
-                baseline_name='hole left at the mean pixel', data='MNIST sample digits resized to 32 px, a random '
-                'block of half the side hidden; MSE on the hidden pixels (normalised units)')
+_COLOUR = dict(rgb=dict(space='rgb'), lab=dict(space='lab'), bins=dict(space='lab'))
+def task_colorize(a, v):
+    kw, dls = _COLOUR[v], colour_dls(a)
+    cb, base_cb = ColorizeCallback(grey_channels=1, **kw), ColorizeCallback(grey_channels=1, **kw)
+    if v == 'bins':   # Zhang et al.: ab bins, soft-encoded, rarity-weighted; baseline: the training colour distribution everywhere
+        prior = ab_prior(dls)
+        loss = ABBinLoss(prior)
+        model = create_colorize_model(a.arch, space='lab', n_in=1, img_size=32, n_bins=loss.n_bins)
+        base = lambda inp: prior.clamp_min(1e-8).log().view(1, -1, 1, 1).expand(len(inp), -1, *inp.shape[2:]).to(inp)
+        return dict(dls=dls, model=model, cb=cb, loss=loss, metrics=None, baseline=lambda: (Fn(base), base_cb),
+                    baseline_name='the colour prior', lr=a.lr, eval='colour32',
+                    data=f"colour crops, 1-channel luminance in, scores over {loss.n_bins} ab bins out, class-rebalanced cross-entropy (`ABBinLoss`)")
+    grey = (lambda inp: base_cb.grey(inp).expand(-1, 3, -1, -1)) if kw['space'] == 'rgb' else (lambda inp: torch.zeros_like(inp).expand(-1, 2, -1, -1))
+    return dict(dls=dls, model=create_colorize_model(a.arch, space=kw['space'], n_in=1, img_size=32), cb=cb,
+                loss=MaskedMSELoss(), metrics=None, baseline=lambda: (Fn(grey), base_cb), baseline_name='grey prediction',
+                lr=a.lr, eval='colour32', data=f"colour crops, 1-channel luminance in, {kw['space']} out, MSE")
 
-def task_superres(a):
-    dls = digits(a, size=32)
-    return dict(dls=dls, model=create_superres_model(a.arch, n_in=1, img_size=32), cb=SuperResCallback(scale=2),
+_PATCH = dict(base=dict(tile_norm=False), paper=dict(tile_norm=True))
+def task_jigsaw(a, v):
+    n_perms = dict(base=a.n_perms, paper=100)[v]
+    return dict(dls=digits(a, size=64), model=create_jigsaw_model(a.arch, n_perms=n_perms, n_in=1),
+                cb=JigsawCallback(n_perms=n_perms, jitter=2, gap_frac=0.125, **_PATCH[v]), loss=CrossEntropyLossFlat(),
+                metrics=accuracy, chance=1/n_perms, lr=a.lr, eval='digits64',
+                data=f"digits at 64 px, 3x3 tiles, gap 1/8 tile, jitter 2 px, {n_perms} permutations" +
+                     (", each tile normalised" if _PATCH[v]['tile_norm'] else ''))
+
+def task_context(a, v):
+    return dict(dls=digits(a, size=64), model=create_context_model(a.arch, n_in=1),
+                cb=ContextCallback(jitter=1, gap_frac=0.5, **_PATCH[v]), loss=CrossEntropyLossFlat(), metrics=accuracy,
+                chance=1/8, lr=a.lr_context, eval='digits64',
+                data="digits at 64 px, centre + 1 of 8 neighbours, gap 1/2 tile, jitter 1 px" +
+                     (", each patch normalised" if _PATCH[v]['tile_norm'] else ''))
+
+def task_inpaint(a, v):
+    return dict(dls=digits(a, size=32), model=create_inpaint_model(a.arch, n_in=1, img_size=32), cb=InpaintCallback('block'),
+                loss=MaskedMSELoss(), metrics=None, baseline=lambda: (Fn(lambda inp: inp), InpaintCallback('block')),
+                baseline_name='hole left at the mean pixel', lr=a.lr, eval='digits32',
+                data='digits at 32 px, a random block of half the side hidden, MSE on the hole')
+
+def task_superres(a, v):
+    return dict(dls=digits(a, size=32), model=create_superres_model(a.arch, n_in=1, img_size=32), cb=SuperResCallback(scale=2),
                 loss=MaskedMSELoss(), metrics=None, baseline=lambda: (Fn(lambda inp: inp), SuperResCallback(scale=2)),
-                baseline_name='bilinear x2 up-sampling', size=32, lr=a.lr,
-                data='MNIST sample digits resized to 32 px, shrunk x2 and enlarged back (bilinear); MSE (normalised units)')
+                baseline_name='bilinear x2', lr=a.lr, eval='digits32', data='digits at 32 px, shrunk x2 and enlarged back, MSE')
 
-TASKS = dict(rotnet=task_rotnet, colorize=task_colorize, jigsaw=task_jigsaw, context=task_context, inpaint=task_inpaint,
-             superres=task_superres)
-
-
-def unzero_bn(body):
-    "A copy of `body` with the BatchNorm scales that are all zero (timm's `zero_init_last` residual branches) set to 1"
-    body = copy.deepcopy(body)
-    for m in body.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and not m.weight.any(): nn.init.ones_(m.weight)
-    return body
+TASKS = dict(rotnet=(task_rotnet, ('one', 'all4', 'all4aug')), colorize=(task_colorize, tuple(_COLOUR)), jigsaw=(task_jigsaw, ('base', 'paper')),
+             context=(task_context, ('base', 'paper')), inpaint=(task_inpaint, ('base',)), superres=(task_superres, ('base',)))
+DEFAULT = 'rotnet:one,rotnet:all4,colorize:rgb,colorize:lab,colorize:bins,jigsaw:base,jigsaw:paper,context:base,context:paper,inpaint:base,superres:base'
 
 
-def knn_top1(body, knn_dls):
-    trf, trl = get_embeddings(body, knn_dls.train, progress=False)
-    tef, tel = get_embeddings(body, knn_dls.valid, progress=False)
-    return knn_accuracy(trf, trl, tef, tel, k=20, topk=(1,))['top1']
+def eval_dls(a, name):
+    "Labelled data the encoders are probed on: digits at 28/32/64 px (train pool 4,000, test 1,000) or the grey colour crops"
+    if name == 'colour32': return colour_dls(a, bs=256, grey=True)
+    return sample_dls(size=int(name[6:]) if name != 'digits28' else None, bs=256, seed=a.seed, shuffle=False)
 
 
-def run_task(name, a, knn_dls):
+def pretext_scores(learn, t):
+    "(metric, value) of the learner on its validation pretext batches, and of the trivial baseline"
+    with learn.no_bar(), learn.no_logging(): v = learn.validate()
+    if t['metrics'] is not None: return float(v[1]), t['chance']
+    bm, bcb = t['baseline']()
+    bl = Learner(learn.dls, bm, loss_func=t['loss'], cbs=bcb)
+    with bl.no_bar(), bl.no_logging(): base = bl.validate()[0]
+    return float(v[0]), float(base)
+
+
+def run_task(a, name, variant, cells):
+    key = f'{name}:{variant}/{a.arch}/b{a.budget}/s{a.seed}'
+    if cells.get(key): return cells.get(key)
     set_seed(a.seed, reproducible=True)
-    t = TASKS[name](a)
-    model, dls = t['model'], t['dls']
-    init = copy.deepcopy(model.encoder.state_dict())
-    learn = Learner(dls, model, loss_func=t['loss'], cbs=t['cb'], metrics=t['metrics'])
-    with learn.no_bar(), learn.no_logging():
-        before = learn.validate()
-        start = time.perf_counter()
-        learn.fit_one_cycle(a.epochs, t['lr'])
-        secs = time.perf_counter() - start
-        after = learn.validate()
-        base = None
-        if t.get('baseline'):
-            bm, bcb = t['baseline']()
-            bl = Learner(dls, bm, loss_func=t['loss'], cbs=bcb)
-            with bl.no_bar(), bl.no_logging(): base = bl.validate()[0]
-    rand = create_timm_body(a.arch, n_in=1)
-    rand.load_state_dict(init)
-    knn_pre, knn_rand = knn_top1(model.encoder, knn_dls), knn_top1(rand, knn_dls)
-    knn_full = knn_top1(unzero_bn(rand), knn_dls)
-    classif = t['metrics'] is not None
-    fmt = (lambda v: f'{v:.3f}')
-    ref = t['chance'] if classif else base
-    res = after[1] if classif else after[0]
-    beats = res > ref if classif else res < ref
-    row = dict(task=name, metric='accuracy' if classif else 'loss (MSE)',
-               before=fmt(before[1] if classif else before[0]), after=fmt(after[1] if classif else after[0]),
-               baseline=(f"{t['chance']:.3f} (chance)" if classif else f"{base:.3f} ({t['baseline_name']})"),
-               train_images=len(dls.train_ds), valid_images=len(dls.valid_ds), size=t['size'], epochs=a.epochs, lr=t['lr'],
-               beats_baseline='yes' if beats else '**no**', wall_s=f'{secs:.0f}', knn_pretrained=f'{knn_pre:.3f}', knn_init=f'{knn_rand:.3f}',
-               knn_random=f'{knn_full:.3f}',
-               knn_gain=f'{100*(knn_pre-knn_full):+.1f} pts')
-    return row, t['data']
+    t = TASKS[name][0](a, variant)
+    model = t['model']
+    init = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    learn = Learner(t['dls'], model, loss_func=t['loss'], cbs=t['cb'], metrics=t['metrics'])
+    before, ref = pretext_scores(learn, t)
+    spent = fit_cpu_budget(learn, a.budget, t['lr'])
+    after, _ = pretext_scores(learn, t)
+    path = save_encoder(model.encoder, Path(a.cache)/key.replace('/', '_').replace(':', '-'))
+    for ev in {t['eval'], 'digits28'}:   # random init probed where this encoder is (colorization: also on digits)
+        if not cells.get(f"random/{a.arch}/{ev}/s{a.seed}"):
+            rnd = create_timm_body(a.arch, n_in=1); rnd.load_state_dict(init)
+            cells.put(f"random/{a.arch}/{ev}/s{a.seed}", stage_probe(unzero_bn(rnd), eval_dls(a, ev)))
+    res = dict(task=name, variant=variant, data=t['data'], eval=t['eval'], lr=t['lr'], bs=a.bs, train_images=len(t['dls'].train_ds),
+               metric='accuracy' if t['metrics'] is not None else 'loss', before=before, after=after, reference=ref,
+               reference_name='chance' if t['metrics'] is not None else t['baseline_name'], encoder=str(path),
+               probe=stage_probe(model.encoder, eval_dls(a, t['eval'])), **spent)
+    if name == 'colorize': res['probe_digits28'] = stage_probe(model.encoder, eval_dls(a, 'digits28'))
+    return cells.put(key, res)
 
 
-def machine(load0):
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'
-    mem = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30
-    return (f"{os.cpu_count()}-core CPU, {mem:.0f} GiB, Python {platform.python_version()}, torch {torch.__version__}, {gpu}; "
-            f"shared with other jobs (load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end)")
-
-
-def md_table(rows, cols):
-    out = ['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
-    return '\n'.join(out + ['| ' + ' | '.join(str(r[c]) for c in cols) + ' |' for r in rows])
+def report(a, cells, keys, load0, total):
+    rows = []
+    for key in keys:
+        r = cells.get(key)
+        if r is None: continue
+        rnd = cells.get(f"random/{a.arch}/{r['eval']}/s{a.seed}")
+        pix = cells.get(f"pixels/{r['eval']}")
+        better = r['after'] > r['reference'] if r['metric'] == 'accuracy' else r['after'] < r['reference']
+        gain = 100 * (r['probe']['linear'] - rnd['linear'])
+        rows.append(dict(task=f"{r['task']}:{r['variant']}", metric=r['metric'], before=f"{r['before']:.3f}", after=f"{r['after']:.3f}",
+                         ref=f"{r['reference']:.3f} ({r['reference_name']})", beats='yes' if better else '**no**',
+                         epochs=r['epochs'], cpu=r['cpu_s'], wall=r['wall_s'], eval=r['eval'],
+                         knn=f"{pct(r['probe']['knn'])} (s{','.join(map(str, r['probe']['knn_stage']))})",
+                         lin=f"{pct(r['probe']['linear'])} (s{','.join(map(str, r['probe']['linear_stage']))})",
+                         rknn=f"{pct(rnd['knn'])}", rlin=f"{pct(rnd['linear'])} (s{','.join(map(str, rnd['linear_stage']))})",
+                         pix=f"{pct(pix['knn'])} / {pct(pix['linear'])}", gain=f"{gain:+.1f}", target='met' if gain >= 10 else '**missed**',
+                         per_stage=' '.join(pct(v) for v in r['probe']['per_stage_linear'].values()),
+                         rper_stage=' '.join(pct(v) for v in rnd['per_stage_linear'].values())))
+    cols = ['task', 'metric', 'before', 'after', 'ref', 'beats', 'epochs', 'cpu', 'wall', 'eval', 'knn', 'lin', 'rknn', 'rlin', 'pix', 'gain', 'target']
+    names = ['task:variant', 'pretext metric', 'before', 'after', 'trivial baseline', 'beats it', 'epochs', 'CPU s', 'wall s', 'probed on',
+             'kNN % (stages)', 'linear % (stages)', 'random kNN %', 'random linear % (stages)', 'pixels kNN / linear %', 'linear gain (pts)', '>= +10 pts']
+    diag = md_table(rows, ['task', 'per_stage', 'rper_stage'], ['task:variant', 'linear % per stage, pretrained (test, diagnostic)',
+                                                               'linear % per stage, random init'])
+    cmd = command('bench_pretext.py', a)
+    colour = [cells.get(k) for k in keys if k.startswith('colorize')]
+    colour_digits = '; '.join(f"{r['task']}:{r['variant']} on digits: kNN {pct(r['probe_digits28']['knn'])}, linear {pct(r['probe_digits28']['linear'])} "
+                              f"(random init {pct(cells.get(f'random/{a.arch}/digits28/s{a.seed}')['linear'])})"
+                              for r in colour if r and cells.get(f'random/{a.arch}/digits28/s{a.seed}'))
+    text = (f"## Pretext tasks under a fixed CPU budget ({a.arch}, 1 input channel)\n\n"
+            f"Machine: {machine(load0, a.threads)}.\n\nCommand: `{cmd}` ({total/60:.0f} min for the cells run this time; "
+            f"finished cells are cached in `{a.cells}`)\n\n"
+            f"**Budget**: each task trains `fit_one_cycle` for as many epochs as fit in {a.budget} CPU seconds of one torch thread "
+            f"(seconds per batch measured first on a throw-away copy; `CPU s` is what the fit really spent, validation included), "
+            f"batch size {a.bs} images (RotNet `all4`: x4 rotations), on the sample's 4,000 training digits (colorization: "
+            f"the {a.colour_per_photo*5*3//4} training crops of the colour sample). `before`/`after`: the pretext metric on held-out "
+            f"images (seeded pretext batches) before and after.\n\n"
+            f"**Probe**: frozen features of every stage (timm `forward_intermediates`, spatial average), 10 labels per class from the "
+            f"training pool; the stage is chosen by 5-fold cross-validation on those 100 (colour: 50) labelled items only "
+            f"(`best_stage`; chosen stage of each label draw in brackets, s0 = stem .. s4 = last stage) and scored on the test items "
+            f"(digits: 1,000; colour crops: {a.colour_per_photo*5//4}); mean of 3 label draws. `random`: the same network with the "
+            f"task's initial weights and timm's zero-initialised BatchNorm scales set to 1 (without that, the residual branches are off "
+            f"and random features sit near chance), through the same stage choice. `probed on`: digits at the task's pretext size "
+            f"(28, 32 or 64 px), or the luminance of the colour crops labelled by photo (5 classes). Target: linear gain >= +10 points.\n\n"
+            f"{md_table(rows, cols, names)}\n\n"
+            f"Per-stage test accuracy of the linear probe (mean of the 3 draws; shown to judge the cross-validated choice, never used "
+            f"to make it):\n\n{diag}\n\n"
+            + (f"Colorization encoders probed on the digits (28 px) instead: {colour_digits}.\n\n" if colour_digits else '')
+            + "Data per task:\n\n" + '\n'.join(f"- {k.split('/')[0]}: {cells.get(k)['data']}" for k in keys if cells.get(k)) + '\n')
+    write_text_atomic(a.out, text)
+    print(text)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--tasks', default=','.join(TASKS))
-    p.add_argument('--arch', default='resnet18')
-    p.add_argument('--n-per-class', type=int, default=50, help='training digits per class (labels unused)')
+    p.add_argument('--tasks', default=DEFAULT, help='task:variant list')
+    p.add_argument('--arch', default='resnet10t')
+    p.add_argument('--budget', type=int, default=300, help='CPU seconds of training per task')
     p.add_argument('--n-valid', type=int, default=256, help='held-out test digits for the pretext metric')
-    p.add_argument('--colour-per-photo', type=int, default=100, help='colour crops per photo (colorization)')
-    p.add_argument('--n-perms', type=int, default=10, help='jigsaw permutation-set size')
-    p.add_argument('--epochs', type=int, default=4)
+    p.add_argument('--colour-per-photo', type=int, default=200, help='colour crops per photo (colorization)')
+    p.add_argument('--n-perms', type=int, default=10, help="jigsaw permutation-set size of the 'base' variant")
     p.add_argument('--lr', type=float, default=3e-3)
     p.add_argument('--lr-context', type=float, default=1e-3)
     p.add_argument('--bs', type=int, default=64)
-    p.add_argument('--knn-bank', type=int, default=100, help='training digits per class in the kNN bank')
-    p.add_argument('--threads', type=int, default=1)
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--out', default='benchmarks/results/pretext.md')
+    add_common_args(p, 'pretext')
+    p.add_argument('--report-only', type=int, default=0)
     a = p.parse_args()
-    torch.set_num_threads(a.threads)
-    load0, t0 = os.getloadavg()[0], time.perf_counter()
-    knn_dls = sample_dls(n_per_class=a.knn_bank, bs=256, shuffle=False, seed=a.seed)
-    trl = torch.cat([b[1] for b in knn_dls.train]); tel = torch.cat([b[1] for b in knn_dls.valid])
-    pixels = knn_accuracy(torch.cat([b[0].flatten(1) for b in knn_dls.train]), trl,
-                          torch.cat([b[0].flatten(1) for b in knn_dls.valid]), tel, k=20, topk=(1,))['top1']
-    rows, data = [], {}
-    for name in [t for t in a.tasks.split(',') if t]:
-        row, data[name] = run_task(name, a, knn_dls)
-        rows.append(row); print(row, flush=True)
-    total = time.perf_counter() - t0
-    no_base = [r['task'] for r in rows if r['beats_baseline'] != 'yes']
-    over_rand = [r['task'] for r in rows if float(r['knn_pretrained']) > float(r['knn_random'])]
-    over_pix = [r['task'] for r in rows if float(r['knn_pretrained']) > pixels]
-    names = lambda l: ', '.join(l) if l else 'none'
-    summary = (f"Pretext metric after training not better than its trivial baseline: {names(no_base)}. "
-               f"Pretrained encoders whose kNN top-1 beats the random-weights encoder (`knn_random`): {names(over_rand)}; "
-               f"beats kNN on raw pixels ({pixels:.3f}): {names(over_pix)}. `knn_gain` = knn_pretrained - knn_random.")
-    cmd = 'nice -n 5 python benchmarks/bench_pretext.py ' + ' '.join(
-        f'--{k.replace("_", "-")} {v}' for k, v in vars(a).items() if k != 'out')
-    cols = ['task', 'metric', 'before', 'after', 'baseline', 'beats_baseline', 'train_images', 'valid_images', 'size', 'epochs', 'lr', 'wall_s',
-            'knn_pretrained', 'knn_init', 'knn_random', 'knn_gain']
-    text = (f"## Pretext tasks: a short CPU pretraining run ({a.arch}, 1 input channel)\n\n"
-            f"Machine: {machine(load0)}; {a.threads} torch thread(s), `nice -n 5`.\n\n"
-            f"Command: `{cmd}` ({total/60:.1f} min in all)\n\n"
-            f"`before`/`after`: the pretext metric on the held-out validation images (seeded pretext batches) before and "
-            f"after `fit_one_cycle({a.epochs}, lr)`, batch size {a.bs}; `wall_s`: seconds of `fit_one_cycle`. "
-            f"`knn_pretrained`: cosine kNN (k=20, T=0.1) top-1 on the 1,000 test digits (28 px, 1 channel) with "
-            f"{a.knn_bank * 10} training digits as the bank, for the pretrained encoder; `knn_init`: the same encoder with "
-            f"its initial weights (seed {a.seed}, before pretraining); `knn_random`: those initial weights with the "
-            f"BatchNorm scales that timm initialises to zero (`zero_init_last`, the last BatchNorm of each residual "
-            f"branch) set to 1, as torchvision initialises them. At 28 px the zero-initialised branches leave only "
-            f"the stem and the strided 1x1 shortcuts, whose last output sees the top-left corner of the image (background "
-            f"on these digits), so `knn_init` can sit at chance; `knn_random` is the fairer random-weights baseline. "
-            f"Reference: kNN on the raw (normalised) pixels: "
-            f"{pixels:.3f}.\n\n{md_table(rows, cols)}\n\n{summary}\n\nData per task:\n\n"
-            + '\n'.join(f'- {k}: {v}' for k, v in data.items()) + '\n')
-    out = Path(a.out); out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f'.{out.name}.tmp'); tmp.write_text(text); os.replace(tmp, out)
-    print(text)
+    load0, t0, cells = start(a)
+    keys = []
+    for tv in [t for t in a.tasks.split(',') if t]:
+        name, variant = tv.split(':')
+        if variant not in TASKS[name][1]: raise ValueError(f"{name} has variants {TASKS[name][1]}, not {variant!r}")
+        keys.append(f'{name}:{variant}/{a.arch}/b{a.budget}/s{a.seed}')
+    if not a.report_only:
+        for ev in sorted({TASKS[k.split(':')[0]][0] is task_colorize and 'colour32' or None for k in keys} - {None}) + ['digits28', 'digits32', 'digits64']:
+            if not cells.get(f'pixels/{ev}'): cells.put(f'pixels/{ev}', pixel_probe(eval_dls(a, ev)))
+        for key in keys:
+            name, variant = key.split('/')[0].split(':')
+            r = run_task(a, name, variant, cells)
+            print(key, {k: v for k, v in r.items() if k not in ('data', 'encoder')}, flush=True)
+    report(a, cells, keys, load0, time.perf_counter() - t0)
 
 
 if __name__ == '__main__': main()

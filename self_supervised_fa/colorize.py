@@ -4,10 +4,10 @@
 
 # %% ../nbs/22_colorize.ipynb #8cb0a682
 from __future__ import annotations
-import os, shutil, uuid, warnings
+import functools, os, shutil, uuid, warnings
 from pathlib import Path
 import numpy as np, pandas as pd, torch
-from torch import Tensor
+from torch import nn, Tensor
 from PIL import Image
 from fastcore.basics import store_attr, ifnone
 from kornia.color import rgb_to_lab, lab_to_rgb, rgb_to_grayscale
@@ -16,11 +16,13 @@ from fastai.data.transforms import ColReader, ColSplitter
 from fastai.vision.data import ImageBlock
 from fastai.vision.augment import Normalize
 from fastai.vision.core import imagenet_stats
-from .data import sample_path
+from .data import sample_path, get_norm_stats
+from .augment import denormalize
 from .pretext import PretextCallback, create_encoder_decoder, EncoderDecoder
 
 # %% auto #0
-__all__ = ['AB_SCALE', 'get_colour_sample', 'colour_sample_dls', 'ColorizeCallback', 'create_colorize_model']
+__all__ = ['AB_SCALE', 'get_colour_sample', 'colour_sample_dls', 'ColorizeCallback', 'create_colorize_model', 'ab_bins',
+           'ab_prior', 'rebalance_weights', 'ABBinLoss']
 
 # %% ../nbs/22_colorize.ipynb #cbea02ec
 _PHOTOS = ('astronaut', 'chelsea', 'coffee', 'rocket', 'immunohistochemistry')
@@ -116,8 +118,13 @@ class ColorizeCallback(PretextCallback):
         return inputs * s + m
 
     def to_rgb(self, out:Tensor, inputs:Tensor) -> Tensor:
-        "RGB pixels in [0,1] from a target or prediction `out` and the `inputs` it goes with"
+        "RGB pixels in [0,1] from a target or prediction `out` (ab, or ab-bin scores decoded by the loss) and the `inputs` it goes with"
         if self.space == 'rgb': return out.float().clamp(0, 1)
+        if out.shape[1] != 2:
+            decode = getattr(getattr(getattr(self, 'learn', None), 'loss_func', None), 'decode', None)
+            if decode is None: raise ValueError(f"predictions have {out.shape[1]} channels, not 2 (ab): ab-bin scores need the "
+                                                f"learner's loss to be an ABBinLoss, which decodes them")
+            out = decode(out.float()) / AB_SCALE
         lab = torch.cat([self.grey(inputs) * 100, out.float() * AB_SCALE], 1)
         return lab_to_rgb(lab).clamp(0, 1)
 
@@ -126,9 +133,79 @@ class ColorizeCallback(PretextCallback):
 
 # %% ../nbs/22_colorize.ipynb #0cf03ea9
 def create_colorize_model(encoder, space:str='rgb', n_in:int|None=None, img_size=64, pretrained:bool=False,
-                          **kwargs) -> EncoderDecoder:
-    "U-Net on `encoder` predicting RGB in [0,1] (`space='rgb'`) or Lab ab/128 in [-1,1] (`'lab'`); `model.encoder` transfers"
+                          n_bins:int|None=None, **kwargs) -> EncoderDecoder:
+    "U-Net on `encoder` predicting RGB in [0,1] (`'rgb'`), Lab ab/128 in [-1,1] (`'lab'`), or `n_bins` ab-bin scores (`'lab'`); `model.encoder` transfers"
     if space not in ('rgb', 'lab'): raise ValueError(f"space must be 'rgb' or 'lab', got {space!r}")
-    y_range = (0., 1.) if space == 'rgb' else (-1., 1.)
-    return create_encoder_decoder(encoder, n_out=3 if space == 'rgb' else 2, n_in=n_in, img_size=img_size,
-                                  pretrained=pretrained, y_range=y_range, **kwargs)
+    if n_bins is not None and space != 'lab': raise ValueError("n_bins (scores over quantised ab colours) needs space='lab'")
+    if n_bins is not None: n_out, y_range = n_bins, None
+    else: n_out, y_range = (3, (0., 1.)) if space == 'rgb' else (2, (-1., 1.))
+    return create_encoder_decoder(encoder, n_out=n_out, n_in=n_in, img_size=img_size, pretrained=pretrained, y_range=y_range, **kwargs)
+
+# %% ../nbs/22_colorize.ipynb #d145bb12
+@functools.lru_cache(maxsize=4)
+def _gamut_cells(grid:float, n:int) -> Tensor:
+    v = torch.linspace(0, 1, n)
+    rgb = torch.stack(torch.meshgrid(v, v, v, indexing='ij')).reshape(1, 3, -1, 1)
+    ab = rgb_to_lab(rgb)[0, 1:, :, 0].T
+    return torch.unique(torch.round(ab / grid), dim=0) * grid
+
+def ab_bins(grid:float=10., n:int=64) -> Tensor:
+    "Centres (Q, 2), in Lab units, of the `grid`-wide cells of the ab plane that sRGB colours reach (`n`^3 colours tried)"
+    return _gamut_cells(float(grid), n).clone()
+
+def ab_prior(dls, bins:Tensor|None=None, n_batches:int|None=None) -> Tensor:
+    "Fraction (Q,) of the training pixels of `dls` (each image once, or the first `n_batches`) whose ab colour falls nearest each of `bins`"
+    bins = ab_bins() if bins is None else bins
+    stats, counts = get_norm_stats(dls), torch.zeros(len(bins))
+    for i, (x, *_) in enumerate(dls.train.new(shuffle=False, drop_last=False)):
+        if n_batches is not None and i >= n_batches: break
+        x = x.as_subclass(Tensor).float()
+        if x.shape[1] != 3: raise ValueError(f"ab_prior needs RGB images, got {x.shape[1]} channels")
+        px = (denormalize(x, stats) if stats is not None else x).clamp(0, 1)
+        ab = rgb_to_lab(px)[:, 1:].permute(0, 2, 3, 1).reshape(-1, 2)
+        counts += torch.bincount(torch.cdist(ab, bins.to(ab)).argmin(1).cpu(), minlength=len(bins)).float()
+    if counts.sum() == 0: raise ValueError("ab_prior: no training pixels read")
+    return counts / counts.sum()
+
+def rebalance_weights(prior:Tensor, bins:Tensor, lam:float=0.5, sigma:float=5.) -> Tensor:
+    "Zhang et al.'s class weights (Q,): the inverse of the smoothed `prior` mixed with uniform by `lam`, with expectation 1 under it"
+    k = torch.exp(-torch.cdist(bins, bins) ** 2 / (2 * sigma ** 2))
+    p = (k / k.sum(1, keepdim=True)) @ prior.float()
+    w = 1 / ((1 - lam) * p + lam / len(bins))
+    return w / (p * w).sum()
+
+class ABBinLoss(nn.Module):
+    "Cross-entropy of ab-bin scores (B,Q,H,W) against ab targets / 128 (B,2,H,W): soft-encoded over `n_neighbours` bins, weighted by rarity"
+    def __init__(self, prior:Tensor|None=None, grid:float=10., lam:float=0.5, sigma:float=5., n_neighbours:int=5,
+                 temperature:float=0.38):
+        super().__init__()
+        bins = ab_bins(grid)
+        if prior is not None and len(prior) != len(bins): raise ValueError(f"prior has {len(prior)} entries, the grid has {len(bins)} bins")
+        self.register_buffer('bins', bins)
+        self.register_buffer('weights', torch.ones(len(bins)) if prior is None else rebalance_weights(prior, bins, lam, sigma))
+        self.sigma, self.n_neighbours, self.temperature = sigma, n_neighbours, temperature
+
+    @property
+    def n_bins(self) -> int: return len(self.bins)
+
+    def encode(self, ab:Tensor):
+        "Soft targets (B,Q,H,W) and the nearest bin (B,H,W) of ab colours (B,2,H,W) in Lab units"
+        b, _, h, w = ab.shape
+        d = torch.cdist(ab.permute(0, 2, 3, 1).reshape(-1, 2).float(), self.bins)
+        dist, idx = d.topk(self.n_neighbours, dim=1, largest=False)
+        g = torch.softmax(-dist ** 2 / (2 * self.sigma ** 2), 1)
+        soft = torch.zeros_like(d).scatter_(1, idx, g)
+        return soft.view(b, h, w, -1).permute(0, 3, 1, 2), idx[:, 0].view(b, h, w)
+
+    def forward(self, scores:Tensor, target:Tensor) -> Tensor:
+        if scores.shape[1] != self.n_bins or scores.shape[2:] != target.shape[2:]:
+            raise ValueError(f"scores {tuple(scores.shape)} must be (B, {self.n_bins}, H, W) for targets {tuple(target.shape)}; "
+                             f"build the model with create_colorize_model(..., space='lab', n_bins=loss.n_bins)")
+        soft, near = self.encode(target.float() * AB_SCALE)
+        ce = -(soft * torch.log_softmax(scores.float(), 1)).sum(1)
+        return (self.weights[near] * ce).mean()
+
+    def decode(self, scores:Tensor) -> Tensor:
+        "ab (B,2,H,W) in Lab units: the annealed mean of the bins under softmax(scores / temperature)"
+        p = torch.softmax(scores.float() / self.temperature, 1)
+        return torch.einsum('bqhw,qc->bchw', p, self.bins.to(p))

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from .pretext import show_image_rows
 from .encoders import as_encoder
-from .patches import (PatchGridCallback, cut_patches, centre_neighbour_positions, neighbour_cell,
+from .patches import (PatchGridCallback, centre_neighbour_positions, neighbour_cell,
                                         tile_canvas, NEIGHBOUR_NAMES, NEIGHBOUR_OFFSETS, PatchSetClassifier, patch_set_splitter)
 
 # %% auto #0
@@ -19,12 +19,12 @@ class ContextCallback(PatchGridCallback):
     "Pairs (centre, neighbour) of patches (B, 2, C, t, t); the neighbour's position 0..7 is the target"
     what = 'context grid'
     def __init__(self, tile:int|None=None, gap:int|None=None, jitter:int=1, gap_frac:float=0.5, min_tile:int=8,
-                 valid_seed:int|None=0):
-        super().__init__(8, 3, tile, gap, jitter, gap_frac, min_tile, valid_seed)
+                 tile_norm:bool=False, valid_seed:int|None=0):
+        super().__init__(8, 3, tile, gap, jitter, gap_frac, min_tile, tile_norm, valid_seed)
 
     def apply(self, x:Tensor, params:dict):
         "Patch pairs (B, 2, C, t, t) and labels (B,) from images `x` and `params`"
-        return cut_patches(x, centre_neighbour_positions(params['pos'], params['label']), params['tile']), params['label']
+        return self.cut(x, centre_neighbour_positions(params['pos'], params['label']), params['tile']), params['label']
 
     # pictures: the pair placed where it came from on a 3x3 canvas
     def target_name(self, t) -> str: return NEIGHBOUR_NAMES[int(t)]

@@ -124,6 +124,71 @@ def create_timm_body(arch:str, pretrained:bool=False, cut=None, n_in:int=3, **kw
     model = timm.create_model(arch, pretrained=pretrained, num_classes=0, in_chans=n_in, **kwargs)
     return TimmEncoder(model, cut=cut, arch=arch)
 
+# %% ../nbs/01_encoders.ipynb #357ec941
+import numbers
+from fastcore.basics import patch
+
+def _staged(enc):
+    "Raise unless `enc` is a whole timm network (no `cut`) with `feature_info` and `forward_intermediates`"
+    if enc.cut is not None:
+        raise ValueError(f"stage features need the whole timm network, but this {enc.arch} encoder was built with cut={enc.cut!r}; "
+                         f"build it with cut=None (the stages are then read through timm's forward_intermediates)")
+    if not getattr(enc.model, 'feature_info', None) or not hasattr(enc.model, 'forward_intermediates'):
+        raise ValueError(f"{type(enc.model).__name__} declares no feature_info/forward_intermediates: timm cannot give its stages")
+    return enc.model
+
+@patch(as_prop=True)
+def stage_info(self:TimmEncoder) -> list:
+    "timm's `feature_info` of the network: for each stage its `module`, `num_chs` and `reduction`"
+    return [dict(f) for f in _staged(self).feature_info]
+
+@patch(as_prop=True)
+def n_stages(self:TimmEncoder) -> int: "Number of stages timm declares"; return len(self.stage_info)
+
+@patch
+def stage_index(self:TimmEncoder, stage:int) -> int:
+    "`stage` as an index in [0, n_stages) (negative counts from the last stage), else a `ValueError`"
+    n = self.n_stages
+    if isinstance(stage, bool) or not isinstance(stage, numbers.Integral) or not -n <= stage < n:
+        raise ValueError(f"stage={stage!r}: {self.arch} has {n} stages (timm's feature_info: "
+                         f"{[f['module'] for f in self.stage_info]}); use an int in [{-n}, {n})")
+    return int(stage) % n
+
+@patch
+def stage_features(self:TimmEncoder, x, stages):
+    "Feature maps (B, num_chs, H/reduction, W/reduction) at stage `stages` (an int), or a list of them for a list of stages"
+    single = not isinstance(stages, (list, tuple))
+    idx = [self.stage_index(s) for s in ([stages] if single else stages)]
+    take = sorted(set(idx))
+    out = _staged(self).forward_intermediates(x, indices=take, intermediates_only=True, stop_early=True)
+    got = dict(zip(take, out))
+    return got[idx[0]] if single else [got[i] for i in idx]
+
+@patch
+def stage_cut(self:TimmEncoder, stage:int) -> int:
+    "The `cut` (number of children kept) that ends the network at stage `stage`"
+    i, model = self.stage_index(stage), _staged(self)
+    mod, names = self.stage_info[i]['module'], [n for n, _ in model.named_children()]
+    if mod not in names:
+        raise ValueError(f"stage {i} of {self.arch} ends inside {mod.split('.')[0]!r}, not at one of its children "
+                         f"({names}): it cannot be cut there. Use the whole encoder (stage features still work)")
+    return names.index(mod) + 1
+
+@patch
+def truncate(self:TimmEncoder, stage:int, img_size:int=64) -> TimmEncoder:
+    "A copy of the encoder ending at stage `stage` (`cut=stage_cut(stage)`, later stages dropped); checked against `stage_features`"
+    cut = self.stage_cut(stage)
+    new = TimmEncoder(copy.deepcopy(self.model), cut=cut, arch=self.arch)
+    p = next(self.parameters())
+    x = torch.randn(2, self.n_in or 3, img_size, img_size, device=p.device, generator=torch.Generator(p.device).manual_seed(0))
+    was = self.training
+    try:
+        with torch.no_grad(): ok = torch.allclose(new.eval()(x), self.eval().stage_features(x, stage), atol=1e-4)
+    finally: self.train(was); new.train(was)
+    if not ok: raise ValueError(f"{self.arch}'s first {cut} children do not compute stage {stage} (its forward does more than "
+                                f"run them in order); fine-tune the whole encoder instead")
+    return new
+
 # %% ../nbs/01_encoders.ipynb #43376eb6
 def as_encoder(encoder, n_in:int|None=None, pretrained:bool=False, **kwargs) -> nn.Module:
     "`create_timm_body(encoder, ...)` for a timm name; an encoder (a module with `embed` and `embed_dim`) as it is"

@@ -13,7 +13,8 @@ from fastai.learner import ValueMetric
 from .compat import deprecated_alias
 
 # %% auto #0
-__all__ = ['KNNMonitor', 'get_embeddings', 'budget_indices', 'knn_scores', 'knn_accuracy', 'linear_probe', 'KNNMonitorCallback']
+__all__ = ['KNNMonitor', 'pool_features', 'get_stage_embeddings', 'get_embeddings', 'budget_indices', 'knn_scores',
+           'knn_accuracy', 'linear_probe', 'cv_accuracy', 'best_stage', 'KNNMonitorCallback']
 
 # %% ../nbs/30_evaluate.ipynb #b2e6ae8a
 def _as_tensor(x, name, dtype=None) -> Tensor:
@@ -37,25 +38,55 @@ def _ordered(dl):
     return dl
 
 # %% ../nbs/30_evaluate.ipynb #4c52f90c
-def get_embeddings(encoder: nn.Module, dl, progress: bool = True) -> tuple[Tensor, Tensor | None]:
-    "Pooled features (float32, CPU) of every item of `dl` in dataset order, and the labels (or None)"
-    embed = getattr(encoder, 'embed', encoder)
+def pool_features(feats: Tensor, pool='avg') -> Tensor:
+    "(B, D) vectors from stage maps (B,C,H,W): `'avg'`/`'max'` over space (D=C), or an int g: a g x g average grid, flattened (D=C*g*g)"
+    if feats.ndim == 2: return feats
+    if feats.ndim != 4: raise ValueError(f"pool_features needs (B,C,H,W) maps or (B,D) vectors, got shape {tuple(feats.shape)}")
+    if pool == 'avg': return feats.mean((2, 3))
+    if pool == 'max': return feats.amax((2, 3))
+    if isinstance(pool, int) and not isinstance(pool, bool) and pool >= 1:
+        return F.adaptive_avg_pool2d(feats, pool).flatten(1)
+    raise ValueError(f"pool={pool!r}: use 'avg', 'max' or a grid side (int >= 1)")
+
+def _batches(encoder, dl, fn, progress):
+    "`fn(x)` (a list of tensors) for every batch of `dl` in dataset order, in eval mode; concatenated per list entry, and the labels"
     dl, device, was_training = _ordered(dl), _model_device(encoder), encoder.training
-    feats, labels = [], []
+    outs, labels = None, []
     encoder.eval()
     try:
         with torch.no_grad():
             for b in (progress_bar(dl, leave=False) if progress else dl):
                 xb, yb = (b[0], b[1]) if isinstance(b, (tuple, list)) and len(b) > 1 else (b[0] if isinstance(b, (tuple, list)) else b, None)
-                out = _as_tensor(embed(xb.to(device)), 'features')
-                if out.ndim != 2:
-                    raise ValueError(f"get_embeddings: the encoder returned shape {tuple(out.shape)}, not (batch, features); "
-                                     "pass a TimmEncoder (its `.embed` pools) or a module that pools")
-                feats.append(out.float().cpu())
+                res = [_as_tensor(o, 'features').float().cpu() for o in fn(_as_tensor(xb, 'inputs').to(device))]
+                outs = [[o] for o in res] if outs is None else [l + [o] for l, o in zip(outs, res)]
                 if yb is not None: labels.append(_as_tensor(yb, 'labels').cpu())
     finally: encoder.train(was_training)
-    if not feats: raise ValueError("get_embeddings: the DataLoader is empty")
-    return torch.cat(feats), (torch.cat(labels) if labels else None)
+    if outs is None: raise ValueError("get_embeddings: the DataLoader is empty")
+    return [torch.cat(o) for o in outs], (torch.cat(labels) if labels else None)
+
+def _check_vectors(out):
+    if out.ndim != 2:
+        raise ValueError(f"get_embeddings: the encoder returned shape {tuple(out.shape)}, not (batch, features); "
+                         "pass a TimmEncoder (its `.embed` pools) or a module that pools")
+    return out
+
+# %% ../nbs/30_evaluate.ipynb #a0d8bcc8
+def get_stage_embeddings(encoder: nn.Module, dl, stages='all', pool='avg', progress: bool = True) -> tuple[dict, Tensor | None]:
+    "`{stage: (N, D) features}` of every item of `dl` at each of `stages` (`'all'` or a list of ints), pooled by `pool`, and the labels"
+    if not hasattr(encoder, 'stage_features'):
+        raise TypeError(f"stage features need a TimmEncoder (it has `stage_features`), got {type(encoder).__name__}")
+    stages = list(range(encoder.n_stages)) if stages == 'all' else [encoder.stage_index(s) for s in stages]
+    feats, labels = _batches(encoder, dl, lambda x: [pool_features(f, pool) for f in encoder.stage_features(x, stages)], progress)
+    return dict(zip(stages, feats)), labels
+
+def get_embeddings(encoder: nn.Module, dl, progress: bool = True, stage: int | None = None, pool='avg') -> tuple[Tensor, Tensor | None]:
+    "Features (float32, CPU) of every item of `dl` in dataset order, and the labels (or None): `encoder.embed`, or stage `stage` pooled by `pool`"
+    if stage is not None:
+        feats, labels = get_stage_embeddings(encoder, dl, [stage], pool, progress)
+        return next(iter(feats.values())), labels
+    embed = getattr(encoder, 'embed', encoder)
+    (feats,), labels = _batches(encoder, dl, lambda x: [_check_vectors(_as_tensor(embed(x), 'features'))], progress)
+    return feats, labels
 
 # %% ../nbs/30_evaluate.ipynb #a0406f2f
 def _check_pair(feats, labels, what):
@@ -139,16 +170,43 @@ def linear_probe(train_feats, train_labels, test_feats, test_labels, n_per_class
     acc = float((clf.predict(test_feats.cpu().numpy()) == test_labels.numpy()).mean())
     return (acc, clf) if return_model else acc
 
+# %% ../nbs/30_evaluate.ipynb #18187c14
+def cv_accuracy(feats, labels, method: str = 'linear', n_folds: int = 5, seed: int = 0, k: int = 20,
+                temperature: float = 0.1, C: float = 1.0) -> float:
+    "Mean held-out accuracy of `method` ('linear' or 'knn') over stratified `n_folds`-fold cross-validation of (`feats`, `labels`)"
+    from sklearn.model_selection import StratifiedKFold
+    if method not in ('linear', 'knn'): raise ValueError(f"method={method!r}: use 'linear' or 'knn'")
+    feats, labels = _check_pair(feats, labels, 'labelled')
+    least = min(int(c) for c in np.unique(labels.numpy(), return_counts=True)[1]) if len(labels) else 0
+    if least < 2: raise ValueError(f"cross-validation needs at least 2 labelled items in every class (one class has {least}); "
+                                   "use more labels per class or a fixed stage")
+    folds = StratifiedKFold(n_splits=min(n_folds, least), shuffle=True, random_state=seed)
+    accs = []
+    for tr, va in folds.split(np.zeros(len(labels)), labels.numpy()):
+        if method == 'linear': accs.append(linear_probe(feats[tr], labels[tr], feats[va], labels[va], seed=seed, C=C))
+        else: accs.append(knn_accuracy(feats[tr], labels[tr], feats[va], labels[va], k=min(k, len(tr)), temperature=temperature,
+                                       n_classes=int(labels.max()) + 1, topk=(1,))['top1'])
+    return float(np.mean(accs))
+
+def best_stage(stage_feats: dict, labels, method: str = 'linear', n_folds: int = 5, seed: int = 0, **kwargs) -> tuple[int, dict]:
+    "The stage of `stage_feats` ({stage: (N, D)}) whose features score best in `cv_accuracy` on `labels`, and every stage's score"
+    if not stage_feats: raise ValueError("best_stage: no stage features given")
+    scores = {s: cv_accuracy(f, labels, method, n_folds, seed, **kwargs) for s, f in sorted(stage_feats.items())}
+    return max(scores, key=lambda s: (scores[s], -s)), scores
+
 # %% ../nbs/30_evaluate.ipynb #bf0a823b
 def _get_encoder(model):
     "The encoder of a self-supervised model (`model.encoder`, by the library's convention) or the model itself"
     return getattr(model, 'encoder', model)
 
 class KNNMonitorCallback(Callback):
-    "Cosine-kNN top-1 accuracy of the encoder on a small labelled `dls` (train = bank, valid = queries) after every epoch"
+    "Cosine-kNN top-1 accuracy of the encoder (or of its stage `stage`) on a small labelled `dls` (train = bank, valid = queries) after every epoch"
     order = 40   # before the Recorder (50) reads metric values in `after_validate`
-    def __init__(self, dls, k: int = 20, temperature: float = 0.1, get_encoder=_get_encoder, name: str = 'knn_top1'):
+    def __init__(self, dls, k: int = 20, temperature: float = 0.1, get_encoder=_get_encoder, name: str | None = None,
+                 stage: int | None = None, pool='avg'):
+        name = name or ('knn_top1' if stage is None else f'knn_top1_s{stage}')
         self.knn_dls, self.k, self.temperature, self.get_encoder, self.metric_name = dls, k, temperature, get_encoder, name
+        self.stage, self.pool = stage, pool
         self.value, self.history = None, []
         self.metric = ValueMetric(lambda: self.value, name)
 
@@ -157,8 +215,8 @@ class KNNMonitorCallback(Callback):
 
     def after_validate(self):
         enc = self.get_encoder(self.learn.model)
-        trf, trl = get_embeddings(enc, self.knn_dls.train, progress=False)
-        tef, tel = get_embeddings(enc, self.knn_dls.valid, progress=False)
+        trf, trl = get_embeddings(enc, self.knn_dls.train, progress=False, stage=self.stage, pool=self.pool)
+        tef, tel = get_embeddings(enc, self.knn_dls.valid, progress=False, stage=self.stage, pool=self.pool)
         self.value = knn_accuracy(trf, trl, tef, tel, k=min(self.k, len(trf)), temperature=self.temperature, topk=(1,))['top1']
         self.history.append(self.value)
 

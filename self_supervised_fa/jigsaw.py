@@ -9,7 +9,7 @@ import numpy as np, torch
 from torch import Tensor
 from .pretext import show_image_rows
 from .encoders import as_encoder
-from .patches import PatchGridCallback, cut_patches, tile_canvas, PatchSetClassifier, patch_set_splitter
+from .patches import PatchGridCallback, tile_canvas, PatchSetClassifier, patch_set_splitter
 
 # %% auto #0
 __all__ = ['hamming_permutations', 'min_hamming', 'JigsawCallback', 'create_jigsaw_model']
@@ -50,15 +50,16 @@ class JigsawCallback(PatchGridCallback):
     "Shuffle 3x3 tiles by one of `n_perms` far-apart permutations; the permutation index is the target"
     what = 'jigsaw grid'
     def __init__(self, n_perms:int=100, grid:int=3, tile:int|None=None, gap:int|None=None, jitter:int=2,
-                 gap_frac:float=0.125, min_tile:int=8, perm_seed:int=0, perms:Tensor|None=None, valid_seed:int|None=0):
+                 gap_frac:float=0.125, min_tile:int=8, perm_seed:int=0, perms:Tensor|None=None, tile_norm:bool=False,
+                 valid_seed:int|None=0):
         perms = hamming_permutations(n_perms, grid*grid, perm_seed) if perms is None else torch.as_tensor(perms).long()
         if perms.ndim != 2 or perms.shape[1] != grid*grid: raise ValueError(f"`perms` must be (n_perms, {grid*grid})")
-        super().__init__(len(perms), grid, tile, gap, jitter, gap_frac, min_tile, valid_seed)
+        super().__init__(len(perms), grid, tile, gap, jitter, gap_frac, min_tile, tile_norm, valid_seed)
         self.perms, self.n_perms, self.perm_seed = perms, len(perms), perm_seed
 
     def apply(self, x:Tensor, params:dict):
         "Shuffled tiles (B, n*n, C, t, t) and labels (B,) from images `x` and `params`"
-        tiles = cut_patches(x, params['pos'], params['tile'])
+        tiles = self.cut(x, params['pos'], params['tile'])
         perm = self.perms.to(x.device)[params['label']]
         return tiles[torch.arange(len(x), device=x.device)[:, None], perm], params['label']
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/31_label_efficiency.ipynb #9a2276f7
 from __future__ import annotations
-import copy, time
+import copy
 from contextlib import ExitStack
 import numpy as np, pandas as pd, torch
 from fastcore.basics import GetAttr, ifnone
@@ -12,7 +12,7 @@ from fastai.data.core import DataLoaders
 from fastai.callback.schedule import *
 from fastai.torch_core import set_seed
 from .encoders import create_timm_body, classifier_learner
-from .evaluate import get_embeddings, budget_indices, knn_accuracy, linear_probe
+from .evaluate import get_embeddings, get_stage_embeddings, budget_indices, knn_accuracy, linear_probe, best_stage
 
 # %% auto #0
 __all__ = ['subset_dls', 'finetune_accuracy', 'scratch_like', 'label_efficiency', 'plot_label_efficiency']
@@ -61,36 +61,75 @@ def scratch_like(body, seed: int = 0):
 def _budget_name(b): return 'all' if b is None else (f'{b:.0%}' if isinstance(b, float) else int(b))
 
 # %% ../nbs/31_label_efficiency.ipynb #0bf50ee7
+def _pool_features(enc, dls, stage, pool, progress):
+    "Train and valid features: `{None: embed}` when `stage` is None, else `{stage: pooled maps}` (all stages for 'best')"
+    if stage is None:
+        (trf, trl), (tef, tel) = (get_embeddings(enc, dl, progress=progress) for dl in (dls.train, dls.valid))
+        return {None: trf}, trl, {None: tef}, tel
+    stages = 'all' if stage == 'best' else [stage]
+    (trf, trl), (tef, tel) = (get_stage_embeddings(enc, dl, stages, pool, progress) for dl in (dls.train, dls.valid))
+    return trf, trl, tef, tel
+
+def _check_stage(stage):
+    if not (stage is None or stage == 'best' or (isinstance(stage, int) and not isinstance(stage, bool))):
+        raise ValueError(f"stage={stage!r}: use None (the encoder's embedding), an int (a stage) or 'best' (chosen on the labelled items)")
+
+def _finetune_body(enc, s, cut: bool):
+    "`enc` ending at stage `s` (later stages dropped) when `cut` and `s` is not the last stage; the stage it ends at"
+    if s is None: return enc, None
+    last = enc.n_stages - 1
+    if not cut or enc.stage_index(s) == last: return enc, last if cut else 'full'
+    return enc.truncate(s), enc.stage_index(s)
+
+# %% ../nbs/31_label_efficiency.ipynb #1ff82807
 def label_efficiency(encoder, dls, budgets=(10, 100), scratch=True, methods=('knn', 'linear', 'finetune'),
                      k: int = 20, temperature: float = 0.1, ft_epochs: int = 10, ft_lr: float = 1e-3, ft_bs: int = 32,
                      ft_freeze_epochs: int = 0, ft_lr_mult: float = 1, # fine_tune's freeze_epochs and lr_mult
-                     scratch_lr: float = 2e-3, seed: int = 0, progress: bool = True) -> pd.DataFrame:
+                     scratch_lr: float = 2e-3, seed: int = 0, progress: bool = True,
+                     stage=None, # None: `encoder.embed`; an int: that stage; 'best': chosen per method on the labelled items
+                     pool='avg', # how stage maps become vectors (`evaluate.pool_features`)
+                     cv_folds: int = 5, # folds of the cross-validation that chooses the 'best' stage
+                     ft_cut: bool = True, # fine-tune without the stages after the linear probe's stage
+                    ) -> pd.DataFrame:
     "kNN, linear-probe and fine-tuning valid accuracy of `encoder` (and of a from-scratch twin) at each label budget"
     bad = set(methods) - {'knn', 'linear', 'finetune'}
     if bad: raise ValueError(f"unknown methods {sorted(bad)}: choose from 'knn', 'linear', 'finetune'")
+    _check_stage(stage)
     encoders = dict(encoder) if isinstance(encoder, dict) else {'pretrained': encoder}
     if not encoders: raise ValueError("label_efficiency: no encoder given")
     if 'from scratch' in encoders: raise ValueError("'from scratch' is the name of the scratch twin: rename that encoder")
     if scratch is not False:
         encoders['from scratch'] = scratch_like(next(iter(encoders.values())), seed) if scratch is True else scratch
+    need_feats = bool({'knn', 'linear'} & set(methods)) or stage == 'best'
     rows = []
     for name, enc in encoders.items():
-        t0 = time.time()
-        trf, trl = get_embeddings(enc, dls.train, progress=progress) if {'knn', 'linear'} & set(methods) else (None, None)
-        tef, tel = get_embeddings(enc, dls.valid, progress=progress) if trf is not None else (None, None)
+        trf, trl, tef, tel = _pool_features(enc, dls, stage, pool, progress) if need_feats else (None, None, None, None)
         if trl is None: trl = torch.as_tensor(np.array([int(y) for _, y in dls.train_ds]))
         classes = np.arange(dls.c) if hasattr(dls, 'c') else None
         for b in budgets:
             idx = budget_indices(trl, b, seed, classes=classes)
             row = dict(encoder=name, labels=_budget_name(b), n_train=len(idx))
+            chosen = {}
+            def pick(method):   # the stage `method` reads: given, or chosen by cross-validation on the labelled items idx
+                if method not in chosen:
+                    if stage != 'best': chosen[method] = None if stage is None else enc.stage_index(stage)
+                    else: chosen[method] = best_stage({s: f[idx] for s, f in trf.items()}, trl[idx], method, cv_folds, seed,
+                                                      **(dict(k=k, temperature=temperature) if method == 'knn' else {}))[0]
+                return chosen[method]
             if 'knn' in methods:
-                kk = min(k, len(idx))
-                row.update(knn_k=kk, knn_top1=knn_accuracy(trf[idx], trl[idx], tef, tel, k=kk, temperature=temperature,
+                s, kk = pick('knn'), min(k, len(idx))
+                if stage is not None: row['knn_stage'] = s
+                row.update(knn_k=kk, knn_top1=knn_accuracy(trf[s][idx], trl[idx], tef[s], tel, k=kk, temperature=temperature,
                                                            n_classes=getattr(dls, 'c', None), topk=(1,))['top1'])
-            if 'linear' in methods: row['linear'] = linear_probe(trf[idx], trl[idx], tef, tel, seed=seed)
+            if 'linear' in methods:
+                s = pick('linear')
+                if stage is not None: row['linear_stage'] = s
+                row['linear'] = linear_probe(trf[s][idx], trl[idx], tef[s], tel, seed=seed)
             if 'finetune' in methods:
                 pre = name != 'from scratch'
-                row['finetune'] = finetune_accuracy(enc, subset_dls(dls, idx, ft_bs), epochs=ft_epochs,
+                body, end = _finetune_body(enc, pick('linear'), ft_cut)
+                if stage is not None: row['finetune_stage'] = end
+                row['finetune'] = finetune_accuracy(body, subset_dls(dls, idx, ft_bs), epochs=ft_epochs,
                                                     lr=ft_lr if pre else scratch_lr, pretrained=pre, seed=seed,
                                                     freeze_epochs=ft_freeze_epochs, lr_mult=ft_lr_mult)
             rows.append(row)

@@ -12,7 +12,7 @@ from .pretext import PretextCallback
 # %% auto #0
 __all__ = ['NEIGHBOUR_NAMES', 'NEIGHBOUR_OFFSETS', 'grid_side', 'fit_tile', 'grid_stride', 'check_grid_fits', 'resolve_tile',
            'grid_positions', 'cut_patches', 'neighbour_cell', 'centre_neighbour_positions', 'tile_canvas',
-           'PatchSetClassifier', 'patch_set_splitter', 'PatchGridCallback']
+           'PatchSetClassifier', 'patch_set_splitter', 'normalize_tiles', 'PatchGridCallback']
 
 # %% ../nbs/23_patches.ipynb #9aa8a191
 def grid_side(tile:int, n:int=3, gap:int=0, jitter:int=0) -> int:
@@ -127,14 +127,27 @@ def patch_set_splitter(model:PatchSetClassifier):
     "Parameter groups [encoder, projection + head], so `Learner.freeze` freezes the encoder"
     return [list(model.encoder.parameters()), list(model.proj.parameters()) + list(model.head.parameters())]
 
+# %% ../nbs/23_patches.ipynb #eb71900b
+def normalize_tiles(tiles:torch.Tensor, eps:float=1e-2) -> torch.Tensor:
+    "Each tile of `tiles` (B, K, C, h, w) shifted to mean 0 and scaled to standard deviation 1 (flat tiles: all 0)"
+    if tiles.ndim != 5: raise ValueError(f"tiles must be (B, K, C, h, w), got shape {tuple(tiles.shape)}")
+    flat = tiles.flatten(2)
+    mean, std = flat.mean(-1, keepdim=True), flat.std(-1, unbiased=False, keepdim=True)
+    return ((flat - mean) / std.clamp_min(eps)).view_as(tiles)
+
 # %% ../nbs/23_patches.ipynb #11a803c3
 class PatchGridCallback(PretextCallback):
-    "Base of the patch tasks: `generate_params` places an `grid`x`grid` tile grid and draws labels, `apply` cuts"
+    "Base of the patch tasks: `generate_params` places an `grid`x`grid` tile grid and draws labels, `apply` cuts (`cut`)"
     what = 'patch grid'   # how error messages name the task's grid
     def __init__(self, n_classes:int, grid:int=3, tile:int|None=None, gap:int|None=None, jitter:int=0,
-                 gap_frac:float=0.5, min_tile:int=8, valid_seed:int|None=0):
+                 gap_frac:float=0.5, min_tile:int=8, tile_norm:bool=False, valid_seed:int|None=0):
         super().__init__(valid_seed)
-        store_attr('n_classes,grid,tile,gap,jitter,gap_frac,min_tile')
+        store_attr('n_classes,grid,tile,gap,jitter,gap_frac,min_tile,tile_norm')
+
+    def cut(self, x:torch.Tensor, pos:torch.Tensor, size:int) -> torch.Tensor:
+        "`cut_patches(x, pos, size)`, each patch standardised on its own (`normalize_tiles`) when `tile_norm`"
+        p = cut_patches(x, pos, size)
+        return normalize_tiles(p) if self.tile_norm else p
 
     def generate_params(self, x:torch.Tensor) -> dict:
         "Tile size and gap, grid corners (B, grid*grid, 2) and labels (B,) for images `x` (B, C, H, W)"

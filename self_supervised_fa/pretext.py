@@ -19,8 +19,8 @@ from .encoders import TimmEncoder, as_encoder, create_timm_body, EncoderClassifi
 from .compat import deprecated_alias
 
 # %% auto #0
-__all__ = ['create_encoder_classifier', 'PretextCallback', 'unet_stages', 'EncoderDecoder', 'create_encoder_decoder',
-           'MaskedPixelLoss', 'MaskedMSELoss', 'MaskedL1Loss']
+__all__ = ['create_encoder_classifier', 'PretextCallback', 'AugmentBatchCallback', 'unet_stages', 'EncoderDecoder',
+           'create_encoder_decoder', 'MaskedPixelLoss', 'MaskedMSELoss', 'MaskedL1Loss']
 
 # %% ../nbs/20_pretext.ipynb #d8c6e265
 class PretextCallback(ReplaceBatchCallback):
@@ -101,6 +101,18 @@ class PretextCallback(ReplaceBatchCallback):
                                    row_labels=['input', 'predicted', 'true'])
         pred = out.argmax(-1)
         return show_image_rows([ims], titles=[[f'{self.target_name(p)} / {self.target_name(t)}' for p, t in zip(pred[:n], targ[:n])]])
+
+# %% ../nbs/20_pretext.ipynb #c3e34c5b
+class AugmentBatchCallback(ReplaceBatchCallback):
+    "Augment the training images with `aug` (pixels in [0,1] in and out) before a pretext task rewrites them; labels untouched"
+    order = 7   # before the pretext tasks (8)
+    def __init__(self, aug, stats=None):
+        if not callable(aug): raise TypeError(f"aug must be a callable on (B,C,H,W) pixels in [0,1] (e.g. ViewAugment), got {type(aug).__name__}")
+        super().__init__(stats=stats, valid_seed=None); self.aug = aug
+    def before_batch(self):
+        if getattr(self, 'training', True): super().before_batch()
+    def new_batch(self, x:Tensor):
+        with torch.no_grad(): return (self.norm(self.aug(self.denorm(x).clamp(0, 1)).float()),), self.learn.yb
 
 # %% ../nbs/20_pretext.ipynb #d6fb997e
 _HEAD_NAMES = ('global_pool', 'head', 'fc', 'classifier', 'head_drop', 'pre_logits', 'fc_norm', 'flatten')

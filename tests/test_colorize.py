@@ -82,3 +82,62 @@ def test_lab_model_and_loss(dls):
     out = cb.learn.model(inp)
     assert out.shape == ab.shape and out.abs().max() <= 1   # y_range (-1, 1) covers ab / AB_SCALE
     MaskedMSELoss()(out, ab).backward()
+
+
+def test_ab_bins_cover_the_srgb_gamut():
+    from skimage.color import rgb2lab
+    bins = ab_bins()
+    assert bins.shape[1] == 2 and 240 < len(bins) < 320 and len(bins.unique(dim=0)) == len(bins)
+    rgb = np.random.default_rng(0).random((2000, 1, 3))      # independent: skimage's Lab of random sRGB colours
+    ab = torch.tensor(rgb2lab(rgb)[:, 0, 1:], dtype=torch.float32)
+    assert torch.cdist(ab, bins).min(1).values.max() <= 5 * 2 ** 0.5 + 0.5   # every colour lies in a bin's 10x10 cell
+
+
+def test_soft_encoding_and_weights_match_numpy():
+    loss = ABBinLoss(sigma=5., n_neighbours=5)
+    g = torch.Generator().manual_seed(0)
+    ab = torch.rand(2, 2, 3, 4, generator=g) * 120 - 60
+    soft, near = loss.encode(ab)
+    B = loss.bins.numpy().astype(np.float64)
+    for b, i, j in [(0, 0, 0), (1, 2, 3), (0, 1, 2)]:
+        d = np.sqrt(((B - ab[b, :, i, j].numpy()) ** 2).sum(1))
+        nn5 = np.argsort(d)[:5]
+        w = np.exp(-d[nn5] ** 2 / 50); w /= w.sum()
+        want = np.zeros(len(B)); want[nn5] = w
+        np.testing.assert_allclose(soft[b, :, i, j].numpy(), want, atol=1e-5)
+        assert near[b, i, j] == np.argmin(d)
+    prior = torch.rand(len(B), generator=g) ** 4; prior /= prior.sum()
+    K = np.exp(-((B[:, None] - B[None]) ** 2).sum(-1) / 50); K /= K.sum(1, keepdims=True)
+    p = K @ prior.numpy().astype(np.float64)
+    w = 1 / (0.5 * p + 0.5 / len(B)); w /= (p * w).sum()
+    np.testing.assert_allclose(rebalance_weights(prior, loss.bins).numpy(), w, rtol=1e-4)
+    # the loss: weighted cross-entropy against the soft targets, written out
+    scores = torch.randn(2, len(B), 3, 4, generator=g)
+    lw = ABBinLoss(prior)
+    ce = -(soft * torch.log_softmax(scores, 1)).sum(1)
+    torch.testing.assert_close(lw(scores, ab / AB_SCALE), (torch.tensor(w, dtype=torch.float32)[near] * ce).mean(), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match='n_bins'): lw(scores[:, :10], ab / AB_SCALE)
+
+
+def test_ab_prior_matches_skimage(dls):
+    from skimage.color import rgb2lab
+    bins = ab_bins()
+    got = ab_prior(dls, bins)
+    counts = np.zeros(len(bins))
+    for x, _ in dls.train.new(shuffle=False, drop_last=False):   # independent: skimage's Lab of the un-normalised crops, nearest bin by numpy
+        px = (x * torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) + torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)).clamp(0, 1)
+        ab = rgb2lab(px.permute(0, 2, 3, 1).numpy().astype(np.float64))[..., 1:].reshape(-1, 2)
+        np.add.at(counts, ((ab[:, None] - bins.numpy()[None]) ** 2).sum(-1).argmin(1), 1)
+    assert got.sum() == pytest.approx(1) and np.abs(got.numpy() - counts / counts.sum()).sum() < 0.03
+
+
+def test_bin_colorizer_trains_and_shows(dls, tmp_path):
+    import matplotlib; matplotlib.use('Agg')
+    loss = ABBinLoss(ab_prior(dls))
+    model = create_colorize_model('test_resnet', space='lab', img_size=32, n_bins=loss.n_bins)
+    cb = ColorizeCallback('lab')
+    pretrain_and_transfer(dls, model, cb, loss, tmp_path, epochs=3, lr=3e-3)
+    assert len(cb.show_results(n=4).axes) == 12                    # grey, predicted (decoded from the bins), true
+    with pytest.raises(ValueError, match="space='lab'"): create_colorize_model('test_resnet', n_bins=10)
+    cb2 = _attach(ColorizeCallback('lab'), dls, 'lab')              # a 2-channel loss cannot decode bin scores
+    with pytest.raises(ValueError, match='ABBinLoss'): cb2.to_rgb(torch.zeros(1, loss.n_bins, 4, 4), torch.zeros(1, 3, 4, 4))

@@ -56,3 +56,15 @@ def test_context_trains_and_transfers(tmp_path, precision):
     before, after = pretrain_and_transfer(dls, model, ContextCallback(), CrossEntropyLossFlat(), tmp_path,
                                           cls_dls=tiny_dls(), epochs=4, lr=1e-3, metrics=accuracy, precision=precision)
     assert after[1] > 1/8 + 0.15, f"context accuracy {after[1]:.3f} is no better than chance (1/8)"
+
+
+def test_tile_norm_pairs():
+    "each patch of a pair is standardised on its own; positions and labels are those of the raw task"
+    x = torch.rand(8, 1, 64, 64) * 5
+    raw, normed = ContextCallback(), ContextCallback(tile_norm=True)
+    with raw.seeded(1): a, ya = raw.make_batch(x)
+    with normed.seeded(1): b, yb = normed.make_batch(x)
+    assert torch.equal(ya, yb)
+    flat = a.flatten(2)
+    torch.testing.assert_close(b.flatten(2), (flat - flat.mean(-1, keepdim=True)) / flat.std(-1, unbiased=False, keepdim=True),
+                               atol=1e-5, rtol=1e-4)

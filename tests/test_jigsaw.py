@@ -70,3 +70,15 @@ def test_jigsaw_trains_and_transfers(tmp_path, precision):
     before, after = pretrain_and_transfer(dls, model, JigsawCallback(n_perms=8), CrossEntropyLossFlat(), tmp_path,
                                           cls_dls=tiny_dls(), epochs=3, lr=1e-2, metrics=accuracy, precision=precision)
     assert after[1] > 1/8 + 0.1, f"jigsaw accuracy {after[1]:.3f} is no better than chance (1/8)"
+
+
+def test_tile_norm_keeps_the_permutation():
+    "per-tile normalisation changes each tile's levels, not which tile goes where"
+    x = torch.rand(6, 1, 64, 64) * 5
+    raw, normed = JigsawCallback(n_perms=24), JigsawCallback(n_perms=24, tile_norm=True)
+    with raw.seeded(3): a, ya = raw.make_batch(x)
+    with normed.seeded(3): b, yb = normed.make_batch(x)
+    assert torch.equal(ya, yb)
+    flat = a.flatten(2)
+    want = (flat - flat.mean(-1, keepdim=True)) / flat.std(-1, unbiased=False, keepdim=True)
+    torch.testing.assert_close(b.flatten(2), want, atol=1e-5, rtol=1e-4)

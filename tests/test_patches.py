@@ -1,5 +1,5 @@
 "Patch cutting shared by jigsaw and context prediction: geometry, one-gather cutting, sizes and the context-free network"
-import itertools, pytest, torch
+import itertools, numpy as np, pytest, torch
 from fastai.torch_core import TensorImage
 from self_supervised_fa.patches import *
 
@@ -80,3 +80,19 @@ def test_patch_set_classifier_is_context_free():
     with pytest.raises(ValueError, match=r'\(B, 3, C, h, w\)'): m(torch.randn(4, 2, 2, 8, 8))
     enc, rest = patch_set_splitter(m)
     assert len(enc) == 0 and len(rest) == len(list(m.parameters()))
+
+
+def test_tile_norm_standardises_each_tile_of_the_slices():
+    "with tile_norm, each tile is the image slice at its corner, standardised on its own (numpy, written out)"
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 2, 40, 40, generator=g) * 3 + 1
+    pos = grid_positions(4, 40, 40, 8, 3, 2, 1, generator=g)
+    cb = PatchGridCallback(9, tile_norm=True)
+    tiles = cb.cut(x, pos, 8)
+    for b in range(4):
+        for k in range(9):
+            r, c = pos[b, k].tolist()
+            sl = x[b, :, r:r+8, c:c+8].numpy().astype(np.float64)
+            np.testing.assert_allclose(tiles[b, k].numpy(), (sl - sl.mean()) / sl.std(), atol=1e-4)
+    assert torch.equal(PatchGridCallback(9).cut(x, pos, 8), cut_patches(x, pos, 8))   # off by default here: the raw slices
+    with pytest.raises(ValueError, match=r'\(B, K, C, h, w\)'): normalize_tiles(torch.zeros(2, 3, 4, 4))
