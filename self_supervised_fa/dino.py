@@ -92,7 +92,8 @@ class DINOModel(SiameseModel):
 def create_dino_model(encoder:TimmEncoder|str='resnet18', # a TimmEncoder or a timm architecture name
                       out_dim:int=65536, hidden_size:int=2048, bottleneck_size:int=256, n_layers:int=3,
                       bn:bool=False, # BatchNorm in the head's MLP (the paper: off for ViTs)
-                      norm_last_layer:bool=True, n_in:int=3, pretrained:bool=False, **kwargs) -> DINOModel:
+                      norm_last_layer:bool=True, n_in:int|None=None, # input channels (None: 3 for a name, the encoder's own for an encoder)
+                      pretrained:bool=False, **kwargs) -> DINOModel:
     "DINO network: encoder + `DINOHead`, an EMA teacher of both (`model.teacher`) and the centre (`model.center`)"
     body = as_encoder(encoder, n_in, pretrained, **kwargs)
     return DINOModel(body, DINOHead(body.embed_dim, out_dim, hidden_size, bottleneck_size, n_layers, bn, norm_last_layer))

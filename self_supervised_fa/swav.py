@@ -120,7 +120,8 @@ def create_swav_model(encoder:TimmEncoder|str='resnet18', # a TimmEncoder or a t
                       hidden_size:int=2048, projection_size:int=128, n_prototypes:int=3000,
                       queue_size:int=0, # embeddings queued per global crop (0: no queue; the paper's 3840 for batches of 256)
                       n_queues:int=2, # global crops the queue keeps
-                      n_in:int=3, pretrained:bool=False, **kwargs) -> SwAVModel:
+                      n_in:int|None=None, # input channels (None: 3 for a name, the encoder's own for an encoder)
+                      pretrained:bool=False, **kwargs) -> SwAVModel:
     "SwAV network: encoder + MLP projector to the unit sphere + `n_prototypes` prototypes, and an optional queue (`model.queue`)"
     body = as_encoder(encoder, n_in, pretrained, **kwargs)
     projector = nn.Sequential(*create_mlp(body.embed_dim, hidden_size, projection_size), L2Norm())
