@@ -85,6 +85,13 @@ class ReplaceBatchCallback(Callback):
     def norm(self, x:Tensor) -> Tensor: "Normalise pixels `x` in [0,1] like the batches"; return normalize(x, self._stats_for(x))
     def denorm(self, x:Tensor) -> Tensor: "Pixels in [0,1] from normalised `x`"; return denormalize(x, self._stats_for(x))
 
+    def after_loss(self):
+        if not torch.isfinite(self.loss_grad).all():
+            self._fail(FloatingPointError(f"{type(self).__name__}: the loss is {self.loss_grad.item()} at epoch {self.epoch}, "
+                                          f"batch {self.iter}; training stopped. Lower the learning rate, check the inputs for "
+                                          "NaNs, or train in float32/bf16 instead of fp16"))
+    def _fail(self, err): raise err   # subclasses that changed the learner give it back first
+
     def sample(self, n:int=8, ds_idx:int=0) -> Tensor:
         "The first `n` images of a batch of `dls[ds_idx]` (as the DataLoaders give them, normalised)"
         x = self.dls[ds_idx].one_batch()[0][:n]

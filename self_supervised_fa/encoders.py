@@ -16,7 +16,7 @@ from fastai.torch_core import params, apply_init
 from fastai.vision.learner import create_head
 from fastai.learner import Learner
 from fastai.metrics import accuracy
-import fastai.callback.schedule  # patches Learner.fit_one_cycle / fine_tune onto Learner
+import fastai.callback.schedule  # noqa: F401 (patches Learner.fit_one_cycle / fine_tune onto Learner)
 from .compat import deprecated_alias
 
 # %% auto #0

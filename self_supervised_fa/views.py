@@ -9,11 +9,11 @@ from contextlib import nullcontext
 from typing import Callable
 import torch
 from torch import nn, Tensor
-from fastcore.basics import listify, store_attr, ifnone
-from .augment import ViewAugment, check_images, normalize, denormalize
+from fastcore.basics import listify, store_attr
+from .augment import ViewAugment, check_images
 from .batch import ReplaceBatchCallback, show_image_rows
 from .teacher import EMATeacher, KeyQueue, check_momentum, momentum_at
-from .encoders import TimmEncoder, as_encoder, create_timm_body
+from .encoders import TimmEncoder, as_encoder
 from .compat import deprecated_alias
 
 # %% auto #0
@@ -241,12 +241,6 @@ class MultiViewCallback(ReplaceBatchCallback):
             self._fail(ValueError(f"{type(self).__name__} needs the model to return a dict with {list(self.needs)}, each a tuple of "
                                   f"one 2-D (batch, features) tensor per view ({n} views); got {got}. Build the model with "
                                   f"{self.factory} (or return such a dict from your own model's forward(*views))"))
-
-    def after_loss(self):
-        if not torch.isfinite(self.loss_grad).all():
-            self._fail(FloatingPointError(f"{type(self).__name__}: the loss is {self.loss_grad.item()} at epoch {self.epoch}, "
-                                          f"batch {self.iter}; training stopped. Lower the learning rate, check the inputs for "
-                                          "NaNs, or train in float32/bf16 instead of fp16"))
 
     # --- the teacher
     def after_step(self):

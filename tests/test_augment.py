@@ -16,6 +16,7 @@ def _per_image_diff(a, b): return (a - b).abs().amax(dim=(1, 2, 3))
 
 
 def test_views_differ_per_image_and_per_view_and_replay(photos):
+    torch.manual_seed(0)   # unseeded, strong jitter can black out both views of an image now and then (diff 0)
     aug = simclr_augs(32)
     x = torch.cat([photos, photos])                     # the same image twice in one batch
     v1 = aug(x); p1 = aug._params

@@ -4,7 +4,7 @@ from fastai.learner import Learner
 from fastai.torch_core import set_seed
 from self_supervised_fa.colorize import *
 from self_supervised_fa.pretext import MaskedMSELoss
-from test_pretext import tiny_dls, pretrain_and_transfer
+from test_pretext import PRECISIONS, tiny_dls, pretrain_and_transfer
 
 skimage = pytest.importorskip('skimage')
 
@@ -70,9 +70,10 @@ def test_grey_datasets():
     with pytest.raises(ValueError, match='space'): ColorizeCallback('hsv')
 
 
-def test_colorize_trains_and_transfers(dls, tmp_path):
+@PRECISIONS
+def test_colorize_trains_and_transfers(dls, tmp_path, precision):
     model = create_colorize_model('test_resnet', img_size=32)
-    pretrain_and_transfer(dls, model, ColorizeCallback(), MaskedMSELoss(), tmp_path, epochs=3, lr=3e-3)
+    pretrain_and_transfer(dls, model, ColorizeCallback(), MaskedMSELoss(), tmp_path, epochs=3, lr=3e-3, precision=precision)
 
 
 def test_lab_model_and_loss(dls):

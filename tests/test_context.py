@@ -4,7 +4,7 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
 from self_supervised_fa.context import *
 from self_supervised_fa.patches import NEIGHBOUR_OFFSETS, NEIGHBOUR_NAMES
-from test_pretext import tiny_dls, pretrain_and_transfer
+from test_pretext import PRECISIONS, tiny_dls, pretrain_and_transfer
 
 # independent table: label -> (rows, cols) offset of the neighbour from the centre, in grid steps
 _OFFSETS = {'top-left': (-1, -1), 'top': (-1, 0), 'top-right': (-1, 1), 'left': (0, -1), 'right': (0, 1),
@@ -48,10 +48,11 @@ def test_too_small_images_error():
     ContextCallback().make_batch(torch.zeros(2, 1, 38, 38))
 
 
-def test_context_trains_and_transfers(tmp_path):
+@PRECISIONS
+def test_context_trains_and_transfers(tmp_path, precision):
     # 200 digits, 4 epochs at 1e-3: accuracy ~0.5 with 1-4 threads (100 digits for 3 epochs stayed at chance)
     dls = tiny_dls(n_per_class=20, size=64)
     model = create_context_model('test_resnet', n_in=1)
     before, after = pretrain_and_transfer(dls, model, ContextCallback(), CrossEntropyLossFlat(), tmp_path,
-                                          cls_dls=tiny_dls(), epochs=4, lr=1e-3, metrics=accuracy)
+                                          cls_dls=tiny_dls(), epochs=4, lr=1e-3, metrics=accuracy, precision=precision)
     assert after[1] > 1/8 + 0.15, f"context accuracy {after[1]:.3f} is no better than chance (1/8)"

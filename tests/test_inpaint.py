@@ -3,7 +3,7 @@ import pytest, torch, torch.nn.functional as F
 from fastai.learner import Learner
 from self_supervised_fa.inpaint import *
 from self_supervised_fa.pretext import MaskedMSELoss
-from test_pretext import tiny_dls, pretrain_and_transfer
+from test_pretext import PRECISIONS, tiny_dls, pretrain_and_transfer
 
 
 @pytest.mark.parametrize('kind', ['center', 'block', 'random'])
@@ -48,9 +48,11 @@ def test_bad_input():
     with pytest.raises(ValueError, match='size'): InpaintCallback(size=1.5)
 
 
-def test_inpaint_trains_and_transfers(tmp_path):
+@PRECISIONS
+def test_inpaint_trains_and_transfers(tmp_path, precision):
     model = create_inpaint_model('test_resnet', n_in=1, img_size=28)
-    pretrain_and_transfer(tiny_dls(), model, InpaintCallback('block'), MaskedMSELoss(), tmp_path, epochs=2, lr=1e-2)
+    # 4 epochs at 3e-3: the seeded validation loss fell in 4 of 4 runs (2 seeds x fp32/bf16); 2 epochs at 1e-2 rose now and then
+    pretrain_and_transfer(tiny_dls(), model, InpaintCallback('block'), MaskedMSELoss(), tmp_path, epochs=4, lr=3e-3, precision=precision)
 
 
 def test_show_and_show_results():

@@ -4,7 +4,7 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
 from self_supervised_fa.jigsaw import *
 from self_supervised_fa.patches import cut_patches, patch_set_splitter
-from test_pretext import tiny_dls, pretrain_and_transfer
+from test_pretext import PRECISIONS, tiny_dls, pretrain_and_transfer
 
 
 def _min_hamming_np(P):
@@ -62,10 +62,11 @@ def test_too_small_images_error():
         JigsawCallback(n_perms=4, tile=20).make_batch(torch.zeros(2, 1, 64, 64))
 
 
-def test_jigsaw_trains_and_transfers(tmp_path):
+@PRECISIONS
+def test_jigsaw_trains_and_transfers(tmp_path, precision):
     dls = tiny_dls(n_per_class=10, size=48)     # 11-px tiles: small enough to train in seconds
     model = create_jigsaw_model('test_resnet', n_perms=8, n_in=1)
     assert model.encoder.arch == 'test_resnet'
     before, after = pretrain_and_transfer(dls, model, JigsawCallback(n_perms=8), CrossEntropyLossFlat(), tmp_path,
-                                          cls_dls=tiny_dls(), epochs=3, lr=1e-2, metrics=accuracy)
+                                          cls_dls=tiny_dls(), epochs=3, lr=1e-2, metrics=accuracy, precision=precision)
     assert after[1] > 1/8 + 0.1, f"jigsaw accuracy {after[1]:.3f} is no better than chance (1/8)"

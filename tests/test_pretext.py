@@ -6,6 +6,9 @@ from fastai.torch_core import set_seed
 from self_supervised_fa.data import sample_dls, load_sample_df, SAMPLE_STATS
 from self_supervised_fa.encoders import create_timm_body, save_encoder, classifier_learner, create_classifier, encoder_splitter
 from self_supervised_fa.pretext import *
+from helpers import CPUBf16Callback
+
+PRECISIONS = pytest.mark.parametrize('precision', ['fp32', 'bf16'])
 
 
 def tiny_dls(n_per_class=5, bs=16, **kwargs):
@@ -14,15 +17,17 @@ def tiny_dls(n_per_class=5, bs=16, **kwargs):
     return sample_dls(n_per_class=n_per_class, bs=bs, valid_df=load_sample_df('test').iloc[:64], **kwargs)
 
 
-def pretrain_and_transfer(dls, model, cb, loss_func, tmp_path, cls_dls=None, epochs=2, lr=3e-3, metrics=None):
-    "Train a pretext task with fit_one_cycle, check the (seeded) validation loss went down and the encoder transfers"
+def pretrain_and_transfer(dls, model, cb, loss_func, tmp_path, cls_dls=None, epochs=2, lr=3e-3, metrics=None, precision='fp32'):
+    "Train a pretext task with fit_one_cycle (`precision='bf16'`: under CPU bf16 autocast), check the (seeded) validation loss went down and the encoder transfers"
     set_seed(0)
-    learn = Learner(dls, model, loss_func=loss_func, cbs=cb, metrics=metrics)
+    learn = Learner(dls, model, loss_func=loss_func, cbs=[cb] + ([CPUBf16Callback()] if precision == 'bf16' else []), metrics=metrics)
     with learn.no_bar(), learn.no_logging():
         before = learn.validate()
         learn.fit_one_cycle(epochs, lr)
         after = learn.validate()
     assert after[0] < before[0], f"validation loss did not go down: {before[0]:.4f} -> {after[0]:.4f}"
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    if precision == 'bf16': return before, after   # the transfer to a classifier is checked in float32
     path = save_encoder(model.encoder, tmp_path/'encoder')
     cls_dls = cls_dls or dls
     clf = classifier_learner(cls_dls, model.encoder.arch, n_in=model.encoder.n_in, encoder_path=path)
@@ -134,3 +139,10 @@ def test_masked_loss_independent_of_unmasked_pixels():
 def test_masked_loss_half_precision_inputs():
     p, t = torch.randn(2, 3, 4, 4).half() * 300, torch.zeros(2, 3, 4, 4).half()
     assert torch.isfinite(MaskedMSELoss()(p, t, torch.ones(2, 1, 4, 4)))
+
+
+def test_nan_loss_stops_a_pretext_task():
+    "The base callback stops training on a NaN/infinite loss with an error naming the epoch and batch"
+    dls = tiny_dls(n_per_class=2, bs=8)
+    learn = Learner(dls, create_classifier('test_resnet', 2, n_in=1), loss_func=lambda p, y: nn.CrossEntropyLoss()(p, y) * float('inf'), cbs=_Flip())
+    with pytest.raises(FloatingPointError, match='epoch 0, batch 0'), learn.no_bar(): learn.fit(1)

@@ -3,7 +3,7 @@ import numpy as np, pytest, torch
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
 from self_supervised_fa.rotnet import *
-from test_pretext import tiny_dls, pretrain_and_transfer
+from test_pretext import PRECISIONS, tiny_dls, pretrain_and_transfer
 
 
 def test_unrotating_by_label_gives_original():
@@ -36,12 +36,13 @@ def test_non_square_error():
     with pytest.raises(ValueError, match='square.*28x32.*Resize'): RotNetCallback().make_batch(torch.zeros(2, 1, 28, 32))
 
 
-def test_rotnet_trains_and_transfers(tmp_path):
+@PRECISIONS
+def test_rotnet_trains_and_transfers(tmp_path, precision):
     # 200 digits x 4 rotations, 4 epochs at 3e-3: accuracy ~0.7 with 1-4 threads (at 1e-2 the loss overshoots)
     dls = tiny_dls(n_per_class=20)
     model = create_rotnet_model('test_resnet', n_in=1, ps=0.25)
     before, after = pretrain_and_transfer(dls, model, RotNetCallback(all_rotations=True), CrossEntropyLossFlat(), tmp_path,
-                                          epochs=4, lr=3e-3, metrics=accuracy)
+                                          epochs=4, lr=3e-3, metrics=accuracy, precision=precision)
     assert after[1] > 0.25 + 0.15, f"rotation accuracy {after[1]:.3f} is no better than chance"
 
 

@@ -3,7 +3,7 @@ import numpy as np, pytest, torch, torch.nn.functional as F
 from PIL import Image
 from self_supervised_fa.superres import *
 from self_supervised_fa.pretext import MaskedMSELoss
-from test_pretext import tiny_dls, pretrain_and_transfer
+from test_pretext import PRECISIONS, tiny_dls, pretrain_and_transfer
 
 
 def test_input_is_degraded_target():
@@ -37,10 +37,11 @@ def test_bad_input():
     with pytest.raises(ValueError, match='mode'): SuperResCallback(mode='lanczos')
 
 
-def test_superres_trains_and_transfers(tmp_path):
+@PRECISIONS
+def test_superres_trains_and_transfers(tmp_path, precision):
     dls = tiny_dls()
     model = create_superres_model('test_resnet', n_in=1, img_size=28)
-    before, after = pretrain_and_transfer(dls, model, SuperResCallback(), MaskedMSELoss(), tmp_path, epochs=2, lr=3e-3)
+    before, after = pretrain_and_transfer(dls, model, SuperResCallback(), MaskedMSELoss(), tmp_path, epochs=2, lr=3e-3, precision=precision)
     xv = torch.cat([b[0] for b in dls.valid])
     baseline = F.mse_loss(degrade(xv), xv).item()
     assert abs(before[0] - baseline) < 1e-4      # the residual model starts at the bilinear baseline ...
