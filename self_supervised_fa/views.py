@@ -9,7 +9,7 @@ from contextlib import nullcontext
 from typing import Callable
 import torch
 from torch import nn, Tensor
-from fastcore.basics import listify, store_attr
+from fastcore.basics import listify, store_attr, ifnone
 from .augment import ViewAugment, check_images
 from .batch import ReplaceBatchCallback, show_image_rows
 from .teacher import EMATeacher, KeyQueue, check_momentum, momentum_at
