@@ -50,8 +50,8 @@ def create_byol_model(encoder:TimmEncoder|str='resnet18', # a TimmEncoder or a t
 class BYOLCallback(MultiViewCallback):
     "BYOL pretraining: predictions of each view against the teacher's projections of the others; momentum `momentum` -> `momentum_end` (cosine)"
     needs, factory = ('pred', 'target'), 'create_byol_model'
-    def __init__(self, aug:ViewAugment|list|None=None, # None: `simclr_augs` at the input's size
-                 momentum:float=0.99, momentum_end:float=1., n_views:int=2, **kwargs):
+    def __init__(self, aug:ViewAugment|list|None=None, # None: `simclr_augs` at the input's size; a list: one per view (multi-crop)
+                 momentum:float=0.99, momentum_end:float=1., n_views:int|None=None, **kwargs):
         super().__init__(BYOLLoss(), ifnone(aug, simclr_augs(None)), n_views=n_views, momentum=momentum,
                          momentum_end=momentum_end, **kwargs)
     def compute_loss(self, out, *yb): return self.loss_func(out['pred'], out['target'])

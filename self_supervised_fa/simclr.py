@@ -78,9 +78,9 @@ def create_simclr_model(encoder:TimmEncoder|str='resnet18', # a TimmEncoder or a
 
 # %% ../nbs/10_simclr.ipynb #b085485b
 class SimCLRCallback(MultiViewCallback):
-    "SimCLR pretraining: two views of every image, NT-Xent loss at `temperature`"
-    def __init__(self, aug:ViewAugment|list|None=None, # None: `simclr_augs` at the input's size
-                 temperature:float=0.5, n_views:int=2, **kwargs):
+    "SimCLR pretraining: two views of every image (or multi-crop: a list of augmentations, one per view), NT-Xent loss at `temperature`"
+    def __init__(self, aug:ViewAugment|list|None=None, # None: `simclr_augs` at the input's size; a list: one per view
+                 temperature:float=0.5, n_views:int|None=None, **kwargs):
         super().__init__(NTXentLoss(temperature), ifnone(aug, simclr_augs(None)), n_views=n_views, **kwargs)
 
 SimCLR = deprecated_alias(SimCLRCallback, 'SimCLR')

@@ -50,6 +50,6 @@ class SimSiamCallback(MultiViewCallback):
     "SimSiam pretraining: each view's prediction against the (stop-gradient) projections of the others"
     needs, factory = ('pred', 'proj'), 'create_simsiam_model'
     def __init__(self, aug:ViewAugment|list|None=None, # None: `simclr_augs` at the input's size
-                 n_views:int=2, **kwargs):
+                 n_views:int|None=None, **kwargs):
         super().__init__(NegativeCosineLoss(), ifnone(aug, simclr_augs(None)), n_views=n_views, **kwargs)
     def compute_loss(self, out, *yb): return self.loss_func(out['pred'], out['proj'])

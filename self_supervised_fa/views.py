@@ -6,9 +6,10 @@
 from __future__ import annotations
 import functools, inspect
 from contextlib import nullcontext
+from typing import Callable
 import torch
 from torch import nn, Tensor
-from fastcore.basics import listify, store_attr
+from fastcore.basics import listify, store_attr, ifnone
 from .augment import ViewAugment, check_images
 from .batch import ReplaceBatchCallback, show_image_rows
 from .teacher import EMATeacher, KeyQueue, check_momentum, momentum_at
@@ -16,8 +17,8 @@ from .encoders import TimmEncoder, as_encoder
 from .compat import deprecated_alias
 
 # %% auto #0
-__all__ = ['get_encoder', 'create_mlp', 'size_groups', 'SiameseModel', 'float32_loss', 'check_views', 'view_pairs', 'unwrap',
-           'MultiViewCallback']
+__all__ = ['get_encoder', 'create_mlp', 'size_groups', 'check_size_order', 'drop_grads', 'SiameseModel', 'float32_loss',
+           'check_views', 'view_pairs', 'unwrap', 'MultiViewCallback']
 
 # %% ../nbs/03_views.ipynb #aeafc3ea
 def create_mlp(in_dim:int, hidden_size:int, out_dim:int, n_layers:int=2, bn:bool=True, last_bn:bool=False,
@@ -39,6 +40,17 @@ def size_groups(views) -> list:
         if groups and groups[-1][-1].shape[1:] == v.shape[1:]: groups[-1].append(v)
         else: groups.append([v])
     return groups
+
+def check_size_order(sizes, name:str='views'):
+    "Raise unless views of one size are consecutive (`sizes`: one per view, None = the input's size): one forward per size"
+    runs = [s for i, s in enumerate(sizes) if i == 0 or s != sizes[i - 1]]
+    if len(runs) != len({str(s) for s in runs}):
+        raise ValueError(f"{name}: views of one size must be consecutive (the global crops first, then the local crops), got "
+                         f"sizes {list(sizes)}; order the augmentations by size so the encoder runs once per size group")
+
+def drop_grads(module:nn.Module):
+    "Drop the gradients of `module`'s parameters: fastai's and torch's optimisers skip them in this step (weight decay too)"
+    for p in module.parameters(): p.grad = None
 
 def _split(t:Tensor, n:int) -> tuple: return tuple(t.chunk(n))
 
@@ -119,21 +131,46 @@ class MultiViewCallback(ReplaceBatchCallback):
     needs = ('proj',)                # the model outputs the method's loss reads
     factory = 'create_simclr_model'  # the model factory named in errors
     def __init__(self, loss_func:nn.Module, # the method's loss (see `compute_loss`)
-                 aug:ViewAugment|list|None=None, # one augmentation for all views, or one per view
-                 n_views:int=2,
+                 aug:ViewAugment|list|Callable|None=None, # one augmentation for all views, one per view, or a preset `size -> list`
+                 n_views:int|None=None, # None: one view per augmentation of a list, else 2
                  stats=None, # (mean, std) of the batch's normalisation; None: from the DataLoaders' Normalize
                  valid_seed:int|None=0, # validation batch i is drawn under seed valid_seed+i; None: random
                  momentum:float|None=None, # teacher momentum at the start (models with a teacher)
                  momentum_end:float|None=None): # teacher momentum at the end (cosine schedule); None: constant
         super().__init__(stats, valid_seed)
-        augs = listify(aug if aug is not None else ViewAugment())
-        if n_views < 2: raise ValueError(f"{type(self).__name__}: n_views={n_views}, a siamese method needs at least two views")
-        if len(augs) == 1: augs = augs * n_views
-        if len(augs) != n_views: raise ValueError(f"{type(self).__name__}: got {len(augs)} augmentations for n_views={n_views}; "
-                                                  "pass one, or one per view")
+        if n_views is not None and n_views < 2:
+            raise ValueError(f"{type(self).__name__}: n_views={n_views}, a siamese method needs at least two views")
         if momentum is not None: check_momentum(momentum)
         if momentum_end is not None: check_momentum(momentum_end, 'momentum_end')
-        store_attr('loss_func,n_views,momentum,momentum_end'); self.augs, self.params = augs, None
+        store_attr('loss_func,n_views,momentum,momentum_end'); self.params, self.group_lens = None, None
+        self.preset = aug if callable(aug) and not isinstance(aug, nn.Module) else None   # resolved on the first batch
+        self.augs = None if self.preset else self._check_augs(listify(ifnone(aug, ViewAugment())))
+
+    def _check_augs(self, augs:list) -> list:
+        "`augs` as one augmentation per view (a single one repeated `n_views` times); views of one size must be consecutive"
+        name = type(self).__name__
+        if not augs or not all(isinstance(a, nn.Module) for a in augs):
+            raise TypeError(f"{name}: aug must be a ViewAugment, a list of them (one per view) or a function size -> list; "
+                            f"got {[type(a).__name__ for a in augs]}")
+        if len(augs) == 1: augs = augs * (self.n_views or 2)
+        if self.n_views is None: self.n_views = len(augs)
+        if len(augs) < 2: raise ValueError(f"{name}: got {len(augs)} augmentation, a siamese method needs at least two views")
+        if len(augs) != self.n_views: raise ValueError(f"{name}: got {len(augs)} augmentations for n_views={self.n_views}; "
+                                                       "pass one, or one per view")
+        check_size_order([getattr(a, 'size', None) for a in augs], name)
+        return augs
+
+    def augs_for(self, x:Tensor) -> list:
+        "The augmentations, one per view (a preset is called with `x`'s size the first time)"
+        if self.augs is None:
+            h, w = x.shape[-2:]
+            self.augs = self._check_augs(listify(self.preset(h if h == w else (h, w))))
+        return self.augs
+
+    @property
+    def n_global(self) -> int|None:
+        "Views in the first size group of the last batch (the global crops: the teacher's, and SwAV's codes')"
+        return self.group_lens[0] if self.group_lens else None
 
     # --- views
     def views01(self, x:Tensor, seed:int|None=None) -> list:
@@ -146,13 +183,15 @@ class MultiViewCallback(ReplaceBatchCallback):
                           " (no Normalize found in the DataLoaders)"))
         views, self.params = [], []
         with (self.seeded(seed) if seed is not None else nullcontext()):
-            for aug in self.augs:
+            for aug in self.augs_for(x):
                 views.append(aug(x01, check=False)); self.params.append(aug._params)
+        self.group_lens = [len(g) for g in size_groups(views)]
         return views
 
     def views(self, x:Tensor, seed:int|None=None) -> list:
         "Normalised views of the normalised batch `x`, as the model sees them"
-        return [v if aug.stats is not None else self.norm(v) for v, aug in zip(self.views01(x, seed), self.augs)]
+        views = self.views01(x, seed)
+        return [v if aug.stats is not None else self.norm(v) for v, aug in zip(views, self.augs)]
 
     def new_batch(self, x:Tensor):
         yb = self.yb if self.yb and getattr(self.yb[0], 'shape', (None,))[:1] == (len(x),) else (torch.zeros(len(x), device=x.device),)
@@ -178,7 +217,7 @@ class MultiViewCallback(ReplaceBatchCallback):
     def check_model(self, model:nn.Module):
         "Before any work: a `SiameseModel` has what the method `needs`, and a teacher exactly when there is a momentum"
         if not isinstance(model, SiameseModel):   # a model of one's own: it must take the views; its outputs are checked on the first batch
-            try: inspect.signature(model.forward).bind(*range(self.n_views))
+            try: inspect.signature(model.forward).bind(*range(self.n_views or 2))
             except TypeError: self._fail(ValueError(
                 f"{type(self).__name__} calls the model with the {self.n_views} views as separate inputs, model(*views), but "
                 f"{type(model).__name__}.forward{inspect.signature(model.forward)} does not take them; build the model with "
@@ -212,8 +251,9 @@ class MultiViewCallback(ReplaceBatchCallback):
 
     # --- pictures
     def show(self, x=None, n:int=4, seed:int|None=0, size:float=1.4):
-        "Draw `n` images of `x` (default: a batch of the DataLoaders) beside their views, denormalised"
+        "Draw `n` images of `x` (default: a batch of the DataLoaders) beside all their views (every crop, titled with its size)"
         x = (self.sample(max(n, 2)) if x is None else x.as_subclass(Tensor))[:max(n, 2)]
         views, orig = self.views01(x, seed), self.denorm(x)
-        return show_image_rows([[orig[i]] + [v[i] for v in views] for i in range(n)],
-                               titles=[['image'] + [f'view {j+1}' for j in range(len(views))]] + [None] * (n - 1), size=size)
+        titles = ['image'] + [f"view {j+1}, {v.shape[-2]}" + (f"x{v.shape[-1]}" if v.shape[-1] != v.shape[-2] else '') + " px"
+                              for j, v in enumerate(views)]
+        return show_image_rows([[orig[i]] + [v[i] for v in views] for i in range(n)], titles=[titles] + [None] * (n - 1), size=size)

@@ -16,6 +16,8 @@ from self_supervised_fa.byol import BYOLLoss, create_byol_model, BYOLCallback
 from self_supervised_fa.simsiam import NegativeCosineLoss, create_simsiam_model, SimSiamCallback
 from self_supervised_fa.moco import InfoNCELoss, create_moco_v2_model, MoCoV2Callback, create_moco_v3_model, MoCoV3Callback
 from self_supervised_fa.vicreg import VICRegLoss, create_vicreg_model, VICRegCallback
+from self_supervised_fa.swav import SwAVLoss, create_swav_model, SwAVCallback
+from self_supervised_fa.dino import DINOLoss, create_dino_model, DINOCallback
 from helpers import CPUBf16Callback, grad_agreement
 
 pytestmark = pytest.mark.filterwarnings('ignore:ViewAugment. 1-channel')
@@ -103,6 +105,8 @@ LOSSES = {
     'moco_v2': (lambda z: InfoNCELoss(0.2)(z[0], z[1], F.normalize(z[2].detach().float(), dim=1)), 3),
     'moco_v3': (lambda z: InfoNCELoss(0.2)(z[0], z[1]), 2),
     'vicreg': (lambda z: VICRegLoss()(z[0], z[1]), 2),
+    'swav': (lambda z: SwAVLoss()(z[:4], n_global=2), 4),                        # 2 global + 2 local crops
+    'dino': (lambda z: DINOLoss()(z[:4], z[4:], z[4].detach().mean(0, keepdim=True), 0.04), 6),
 }
 
 @pytest.mark.parametrize('name', list(LOSSES))
@@ -132,11 +136,13 @@ METHODS = {
     'moco_v2': (create_moco_v2_model, MoCoV2Callback, dict(queue_size=64), dict(momentum=0.99)),
     'moco_v3': (create_moco_v3_model, MoCoV3Callback, {}, {}),
     'vicreg': (create_vicreg_model, VICRegCallback, {}, {}),
+    'swav': (create_swav_model, SwAVCallback, dict(n_prototypes=20), {}),
+    'dino': (create_dino_model, DINOCallback, dict(out_dim=64, bottleneck_size=16, projection_size=None), {}),
 }
 
 def _learner(name, dls, arch='test_resnet', cbs=(), **model_kw):
     make, Cb, mk, ck = METHODS[name]
-    model = make(arch, **{**SMALL, **mk, **model_kw})
+    model = make(arch, **{k: v for k, v in {**SMALL, **mk, **model_kw}.items() if v is not None})
     return Learner(dls, model, cbs=[Cb(small_image_augs(28, **AUG), **ck), *cbs])
 
 
@@ -167,11 +173,11 @@ class _Trace(Callback):
         self.m.append((self.learn.cbs.filter(lambda c: hasattr(c, 'momentum_now'))[0].momentum_now, self.pct_train))
 
 
-@pytest.mark.parametrize('name,base,end', [('byol', 0.9, 1.), ('moco_v2', 0.8, None)])
+@pytest.mark.parametrize('name,base,end', [('byol', 0.9, 1.), ('moco_v2', 0.8, None), ('dino', 0.95, 1.)])
 def test_teacher_is_the_closed_form_ema(name, base, end, dls):
     torch.manual_seed(0)
     make, Cb, mk, ck = METHODS[name]
-    model = make('test_resnet', **{**SMALL, **mk})
+    model = make('test_resnet', **{k: v for k, v in {**SMALL, **mk}.items() if v is not None})
     t0 = [p.detach().double().clone() for p in model.teacher.parameters()]
     tr = _Trace()
     learn = Learner(dls, model, cbs=[Cb(small_image_augs(28, **AUG), momentum=base, momentum_end=end), tr])
