@@ -4,6 +4,7 @@
 
 # %% ../nbs/41_soft_label.ipynb #26314ef4
 from __future__ import annotations
+import warnings
 import numpy as np, pandas as pd, torch, torch.nn as nn, torch.nn.functional as F
 from scipy.stats import rankdata
 from fastcore.basics import store_attr
@@ -75,13 +76,21 @@ def RocAucMean():
     return AccumMetric(mean_roc_auc, dim_argmax=-1, activation=ActivationType.Softmax, flatten=False, name='roc_auc_mean')
 
 # %% ../nbs/41_soft_label.ipynb #b866b388
-def indexed_dl(dl, rows=None, at: int|None=None, check=None):
+def indexed_dl(dl, rows=None, at: int|None=None, check=None, keep=None):
     """Copy of fastai `DataLoader` `dl` whose batches carry per-item data: the dataset indices of their items (a
     `LongTensor`), or `rows(indices)` (one row per index: computed once per epoch for the epoch's items in order, then
     sliced per batch). Appended to each batch, or in place of its element `at`, where the batch is collated (in the
-    worker, before `after_batch`). `check(indices, batch)` sees the first batch of each epoch (of each worker)."""
+    worker, before `after_batch`). `check(indices, batch)` sees the first batch of each epoch (of each worker).
+    `keep`: the dataset indices the epochs draw from (default: all), e.g. to leave reviewed items out of training."""
     if dl.bs is None: raise ValueError("indexed_dl needs a batched DataLoader (bs is None)")
-    res = dl.new()
+    if keep is None: res = dl.new()
+    else:
+        keep = np.asarray(keep, dtype=np.int64).ravel()
+        if len(keep) == 0: raise ValueError("indexed_dl: keep selects no item; at least one item must stay")
+        if keep.min() < 0 or keep.max() >= dl.n or len(np.unique(keep)) < len(keep):
+            raise ValueError(f"indexed_dl: keep must be distinct dataset indices in [0, {dl.n})")
+        res, base = dl.new(n=len(keep)), keep.tolist()   # n: len(res) counts the kept items' batches (schedulers use it)
+        res.get_idxs = lambda: res.shuffle_fn(list(base)) if res.shuffle else list(base)   # fastai's public hook
     def create_batches(samps):
         if res.dataset is not None: res.it = iter(res.dataset)
         samps = list(samps)  # this epoch's (this worker's) items in order
@@ -170,18 +179,42 @@ def aligned_probs(probs: pd.DataFrame, items, vocab, item_key='image_id', prefix
 
 # %% ../nbs/41_soft_label.ipynb #4916980f
 class SoftLabelCallback(ItemTargetCallback):
-    "Train on `w * one_hot(label) + (1 - w) * probs`; validation still scores the given labels"
-    def __init__(self, probs, w: float=0.5, item_key='image_id', prefix: str=PROB_PREFIX):
-        store_attr('probs,item_key,prefix'); self.w = check_weight(w)
+    "Train on `w * one_hot(label) + (1 - w) * probs` (or a reviewed `relabel` file's hard labels); validation scores the given labels"
+    def __init__(self, probs=None, w: float=0.5, item_key='image_id', prefix: str=PROB_PREFIX, relabel=None):
+        if probs is None and relabel is None: raise ValueError("SoftLabelCallback needs probs, a relabel file, or both")
+        store_attr('probs,item_key,prefix,relabel'); self.w = check_weight(w)
     def setup(self, dl):
+        self.labels, vocab = item_labels(dl), self.dls.vocab
         p = self.probs
-        if isinstance(p, pd.DataFrame): p = aligned_probs(p, dl.items, self.dls.vocab, self.item_key, self.prefix)
+        if p is None: p = F.one_hot(self.labels, len(vocab)).float()   # relabel only: the given labels, hard
+        if isinstance(p, pd.DataFrame): p = aligned_probs(p, dl.items, vocab, self.item_key, self.prefix)
         p = torch.as_tensor(p).float()
-        if p.shape != (len(dl.dataset), len(self.dls.vocab)):
+        if p.shape != (len(dl.dataset), len(vocab)):
             raise ValueError(f"probs has shape {tuple(p.shape)}, expected (n_train_items, n_classes) = "
-                             f"{(len(dl.dataset), len(self.dls.vocab))}")
-        self.labels = item_labels(dl)
+                             f"{(len(dl.dataset), len(vocab))}")
         self.table = blend_targets(self.labels, p, self.w)  # every item's target, blended once per fit
+        self.keep = None
+        if self.relabel is not None: self.apply_relabel(dl)
+    def apply_relabel(self, dl):
+        "Relabelled items get `one_hot(new_label)` as their target; dropped items leave the training epochs"
+        from self_supervised_fa.relabel import read_relabel
+        vocab, col = list(self.dls.vocab), self.item_key if isinstance(self.item_key, str) else 'image_id'
+        keys, labs = [str(k) for k in _item_keys(dl.items, self.item_key)], [vocab[i] for i in self.labels.tolist()]
+        n_train, vdl = len(keys), self.dls.valid if len(self.dls.loaders) > 1 else None
+        try: keys, labs = keys + [str(k) for k in _item_keys(vdl.items, self.item_key)], labs + [vocab[i] for i in item_labels(vdl).tolist()]
+        except (KeyError, AttributeError, TypeError): pass   # validation items without keys: only training ids are known
+        r = read_relabel(self.relabel, pd.DataFrame({col: keys, '_label': labs}), vocab, item_col=col, label='_label')
+        pos = {k: i for i, k in enumerate(keys[:n_train])}
+        valid = ~r[col].isin(pos)
+        if valid.any(): warnings.warn(f"{valid.sum()} relabel rows name validation items (e.g. {r[col][valid].tolist()[:3]}): "
+                                      "validation keeps the given labels; to change them too, build the DataLoaders from "
+                                      "relabel.apply_relabel(df, ...)")
+        r = r[~valid]
+        idx, act = r[col].map(pos).to_numpy(dtype=np.int64), r.action.to_numpy()
+        if (act == 'relabel').any():
+            new = torch.tensor([vocab.index(v) for v in r.new_label[act == 'relabel']], dtype=torch.long)
+            self.table[torch.from_numpy(idx[act == 'relabel'])] = F.one_hot(new, len(vocab)).float()
+        if (act == 'drop').any(): self.keep = np.setdiff1d(np.arange(n_train), idx[act == 'drop'])
     def training_dl(self, dl):
         "`dl`'s batches with each item's blended target in place of its label (moved to the device with the batch)"
         table, labels, n = self.table.numpy(), self.labels.numpy(), getattr(dl, 'n_inp', 1)
@@ -189,7 +222,7 @@ class SoftLabelCallback(ItemTargetCallback):
             if not np.array_equal(np.asarray(b[n]), labels[idx]):
                 raise ValueError("the training batch's labels differ from the items' labels read before training "
                                  "(a transform that changes labels?); SoftLabelCallback blends the items' given labels")
-        return indexed_dl(dl, rows=lambda idx: torch.from_numpy(table.take(idx, 0)), at=n, check=check)
+        return indexed_dl(dl, rows=lambda idx: torch.from_numpy(table.take(idx, 0)), at=n, check=check, keep=self.keep)
     def before_batch(self): "Nothing to do per batch: the soft targets arrive as the batch's `yb`"
 
 SoftLabelCB = deprecated_alias(SoftLabelCallback, 'SoftLabelCB')
