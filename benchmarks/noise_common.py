@@ -40,3 +40,75 @@ def write_atomic(path, text):
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.tmp'); tmp.write_text(text); os.replace(tmp, path)
     return path
+
+
+# ---- the one training recipe every method shares (label_efficiency's fine-tuning defaults)
+EPOCHS, FT_LR, SCRATCH_LR = 10, 1e-3, 2e-3
+_SPLITS = {}
+
+def splits():
+    "(train, test, valid): the sample's 4,000 training and 1,000 test digits; valid = 20 test digits, only for the epoch log"
+    if not _SPLITS:
+        from self_supervised_fa.data import load_sample_df
+        tst = load_sample_df('test')
+        _SPLITS.update(train=load_sample_df('train'), test=tst, valid=tst.iloc[:20])
+    return _SPLITS['train'], _SPLITS['test'], _SPLITS['valid']
+
+
+def make_learner(trn, body, cbs=(), seed=0, valid=None):
+    "fastai classifier over a copy of `body` on `trn` (SoftTargetCrossEntropy: the same loss for hard and soft targets)"
+    import copy
+    from fastai.torch_core import set_seed
+    from self_supervised_fa.data import sample_dls
+    from self_supervised_fa.encoders import classifier_learner
+    from self_supervised_fa.soft_label import SoftTargetCrossEntropy
+    set_seed(seed, reproducible=True)
+    bs = 32 if len(trn) <= 1000 else 64
+    dls = sample_dls(trn, splits()[2] if valid is None else valid, bs=min(bs, len(trn) // 2), seed=seed)
+    return classifier_learner(dls, copy.deepcopy(body), loss_func=SoftTargetCrossEntropy(), cbs=list(cbs))
+
+
+def fit(learn, pretrained=True, epochs=EPOCHS):
+    "label_efficiency's recipe: pretrained -> fine_tune(epochs, 1e-3, freeze_epochs=0, lr_mult=1); scratch -> fit_one_cycle(epochs, 2e-3)"
+    with learn.no_bar(), learn.no_logging():
+        if pretrained: learn.fine_tune(epochs, FT_LR, freeze_epochs=0, lr_mult=1)
+        else: learn.fit_one_cycle(epochs, SCRATCH_LR)
+    return learn
+
+
+def test_acc(learn):
+    "Accuracy on the 1,000 clean test digits"
+    import numpy as np
+    tst = splits()[1]
+    with learn.no_bar(): p, _ = learn.get_preds(dl=learn.dls.test_dl(tst))
+    return float((p.argmax(1).numpy() == tst.label.values).mean())
+
+
+def embeddings(enc, work=WORK, name='emb'):
+    "SSL embeddings of every train and test digit, keyed by image_id (cached as .npy, rebuilt if missing)"
+    import numpy as np, pandas as pd
+    from self_supervised_fa.data import sample_dls
+    from self_supervised_fa.evaluate import get_embeddings
+    fn = Path(work)/f'{name}.npy'
+    trn, tst, _ = splits()
+    ids = pd.concat([trn.image_id, tst.image_id]).tolist()
+    if not fn.exists():
+        dls = sample_dls(trn, tst, bs=256)
+        e = np.concatenate([get_embeddings(enc, dls.train, progress=False)[0].numpy(), get_embeddings(enc, dls.valid, progress=False)[0].numpy()])
+        tmp = fn.with_name(f'.{fn.name}.tmp.npy'); np.save(tmp, e); os.replace(tmp, fn)
+    e = np.load(fn)   # a plain float array (allow_pickle stays False)
+    return dict(zip(ids, e))
+
+
+def oof_probs(trn, enc, out_dir, seed=0, n_folds=4):
+    "Out-of-fold probabilities of the SSL fine-tuning recipe (`kfold_pseudo_labels`, one fold model per fold; resumable)"
+    from self_supervised_fa.pseudo_label import kfold_pseudo_labels
+    n_folds = int(min(n_folds, trn.label.value_counts().min()))   # a small noisy budget can leave a class with fewer items
+    return kfold_pseudo_labels(trn, out_dir, n_folds=n_folds, seed=seed,
+                               learner_fn=lambda t, v: make_learner(t, enc, seed=seed, valid=v.iloc[:20]),
+                               fit_fn=lambda learn: fit(learn))
+
+
+def md_table(df):
+    rows = [list(map(str, df.columns))] + [[str(v) for v in r] for r in df.itertuples(index=False)]
+    return '\n'.join(['| ' + ' | '.join(rows[0]) + ' |', '|' + '---|' * len(rows[0])] + ['| ' + ' | '.join(r) + ' |' for r in rows[1:]])

@@ -13,8 +13,10 @@ from .evaluate import knn_scores
 from .soft_label import aligned_probs, prob_columns, PROB_PREFIX
 
 # %% auto #0
-__all__ = ['SCORE_METHODS', 'confident_thresholds', 'confident_labels', 'label_signals', 'confident_joint', 'estimate_noise_rate',
-           'knn_vote_probs', 'suspicion', 'rank_suspects']
+__all__ = ['SCORE_METHODS', 'MNIST_ASYM_PAIRS', 'confident_thresholds', 'confident_labels', 'label_signals', 'confident_joint',
+           'estimate_noise_rate', 'knn_vote_probs', 'suspicion', 'rank_suspects', 'add_asymmetric_noise',
+           'image_getter', 'load_thumb', 'show_suspects', 'write_review', 'image_fingerprints', 'nearest_similarity',
+           'duplicate_groups', 'find_duplicates']
 
 # %% ../nbs/43_review.ipynb #a5c1d30d
 def _probs_array(probs, name='probs') -> np.ndarray:
@@ -86,7 +88,7 @@ def knn_vote_probs(feats, labels, n_classes: int|None=None, k: int=20, temperatu
                    n_folds: int=10, seed: int=0, chunk_size: int=1024) -> np.ndarray:
     "(n, C) class probabilities of each item from a cosine-kNN vote of the items in the other folds (`evaluate.knn_scores`)"
     feats = torch.as_tensor(np.asarray(feats.detach().cpu() if isinstance(feats, torch.Tensor) else feats)).float()
-    labels = torch.as_tensor(np.asarray(labels)).long().ravel()
+    labels = torch.as_tensor(np.array(labels, dtype=np.int64)).ravel()
     if feats.ndim != 2 or len(feats) != len(labels):
         raise ValueError(f"feats must be (n_items, dim) with one row per label; got {tuple(feats.shape)} for {len(labels)} labels")
     n_classes = int(labels.max()) + 1 if n_classes is None else n_classes
@@ -157,3 +159,156 @@ def rank_suspects(items: pd.DataFrame, probs=None, feats=None, item_col: str='im
     res.insert(0, 'rank', np.arange(1, len(res) + 1))
     res.attrs['noise_rate'] = estimate_noise_rate(main, y)
     return res
+
+# %% ../nbs/43_review.ipynb #a60accc5
+MNIST_ASYM_PAIRS = {2: 7, 3: 8, 5: 6, 6: 5, 7: 1}   # Patrini et al. 2017: a digit and the digit it is mistaken for
+
+def add_asymmetric_noise(df: pd.DataFrame, frac: float, pairs: dict=MNIST_ASYM_PAIRS, seed: int=0, label: str='label',
+                         onehot_cols=ONEHOT_COLS) -> pd.DataFrame:
+    "Copy of `df` with `round(frac * n_c)` items of each class `c` in `pairs` relabelled `pairs[c]`; adds `label_clean`, `is_noisy`"
+    if not 0 <= frac <= 1: raise ValueError(f"frac must be in [0, 1], got {frac}")
+    if label not in df: raise KeyError(f"label column {label!r} not in the DataFrame (columns: {list(df.columns)})")
+    bad = {c: t for c, t in pairs.items() if c == t}
+    if bad: raise ValueError(f"pairs map classes to themselves: {bad}; give each class the class it is mistaken for")
+    rng = np.random.default_rng(seed)
+    labels = df[label].values.copy()
+    for c, t in pairs.items():   # classes drawn from their clean labels, so 5 -> 6 and 6 -> 5 both flip clean items
+        idx = np.flatnonzero(df[label].values == c)
+        labels[rng.choice(idx, size=int(round(frac * len(idx))), replace=False)] = t
+    res = df.assign(label_clean=df[label].values)
+    res[label] = labels
+    res['is_noisy'] = res[label] != res['label_clean']
+    cols = [c for c in (onehot_cols or []) if c in res]
+    if cols: res[cols] = (labels[:, None] == np.array(CLASSES)[None, :len(cols)]).astype(int)
+    return res
+
+# %% ../nbs/43_review.ipynb #f087f561
+def image_getter(images, suffix: str='.png'):
+    "id -> path or image, from a function, a mapping (dict, Series) or a folder (`folder/<id><suffix>`)"
+    if callable(images) and not isinstance(images, (str, Path, pd.Series)): return images
+    if isinstance(images, (dict, pd.Series)): return lambda i: images[i]
+    folder = Path(images)
+    if not folder.is_dir(): raise FileNotFoundError(f"images: no folder {folder}; pass a folder, a mapping id -> path or a function")
+    return lambda i: folder/f'{i}{suffix}'
+
+def _open(src):
+    from PIL import Image
+    if isinstance(src, Image.Image): return src
+    if isinstance(src, np.ndarray): return Image.fromarray(src)
+    if not Path(src).exists(): raise FileNotFoundError(f"image file {src} not found")
+    return Image.open(src)
+
+def load_thumb(src, thumb: int|None=96) -> torch.Tensor:
+    "A CHW float tensor in [0, 1] from an image path, PIL image or HW(C) uint8 array, shrunk to `thumb` px on its longer side"
+    im = _open(src)
+    im = im.convert('L' if im.mode in ('1', 'L', 'I', 'I;16', 'F') else 'RGB')
+    if thumb: im.thumbnail((thumb, thumb))
+    a = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255)
+    return a[None] if a.ndim == 2 else a.permute(2, 0, 1)
+
+def _title(r, item_col):
+    return f"#{r['rank']} {str(r[item_col])[-12:]}\n{r['given']} → {r['suggested']} ({r['confidence']:.2f})"
+
+def show_suspects(table: pd.DataFrame, images, k: int=30, ncols: int=10, item_col: str='image_id', suffix: str='.png',
+                  start: int=0, thumb: int|None=96, size: float=1.4):
+    "Contact sheet (a matplotlib figure) of rows `start:start+k` of a suspect table: image, rank, id, given → suggested (confidence)"
+    from self_supervised_fa.pretext import show_image_rows
+    rows = table.iloc[start:start + k]
+    if not len(rows): raise ValueError(f"no rows to show: the table has {len(table)} rows, start={start}")
+    get = image_getter(images, suffix)
+    ims = [load_thumb(get(i), thumb) for i in rows[item_col]]
+    titles = [_title(r, item_col) for _, r in rows.iterrows()]
+    chunk = lambda xs: [xs[i:i + ncols] for i in range(0, len(xs), ncols)]
+    return show_image_rows(chunk(ims), chunk(titles), size=size)
+
+# %% ../nbs/43_review.ipynb #b4427eda
+def _savefig_atomic(fig, path: Path, dpi: int=100):
+    import matplotlib.pyplot as plt
+    tmp = path.with_name(f'.{path.name}.tmp-{uuid.uuid4().hex[:8]}')
+    try: fig.savefig(tmp, format='png', dpi=dpi, bbox_inches='tight'); os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if tmp.exists(): tmp.unlink()
+    return path
+
+def write_review(folder, table: pd.DataFrame, images, top: int=200, per_page: int=50, ncols: int=10,
+                 item_col: str='image_id', suffix: str='.png', duplicates: pd.DataFrame|None=None, thumb: int|None=96) -> dict:
+    "Write `suspects.csv` (every item), PNG contact sheets and `relabel.csv` for the `top` suspects, `summary.json`; return the paths"
+    import json
+    from self_supervised_fa.relabel import write_relabel
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    top = min(top, len(table))
+    out = {'table': write_csv_atomic(table, folder/'suspects.csv'), 'pages': []}
+    for p, start in enumerate(range(0, top, per_page)):
+        fig = show_suspects(table, images, min(per_page, top - start), ncols, item_col, suffix, start, thumb)
+        out['pages'].append(_savefig_atomic(fig, folder/f'suspects_{p + 1:03d}.png'))
+    for old in folder.glob('suspects_[0-9][0-9][0-9].png'):   # pages left over from a longer earlier review
+        if old not in out['pages']: old.unlink()
+    rel = folder/'relabel.csv'
+    out['relabel'], out['relabel_kept'] = rel, rel.exists()   # an existing relabel file may hold edits: never overwritten
+    if not out['relabel_kept']: write_relabel(rel, table, item_col, top)
+    if duplicates is not None: out['duplicates'] = write_csv_atomic(duplicates, folder/'duplicates.csv')
+    summary = dict(items=len(table), top=top, noise_rate=table.attrs.get('noise_rate'), pages=len(out['pages']),
+                   relabel_kept=out['relabel_kept'], files=sorted(Path(v).name for v in [out['table'], rel, *out['pages'],
+                                                                                         *([out['duplicates']] if duplicates is not None else [])]))
+    tmp = folder/f'.summary.json.tmp-{uuid.uuid4().hex[:8]}'; tmp.write_text(json.dumps(summary, indent=1)); os.replace(tmp, folder/'summary.json')
+    out['summary'] = folder/'summary.json'
+    return out
+
+# %% ../nbs/43_review.ipynb #f988b0e4
+def _unit(feats) -> np.ndarray:
+    x = np.asarray(feats.detach().cpu() if isinstance(feats, torch.Tensor) else feats, dtype=np.float64)
+    if x.ndim != 2: raise ValueError(f"feats must be 2-D (items, dim), got shape {x.shape}")
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+def image_fingerprints(images, size: int=16) -> np.ndarray:
+    "(n, size*size) features of images (paths, PIL images or arrays): grey Lanczos thumbnails, mean removed, unit length"
+    from PIL import Image
+    out = []
+    for src in images:
+        a = np.asarray(_open(src).convert('L').resize((size, size), Image.LANCZOS), dtype=np.float64).ravel()
+        out.append(a - a.mean())
+    return _unit(np.stack(out)).astype(np.float32)
+
+def nearest_similarity(feats) -> np.ndarray:
+    "Cosine similarity of each item to its nearest other item (a look at where copies end and different images begin)"
+    from sklearn.neighbors import NearestNeighbors
+    x = _unit(feats)
+    d, i = NearestNeighbors(n_neighbors=2, metric='cosine', algorithm='brute').fit(x).kneighbors(x)
+    other = np.where(i[:, 0] == np.arange(len(x)), d[:, 1], d[:, 0])   # the item itself, unless an exact copy came first
+    return 1 - other
+
+def _pairs(feats, threshold):
+    from sklearn.neighbors import NearestNeighbors
+    x = _unit(feats)
+    dist, nbr = NearestNeighbors(radius=1 - threshold, metric='cosine', algorithm='brute').fit(x).radius_neighbors(x)
+    i = np.repeat(np.arange(len(x)), [len(n) for n in nbr])
+    j, d = (np.concatenate(nbr), np.concatenate(dist)) if len(x) else (np.array([], int), np.array([]))
+    keep = i < j
+    return i[keep], j[keep], 1 - d[keep]
+
+def duplicate_groups(feats, threshold: float=0.995) -> np.ndarray:
+    "Group id per item: items joined by a chain of pairs with cosine similarity >= `threshold` share one (the smallest index)"
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    n = len(feats)
+    i, j, _ = _pairs(feats, threshold)
+    _, comp = connected_components(coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n)), directed=False)
+    first = pd.Series(np.arange(n)).groupby(comp).transform('min').to_numpy()
+    return first
+
+def find_duplicates(feats, threshold: float=0.995, items: pd.DataFrame|None=None, item_col: str='image_id',
+                    label: str|None='label') -> pd.DataFrame:
+    "Pairs of items with cosine similarity >= `threshold`, most similar first, with their group and a label-conflict flag"
+    i, j, s = _pairs(feats, threshold)
+    g = duplicate_groups(feats, threshold)
+    res = pd.DataFrame({'a': i, 'b': j, 'similarity': s, 'group': g[i]})
+    if items is not None:
+        if len(items) != len(feats): raise ValueError(f"items has {len(items)} rows for {len(feats)} feature rows")
+        res.insert(2, f'{item_col}_a', items[item_col].values[i]); res.insert(3, f'{item_col}_b', items[item_col].values[j])
+        if label is not None and label in items:
+            lab = items[label].values
+            res['label_a'], res['label_b'] = lab[i], lab[j]
+            grp = pd.Series(lab).groupby(g).nunique()
+            res['label_conflict'] = grp.reindex(res.group).to_numpy() > 1   # the group's copies disagree
+    return res.sort_values('similarity', ascending=False, kind='stable').reset_index(drop=True)
