@@ -10,6 +10,7 @@ Recipes, all on the same SimCLR resnet10t encoder (pretrained once on the 4,000 
   soft      finetune with SoftLabelCallback(oof, w=0.3), oof from kfold_pseudo_labels (4 folds of the finetune recipe)
   plc       finetune with PLCCallback(warmup=3, theta=0.6, step=0.1, theta_min=0.2, window=3)
   review    finetune after dropping the top suspects of rank_suspects(oof, SSL embeddings), as many as the estimated noise
+  relabel   the same top suspects relabelled to the suggested class instead of dropped
 Every (cell, recipe) result is cached as JSON under --work: a re-run skips finished cells; the table is written from the cache.
 
     python benchmarks/bench_noise_map.py [--budgets 10 100 all] [--noises sym0 sym20 sym40 asym40] [--threads 2]
@@ -18,7 +19,7 @@ import argparse, json, sys, time
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 sys.path.insert(0, str(Path(__file__).parent))
-from noise_common import (WORK, ssl_encoder, cached, machine, write_atomic, splits, make_learner, fit, test_acc, embeddings,
+from noise_common import (WORK, setup, cached, machine, write_atomic, splits, make_learner, fit, test_acc, embeddings,
                           oof_probs, md_table)
 from self_supervised_fa.data import add_label_noise, subsample_per_class
 from self_supervised_fa.evaluate import linear_probe
@@ -29,9 +30,10 @@ from self_supervised_fa.soft_label import SoftLabelCallback
 
 NOISES = {'sym0': ('symmetric', 0.0), 'sym20': ('symmetric', 0.2), 'sym40': ('symmetric', 0.4), 'asym40': ('asymmetric', 0.4)}
 BUDGETS = {'10': 10, '100': 100, 'all': None}
-METHODS = ['scratch', 'linear', 'finetune', 'soft', 'plc', 'review']
+METHODS = ['scratch', 'linear', 'finetune', 'soft', 'plc', 'review', 'relabel']
 NAMES = {'scratch': 'from scratch', 'linear': 'SSL + linear probe', 'finetune': 'SSL + fine-tune',
-         'soft': 'SSL + FT + soft labels', 'plc': 'SSL + FT + PLC', 'review': 'SSL + FT, top suspects dropped'}
+         'soft': 'SSL + FT + soft labels', 'plc': 'SSL + FT + PLC', 'review': 'SSL + FT, top suspects dropped',
+         'relabel': 'SSL + FT, top suspects relabelled'}
 SOFT_W, PLC = 0.3, dict(warmup=3, theta=0.6, step=0.1, theta_min=0.2, window=3)
 
 
@@ -52,7 +54,8 @@ def run_cell(budget, noise, seed, enc, emb, work, methods):
         'finetune': lambda: {'acc': test_acc(fit(make_learner(trn, enc, seed=seed)))},
         'soft': lambda: soft(trn, enc, oof(), seed),
         'plc': lambda: plc(trn, enc, seed),
-        'review': lambda: review(trn, enc, oof(), feats(trn), seed)}
+        'review': lambda: review(trn, enc, oof(), feats(trn), seed),
+        'relabel': lambda: review(trn, enc, oof(), feats(trn), seed, relabel=True)}
     res = {}
     for m in methods:
         res[m] = cached(work/f'map_{tag}_{m}.json', jobs[m])
@@ -75,16 +78,18 @@ def plc(trn, enc, seed):
             'label_acc_after': float((lab == items.label_clean.to_numpy()).mean()), 'flips': len(cb.changes)}
 
 
-def review(trn, enc, oof, feats, seed):
+def review(trn, enc, oof, feats, seed, relabel=False):
+    "Rank the suspects (OOF + kNN vote), then drop the top n (or relabel them to the suggestion), n = the estimated noise"
     t = rank_suspects(trn, oof, feats, seed=seed, n_folds=min(10, len(trn) // 2))
     n = int(round(t.attrs['noise_rate'] * len(trn)))
-    drop = set(t.image_id[:n])
-    kept = trn[~trn.image_id.isin(drop)]
-    acc = test_acc(fit(make_learner(kept, enc, seed=seed)))
+    top = t.iloc[:n]
+    if relabel: new = trn.assign(label=trn.image_id.map(dict(zip(top.image_id, top.suggested))).fillna(trn.label).astype(int))
+    else: new = trn[~trn.image_id.isin(set(top.image_id))]
+    acc = test_acc(fit(make_learner(new, enc, seed=seed)))
     wrong = trn.set_index('image_id').is_noisy
     return {'acc': acc, 'noise_rate_est': t.attrs['noise_rate'], 'dropped': n,
-            'dropped_precision': float(wrong.loc[list(drop)].mean()) if n else float('nan'),
-            'noise_left': float(kept.is_noisy.mean())}
+            'dropped_precision': float(wrong.loc[list(top.image_id)].mean()) if n else float('nan'),
+            'noise_left': float((new.label != new.label_clean).mean())}
 
 
 def summarize(work, seed, out, png, threads, cmd):
@@ -103,11 +108,12 @@ def summarize(work, seed, out, png, threads, cmd):
                            'OOF agrees with clean': f"{100 * r['soft']['oof_acc_vs_clean']:.1f}" if 'soft' in r else '–',
                            'PLC label acc. before → after': (f"{100 * r['plc']['label_acc_before']:.1f} → {100 * r['plc']['label_acc_after']:.1f}"
                                                              if 'plc' in r else '–'),
-                           'review: est. noise / dropped / precision / noise left': (
+                           'review: est. noise / top n / wrong among them / wrong left after drop, relabel': (
                                f"{100 * r['review']['noise_rate_est']:.1f} / {r['review']['dropped']} / {100 * r['review']['dropped_precision']:.0f} / "
-                               f"{100 * r['review']['noise_left']:.1f}" if 'review' in r else '–'),
-                           'CPU s (scratch, FT, soft incl. folds, PLC, review)': ', '.join(
-                               f"{r[m]['seconds']:.0f}" for m in ('scratch', 'finetune', 'soft', 'plc', 'review') if m in r)}
+                               f"{100 * r['review']['noise_left']:.1f}, " + (f"{100 * r['relabel']['noise_left']:.1f}" if 'relabel' in r else '–')
+                               if 'review' in r else '–'),
+                           'CPU s (scratch, FT, soft incl. folds, PLC, drop, relabel)': ', '.join(
+                               f"{r[m]['seconds']:.0f}" for m in ('scratch', 'finetune', 'soft', 'plc', 'review', 'relabel') if m in r)}
                           for r in rows])
     heatmap(rows, png)
     text = (f"## Label budget × noise map (issue 14)\n\nMNIST sample: for each cell, `labels per class` training digits per class "
@@ -119,7 +125,8 @@ def summarize(work, seed, out, png, threads, cmd):
             f"`fine_tune(10, 1e-3, freeze_epochs=0, lr_mult=1)`, batch 32 (64 for all labels); soft labels: "
             f"`SoftLabelCallback(oof, w={SOFT_W})`, OOF from `kfold_pseudo_labels` with 4 folds of the fine-tuning recipe; PLC: "
             f"`PLCCallback({', '.join(f'{k}={v}' for k, v in PLC.items())})`; review: `rank_suspects(oof, embeddings)` (OOF + kNN "
-            f"vote), the top suspects dropped (as many as its estimated noise rate), then fine-tuned.\n\n"
+            f"vote), its top n suspects (n = its estimated noise rate × items) dropped, or relabelled to the suggested class, "
+            f"then fine-tuned.\n\n"
             f"Machine: {machine(threads)}.\n\nCommand: `{cmd}`\n\n{md_table(acc)}\n\n![noise map]({png.name})\n\n"
             f"Per cell: the share of wrong labels, how well the out-of-fold predictions recover the clean labels, PLC's "
             f"training-label accuracy, the review's estimate / number dropped / share of dropped that were wrong / wrong "
@@ -156,11 +163,9 @@ if __name__ == '__main__':
     p.add_argument('--work', default=str(WORK))
     p.add_argument('--out', default='benchmarks/results/noise_map.md')
     a = p.parse_args()
-    torch.set_num_threads(a.threads)
     work = Path(a.work)
     if a.methods != ['none']:
-        enc, encfile = ssl_encoder(work)
-        emb = embeddings(enc, work, f'emb_{encfile.stem}')
+        enc, _, emb = setup(work, a.threads)
         for b in a.budgets:
             for nz in a.noises: run_cell(b, nz, a.seed, enc, emb, work, a.methods)
     out = Path(a.out)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np, pandas as pd, torch
 from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).parent))
-from noise_common import (WORK, ssl_encoder, cached, machine, write_atomic, splits, make_learner, fit, test_acc, embeddings,
+from noise_common import (WORK, setup, cached, machine, write_atomic, splits, make_learner, fit, test_acc, embeddings,
                           oof_probs, md_table)
 from self_supervised_fa.data import add_label_noise
 from self_supervised_fa.review import rank_suspects, estimate_noise_rate
@@ -153,9 +153,7 @@ if __name__ == '__main__':
     p.add_argument('--work', default=str(WORK))
     p.add_argument('--out', default='benchmarks/results/suspects.md')
     a = p.parse_args()
-    torch.set_num_threads(a.threads)
     work = Path(a.work)
-    enc, encfile = ssl_encoder(work)
-    emb = embeddings(enc, work, f'emb_{encfile.stem}')
+    enc, encfile, emb = setup(work, a.threads)
     rows = [cached(work/f'suspects_n{a.noise}_s{s}_{a.method}.json', lambda s=s: run(s, a, enc, emb, work)) for s in a.seeds]
     report(rows, a, encfile, Path(a.out))

@@ -19,6 +19,13 @@ def ssl_encoder(work=WORK, epochs=20, lr=5e-3, bs=128, seed=0, arch='resnet10t')
     return enc, fn
 
 
+def setup(work, threads):
+    "Torch threads, the cached SSL encoder (pretrained if missing), its file and the embeddings of every digit"
+    torch.set_num_threads(threads)
+    enc, encfile = ssl_encoder(work)
+    return enc, encfile, embeddings(enc, work, f'emb_{encfile.stem}')
+
+
 def cached(fn, compute):
     "Result of `compute()` (a dict) kept as JSON in `fn`, written atomically: a re-run skips finished cells"
     fn = Path(fn)

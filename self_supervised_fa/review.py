@@ -287,7 +287,7 @@ def _pairs(feats, threshold):
     keep = i < j
     return i[keep], j[keep], 1 - d[keep]
 
-def duplicate_groups(feats, threshold: float=0.995) -> np.ndarray:
+def duplicate_groups(feats, threshold: float=0.993) -> np.ndarray:
     "Group id per item: items joined by a chain of pairs with cosine similarity >= `threshold` share one (the smallest index)"
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -297,7 +297,7 @@ def duplicate_groups(feats, threshold: float=0.995) -> np.ndarray:
     first = pd.Series(np.arange(n)).groupby(comp).transform('min').to_numpy()
     return first
 
-def find_duplicates(feats, threshold: float=0.995, items: pd.DataFrame|None=None, item_col: str='image_id',
+def find_duplicates(feats, threshold: float=0.993, items: pd.DataFrame|None=None, item_col: str='image_id',
                     label: str|None='label') -> pd.DataFrame:
     "Pairs of items with cosine similarity >= `threshold`, most similar first, with their group and a label-conflict flag"
     i, j, s = _pairs(feats, threshold)
