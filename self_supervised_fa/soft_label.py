@@ -181,8 +181,9 @@ def aligned_probs(probs: pd.DataFrame, items, vocab, item_key='image_id', prefix
 class SoftLabelCallback(ItemTargetCallback):
     "Train on `w * one_hot(label) + (1 - w) * probs` (or a reviewed `relabel` file's hard labels); validation scores the given labels"
     def __init__(self, probs=None, w: float=0.5, item_key='image_id', prefix: str=PROB_PREFIX, relabel=None):
+        self.w = check_weight(w)
         if probs is None and relabel is None: raise ValueError("SoftLabelCallback needs probs, a relabel file, or both")
-        store_attr('probs,item_key,prefix,relabel'); self.w = check_weight(w)
+        store_attr('probs,item_key,prefix,relabel')
     def setup(self, dl):
         self.labels, vocab = item_labels(dl), self.dls.vocab
         p = self.probs
