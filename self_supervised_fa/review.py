@@ -131,10 +131,9 @@ def rank_suspects(items: pd.DataFrame, probs=None, feats=None, item_col: str='im
     if items[item_col].duplicated().any():
         raise ValueError(f"{item_col!r} must identify the items; duplicated: {items[item_col][items[item_col].duplicated()].tolist()[:3]}")
     if not 0 <= weight <= 1: raise ValueError(f"weight (of the out-of-fold probabilities) must be in [0, 1], got {weight}")
-    if classes is None and isinstance(probs, pd.DataFrame):
-        given = set(map(str, items[label].unique())) if isinstance(label, str) else None
-        names = [str(c)[len(prefix):] for c in prob_columns(probs, prefix)]
-        classes = [next((v for v in items[label].unique() if str(v) == n), n) for n in names] if given else names
+    if classes is None and isinstance(probs, pd.DataFrame):   # the probability columns name the classes, in their order
+        values = {str(v): v for v in items[label].unique()} if isinstance(label, str) and label in items else {}
+        classes = [values.get(n, n) for n in (str(c)[len(prefix):] for c in prob_columns(probs, prefix))]
     y, classes = _encode_labels(items, label, classes)
     srcs = {}
     if probs is not None:

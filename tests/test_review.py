@@ -100,6 +100,9 @@ def test_rank_suspects_combines_the_stated_way_and_aligns_by_id():
     s = rank_suspects(d.assign(label=d.label.map(lambda v: f'digit_{v}')), oof.rename(columns=lambda c: c.replace('prob_', 'prob_digit_')))
     np.testing.assert_allclose(s.score, rank_suspects(d, oof).score)
     assert s.suggested.iloc[0].startswith('digit_')
+    from self_supervised_fa.data import ONEHOT_COLS   # one-hot label columns, named like the probability columns
+    h = rank_suspects(d, oof.rename(columns=lambda c: c.replace('prob_', 'prob_digit_')), label=ONEHOT_COLS)
+    pd.testing.assert_frame_equal(h, s)
     with pytest.raises(ValueError, match='pass probs'): rank_suspects(d)
     with pytest.raises(KeyError, match='no pseudo-labels'): rank_suspects(d, oof.iloc[3:])
     with pytest.raises(ValueError, match='embed the items in order'): rank_suspects(d, feats=X[1:])
