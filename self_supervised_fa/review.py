@@ -211,7 +211,7 @@ def _title(r, item_col):
 def show_suspects(table: pd.DataFrame, images, k: int=30, ncols: int=10, item_col: str='image_id', suffix: str='.png',
                   start: int=0, thumb: int|None=96, size: float=1.4):
     "Contact sheet (a matplotlib figure) of rows `start:start+k` of a suspect table: image, rank, id, given → suggested (confidence)"
-    from self_supervised_fa.pretext import show_image_rows
+    from self_supervised_fa.batch import show_image_rows
     rows = table.iloc[start:start + k]
     if not len(rows): raise ValueError(f"no rows to show: the table has {len(table)} rows, start={start}")
     get = image_getter(images, suffix)
