@@ -4,6 +4,7 @@
 
 # %% ../nbs/41_soft_label.ipynb #26314ef4
 from __future__ import annotations
+import warnings
 import numpy as np, pandas as pd, torch, torch.nn as nn, torch.nn.functional as F
 from fastcore.basics import store_attr, GetAttr
 from fastai.callback.core import Callback
@@ -71,16 +72,22 @@ def RocAucMean():
 class IndexedDataset(GetAttr):
     "The items of `ds` with their index appended: `(*ds[i], i)` (an item that is not a tuple: `(ds[i], i)`); other attributes from `ds`"
     _default = 'ds'
-    def __init__(self, ds): self.ds = ds
-    def __len__(self): return len(self.ds)
+    def __init__(self, ds, idxs=None): self.ds, self.idxs = ds, None if idxs is None else [int(i) for i in idxs]
+    def __len__(self): return len(self.ds) if self.idxs is None else len(self.idxs)
     def __getitem__(self, i):
+        if self.idxs is not None: i = self.idxs[i]   # a subset: its items keep their index in `ds`
         o = self.ds[i]
         return (*o, i) if isinstance(o, tuple) else (o, i)
 
-def indexed_dl(dl):
-    "Copy of fastai `DataLoader` `dl` whose batches end with the dataset indices of their items (a `LongTensor`)"
+def indexed_dl(dl, keep=None):
+    "Copy of fastai `DataLoader` `dl` whose batches end with the dataset indices of their items; only the items `keep` if given"
     if dl.bs is None: raise ValueError("indexed_dl needs a batched DataLoader (bs is None)")
-    return dl.new(dataset=IndexedDataset(dl.dataset))
+    if keep is not None:
+        keep = np.asarray(keep, dtype=np.int64).ravel()
+        if len(keep) == 0: raise ValueError("indexed_dl: keep selects no item; at least one item must stay")
+        if keep.min() < 0 or keep.max() >= len(dl.dataset) or len(np.unique(keep)) < len(keep):
+            raise ValueError(f"indexed_dl: keep must be distinct dataset indices in [0, {len(dl.dataset)})")
+    return dl.new(dataset=IndexedDataset(dl.dataset, keep))   # its length (and the schedulers') counts the kept items
 
 # %% ../nbs/41_soft_label.ipynb #3d980d90
 def item_labels(dl) -> torch.Tensor:
@@ -95,8 +102,9 @@ class ItemTargetCallback(Callback):
     "Base callback: training batches carry their item indices (`indexed_dl`); `targets(y, idx)` makes the training target"
     order, run_valid = -5, False  # validation batches (and get_preds) keep their labels and never reach before_batch
     def before_fit(self):
+        self.keep = None   # the training items the epochs draw from (None: all); `setup` may leave some out
         self.setup(self.dls.train)
-        self.train_dl = indexed_dl(self.dls.train)
+        self.train_dl = indexed_dl(self.dls.train, self.keep)
     def setup(self, dl): "Build the per-item tensors from the training DataLoader `dl` (once per fit)"
     def before_train(self): self.learn.dl = self.train_dl
     def before_batch(self):
@@ -150,19 +158,43 @@ def aligned_probs(probs: pd.DataFrame, items, vocab, item_key='image_id', prefix
 
 # %% ../nbs/41_soft_label.ipynb #4916980f
 class SoftLabelCallback(ItemTargetCallback):
-    "Train on `w * one_hot(label) + (1 - w) * probs`; validation still scores the given labels"
-    def __init__(self, probs, w: float=0.5, item_key='image_id', prefix: str=PROB_PREFIX):
-        store_attr('probs,item_key,prefix'); self.w = check_weight(w)
+    "Train on `w * one_hot(label) + (1 - w) * probs` (and a reviewed `relabel` file); validation still scores the given labels"
+    def __init__(self, probs=None, w: float=0.5, item_key='image_id', prefix: str=PROB_PREFIX, relabel=None):
+        self.w = check_weight(w)
+        if probs is None and relabel is None: raise ValueError("SoftLabelCallback needs probs, a relabel file, or both")
+        store_attr('probs,item_key,prefix,relabel')
     def setup(self, dl):
+        dev, labels = self.dls.device or 'cpu', item_labels(dl)
         p = self.probs
+        if p is None: p = F.one_hot(labels, len(self.dls.vocab)).float()   # relabel only: the given labels, hard
         if isinstance(p, pd.DataFrame): p = aligned_probs(p, dl.items, self.dls.vocab, self.item_key, self.prefix)
         p = torch.as_tensor(p).float()
         if p.shape != (len(dl.dataset), len(self.dls.vocab)):
             raise ValueError(f"probs has shape {tuple(p.shape)}, expected (n_train_items, n_classes) = "
                              f"{(len(dl.dataset), len(self.dls.vocab))}")
-        dev = self.dls.device or 'cpu'
-        self.labels = item_labels(dl).to(dev)
-        self.table = blend_targets(self.labels, p.to(dev), self.w)  # every item's target, blended once per fit
+        table = blend_targets(labels, p, self.w)  # every item's target, blended once per fit
+        if self.relabel is not None: self.apply_relabel(dl, labels, table)
+        self.labels, self.table = labels.to(dev), table.to(dev)
+    def apply_relabel(self, dl, labels, table):
+        "Relabelled items get `one_hot(new_label)` as their target (in `table`); dropped items leave the training epochs"
+        from self_supervised_fa.relabel import read_relabel
+        vocab, col = list(self.dls.vocab), self.item_key if isinstance(self.item_key, str) else 'image_id'
+        keys, labs = [str(k) for k in _item_keys(dl.items, self.item_key)], [vocab[i] for i in labels.tolist()]
+        n_train, vdl = len(keys), self.dls.valid if len(self.dls.loaders) > 1 else None
+        try: keys, labs = keys + [str(k) for k in _item_keys(vdl.items, self.item_key)], labs + [vocab[i] for i in item_labels(vdl).tolist()]
+        except (KeyError, AttributeError, TypeError): pass   # validation items without keys: only training ids are known
+        r = read_relabel(self.relabel, pd.DataFrame({col: keys, '_label': labs}), vocab, item_col=col, label='_label')
+        pos = {k: i for i, k in enumerate(keys[:n_train])}
+        valid = ~r[col].isin(pos)
+        if valid.any(): warnings.warn(f"{valid.sum()} relabel rows name validation items (e.g. {r[col][valid].tolist()[:3]}): "
+                                      "validation keeps the given labels; to change them too, build the DataLoaders from "
+                                      "relabel.apply_relabel(df, ...)")
+        r = r[~valid]
+        idx, act = r[col].map(pos).to_numpy(dtype=np.int64), r.action.to_numpy()
+        if (act == 'relabel').any():
+            new = torch.tensor([vocab.index(v) for v in r.new_label[act == 'relabel']], dtype=torch.long)
+            table[torch.from_numpy(idx[act == 'relabel'])] = F.one_hot(new, len(vocab)).float()
+        if (act == 'drop').any(): self.keep = np.setdiff1d(np.arange(n_train), idx[act == 'drop'])
     def targets(self, y, idx):
         "Each item's row of the blended table; the batch's labels are checked against the items' on an epoch's first batch"
         if self.iter == 0 and not torch.equal(y.as_subclass(torch.Tensor).long(), self.labels[idx]):
