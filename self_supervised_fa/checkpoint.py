@@ -124,7 +124,7 @@ class CheckpointCallback(Callback):
         self._state = None
 
     def after_batch(self):
-        if self.training: self.batch_losses.append(float(self.learn.loss))
+        if self.training: self.batch_losses.append(self.learn.loss.detach().float().item())
     def after_train(self):
         if getattr(self.learn.dl, 'rng', None) is not None: self._dl_rng['train'] = self.learn.dl.rng.getstate()
 

@@ -51,8 +51,9 @@ def _simclr_learner(dls, encoder, n_in:int|None=None, size:int|None=None, aug=No
         size = dls.one_batch()[0].shape[-1]   # mirroring (a mirrored digit is another shape), temperature 0.2
         aug, temperature = simclr.small_image_augs(size, crop_scale=(0.4, 1.), flip_p=0.), ifnone(temperature, 0.2)
     if aug is None: aug = simclr.small_image_augs(size) if size <= 64 else simclr.simclr_augs(size)
-    return Learner(dls, simclr.create_simclr_model(encoder, n_in=ifnone(n_in, 1)),
-                   cbs=simclr.SimCLRCallback(aug=aug, temperature=ifnone(temperature, 0.5)), **kwargs)
+    cb = simclr.SimCLRCallback(aug=aug, temperature=ifnone(temperature, 0.5))
+    kwargs.setdefault('loss_func', cb.loss_func)   # unlabelled DataLoaders give fastai no loss to infer; the callback's is used
+    return Learner(dls, simclr.create_simclr_model(encoder, n_in=ifnone(n_in, 1)), cbs=cb, **kwargs)
 
 PRETRAIN_METHODS = {'simclr': _simclr_learner, 'rotnet': _rotnet_learner}   # name -> (dls, encoder, n_in, size) -> Learner
 DEFAULT_EPOCHS = {'simclr': 20, 'rotnet': 8}    # what `ssfa-demo` pretrains each method for

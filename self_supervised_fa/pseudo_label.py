@@ -125,7 +125,7 @@ def _test_done(fn: Path, test: pd.DataFrame|None, item_col: str) -> bool:
 def kfold_pseudo_labels(df: pd.DataFrame, out_dir, n_folds: int=5, label='label', item_col: str='image_id',
                         learner_fn=None, fit_fn=None, arch: str|None=None, encoder_path=None, dls_fn=None,
                         dls_kwargs: dict|None=None, epochs: int=1, lr: float=1e-3, seed: int=0, fnames=None,
-                        classes=None, test_df: pd.DataFrame|None=None) -> pd.DataFrame:
+                        classes=None, test_df: pd.DataFrame|None=None, progress: bool=True) -> pd.DataFrame:
     "Out-of-fold class probabilities for every row of `df`, one learner per fold (each also predicts `test_df`); resumable"
     if item_col not in df: raise KeyError(f"item column {item_col!r} not in the DataFrame (columns: {list(df.columns)})")
     if df[item_col].duplicated().any():
@@ -145,9 +145,9 @@ def kfold_pseudo_labels(df: pd.DataFrame, out_dir, n_folds: int=5, label='label'
         if item_col not in test_df: raise KeyError(f"item column {item_col!r} not in test_df (columns: {list(test_df.columns)})")
         both = set(test_df[item_col].astype(str)) & set(d[item_col].astype(str))
         if both: raise ValueError(f"{len(both)} test items are also labelled items, e.g. {sorted(both)[:3]}: test items must be unseen")
-    pb = progress_bar(folds, leave=True)
+    pb = progress_bar(folds, leave=True) if progress else folds
     for k in pb:
-        pb.comment = f'fold {k}'
+        if progress: pb.comment = f'fold {k}'
         fn, tfn = out_dir/f'fold_{k}.csv', out_dir/f'fold_{k}_test.csv'
         if fn.exists() and _test_done(tfn, test_df, item_col): continue
         trn, val = d[d.fold != k], d[d.fold == k]

@@ -183,7 +183,7 @@ def pseudo_label_folder(data, out, encoder=None, arch:str|None=None, folds:int=5
         with ExitStack() as stack: _quiet(learn, stack, progress); learn.fit_one_cycle(epochs, lr)
     test = _ok_test(d) if with_test and d.test is not None and len(_ok_test(d)) else None
     oof = kfold_pseudo_labels(items, out/'pseudo_label', folds, 'label', 'image_id', learner_fn=learner_fn, fit_fn=fit_fn,
-                              seed=seed, classes=d.classes, test_df=test)
+                              seed=seed, classes=d.classes, test_df=test, progress=progress)
     write_csv_atomic(oof, out/'oof.csv')
     if test is not None: write_csv_atomic(oof.attrs['test'], out/'test_probs.csv')
     return oof
@@ -235,7 +235,7 @@ def train_folder(data, out, encoder=None, arch:str|None=None, soft_labels=None, 
         learn.fit_one_cycle(epochs, lr, cbs=cbs + [ck], start_epoch=ck.start_epoch)
     with learn.no_bar(): probs, targs = learn.get_preds(ds_idx=1)
     scores = dict(accuracy=float((probs.argmax(1) == targs).float().mean()), roc_auc_mean=mean_roc_auc(probs, targs),
-                  n_train=int((~items.is_valid).sum()), n_valid=int(items.is_valid.sum()), mode=mode, **config)
+                  n_train=int((~items.is_valid).sum()), n_valid=int(items.is_valid.sum()), **config)
     write_json_atomic(scores, out/'scores.json')
     valid = items[items.is_valid][['image_id', 'label']].reset_index(drop=True)
     valid[[f'prob_{v}' for v in learn.dls.vocab]] = probs.numpy()
