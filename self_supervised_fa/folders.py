@@ -71,7 +71,7 @@ def _pick_col(df, given, candidates, what, csv):
 def _onehot_cols(df, skip) -> list:
     "Columns holding only 0/1 whose rows sum to exactly 1 over them, in CSV order"
     cand = [c for c in df.columns if c not in skip and pd.api.types.is_numeric_dtype(df[c]) and df[c].isin([0, 1]).all()]
-    return cand if len(cand) >= 2 and (df[cand].sum(1) == 1).all() else []
+    return cand if len(cand) >= 2 and (df[cand].sum(axis=1) == 1).all() else []
 
 def _labels(df, label_col, skip, csv):
     "(labels Series or None, classes list or None, one-hot columns or None)"
@@ -92,7 +92,7 @@ def _labels(df, label_col, skip, csv):
     missing = [c for c in cols if c not in df]
     if missing: raise KeyError(f"one-hot label columns {missing} are not in {csv} (columns: {list(df.columns)})")
     oh = df[cols].to_numpy()
-    bad = ~np.isin(oh, [0, 1]).all(1) | (oh.sum(1) != 1)
+    bad = ~np.isin(oh, [0, 1]).all(1) | (oh.sum(axis=1) != 1)
     if bad.any(): raise ValueError(f"{int(bad.sum())} rows of {csv} do not hold exactly one 1 in the label columns {cols}, "
                                    f"e.g. rows {list(df.index[bad][:3])}; multi-label rows are not supported")
     return pd.Series(np.array(cols, dtype=object)[oh.argmax(1)], index=df.index), cols, cols
