@@ -132,7 +132,11 @@ class CheckpointCallback(Callback):
         if self.epoch < self.start_epoch: return   # an epoch skipped by start_epoch
         rec = self.learn.recorder
         names = [n for n in rec.metric_names[1:] if n != 'time']
-        self.history.append({'epoch': self.epoch, **{n: _json_scalar(v, n) for n, v in zip(names, rec.values[-1])}})
+        row = {'epoch': self.epoch, **{n: _json_scalar(v, n) for n, v in zip(names, rec.values[-1])}}
+        n = len(self.batch_losses) - sum(h.get('n_batches', 0) for h in self.history)
+        # the mean of this epoch's batch losses, not fastai's smoothed loss (which restarts with every fit)
+        row.update(train_loss=float(np.mean(self.batch_losses[-n:])) if n > 0 else None, n_batches=n)
+        self.history.append(row)
         self.save(self.epoch + 1)
 
     def save(self, epoch:int):

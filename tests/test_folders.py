@@ -1,11 +1,17 @@
 "Reading a user's folder: layouts, labels, channels, sizes, bad files, unsafe ids, statistics, cache"
 import os, shutil
-import numpy as np, pandas as pd, pytest
+import numpy as np, pandas as pd, pytest, torch
 from PIL import Image
 from self_supervised_fa.photos import get_colour_competition, PHOTO_CLASSES
 from self_supervised_fa.folders import *
 from self_supervised_fa.loading import *
 from self_supervised_fa.pseudo_label import assign_folds
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    "Tiny models on a shared 2-core CPU: one torch thread is 10-100x faster than two fighting other jobs"
+    n = torch.get_num_threads(); torch.set_num_threads(1); yield; torch.set_num_threads(n)
 
 
 @pytest.fixture(scope='module')
