@@ -20,7 +20,7 @@ from .label_efficiency import label_efficiency, plot_label_efficiency
 # %% auto #0
 __all__ = ['PRETRAIN_METHODS', 'DEFAULT_EPOCHS', 'DEFAULT_LR', 'SUBCOMMANDS', 'train_from_scratch', 'available_methods',
            'knn_monitor_dls', 'pretrain', 'demo', 'ssfa_demo', 'data_flags', 'model_flags', 'fit_flags', 'cmd_pretrain',
-           'cmd_evaluate', 'cmd_pseudo_label', 'cmd_train', 'build_parser', 'main']
+           'cmd_evaluate', 'cmd_pseudo_label', 'cmd_train', 'build_parser', 'main', 'ssfa']
 
 # %% ../nbs/90_cli.ipynb #e217e328
 def train_from_scratch(n_per_class:int|None, arch:str='resnet10t', epochs:int=20, lr:float=3e-3, bs:int=32,
@@ -279,5 +279,9 @@ def main(argv:list|None=None):
     a = p.parse_args(argv)
     if a.command is None: p.print_help(); raise SystemExit(2)
     return a.run(a)
+
+def ssfa(argv:list|None=None) -> None:
+    "Console entry point `ssfa` (`main` without a return value, which would become the exit status)"
+    main(argv)
 
 if __name__ == '__main__' and 'get_ipython' not in globals(): main()   # python -m self_supervised_fa.cli

@@ -19,7 +19,9 @@ from fastai.vision.augment import Resize
 # %% auto #0
 __all__ = ['SAMPLE_ENV', 'CLASSES', 'ONEHOT_COLS', 'SAMPLE_STATS', 'sample_path', 'atomic_path', 'write_csv_atomic',
            'write_json_atomic', 'materialise_folder', 'get_sample_data', 'load_sample_df', 'add_label_noise',
-           'subsample_per_class', 'check_image_files', 'sample_dls', 'get_norm_stats']
+           'subsample_per_class', 'check_image_files', 'sample_dls', 'get_norm_stats', 'ImageData', 'read_image_data',
+           'check_image_data', 'inspect_images', 'open_image', 'folder_dls', 'image_stats', 'cache_images',
+           'get_colour_competition', 'PHOTO_CLASSES']
 
 # %% ../nbs/00_data.ipynb #0a001e77
 SAMPLE_ENV = 'SSFA_DATA'  # environment variable that overrides the sample-data folder
@@ -179,3 +181,17 @@ def get_norm_stats(dls):
         if isinstance(t, Normalize) and getattr(t, 'mean', None) is not None:
             return t.mean.view(1, -1, 1, 1), t.std.view(1, -1, 1, 1)
     return None
+
+# %% ../nbs/00_data.ipynb #1daeffb2
+_LAZY = {'ImageData': 'folders', 'read_image_data': 'folders', 'check_image_data': 'folders', 'inspect_images': 'folders',
+         'open_image': 'loading', 'folder_dls': 'loading', 'image_stats': 'loading', 'cache_images': 'loading',
+         'get_colour_competition': 'photos', 'PHOTO_CLASSES': 'photos'}
+_all_ = ['ImageData', 'read_image_data', 'check_image_data', 'inspect_images', 'open_image', 'folder_dls', 'image_stats',
+        'cache_images', 'get_colour_competition', 'PHOTO_CLASSES']   # = list(_LAZY): nbdev needs a literal
+
+def __getattr__(name):
+    "Names of `folders`, `loading` and `photos`, imported when first used (those modules import this one)"
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f'self_supervised_fa.{_LAZY[name]}'), name)
+    raise AttributeError(f"module 'self_supervised_fa.data' has no attribute {name!r}")

@@ -14,7 +14,7 @@ from .data import write_csv_atomic
 
 # %% auto #0
 __all__ = ['IMAGE_EXTS', 'ID_COLS', 'LABEL_COLS', 'list_images', 'check_id', 'ImageData', 'read_csv_items', 'read_class_folders',
-           'read_image_tree', 'read_image_data', 'check_images', 'check_image_data', 'grey_only']
+           'read_image_tree', 'read_image_data', 'inspect_images', 'check_image_data', 'grey_only']
 
 # %% ../nbs/05_folders.ipynb #629322e5
 IMAGE_EXTS = tuple(sorted(e for e, f in Image.registered_extensions().items() if f in Image.OPEN))  # what PIL can open
@@ -212,7 +212,7 @@ def _check_one(fn):
     except FileNotFoundError: return False, 'missing', 0, 0, ''
     except Exception as e: return False, f'unreadable: {type(e).__name__}: {str(e)[:120]}', 0, 0, ''
 
-def check_images(fnames, workers:int|None=None, progress:bool=True) -> pd.DataFrame:
+def inspect_images(fnames, workers:int|None=None, progress:bool=True) -> pd.DataFrame:
     "Open and decode every file of `fnames` in parallel: a table fname, ok, error ('missing' or why unreadable), width, height, mode"
     fnames = [str(f) for f in fnames]
     workers = workers or min(32, 4 * (os.cpu_count() or 1))
@@ -225,7 +225,7 @@ def check_images(fnames, workers:int|None=None, progress:bool=True) -> pd.DataFr
 def check_image_data(data:ImageData, report=None, strict:bool=False, workers:int|None=None,
                      progress:bool=True) -> ImageData:
     "Check every train and test file of `data`; write bad ones to `report` (CSV); drop them with a warning, or raise if `strict`"
-    res = check_images(data.all_files(), workers, progress)
+    res = inspect_images(data.all_files(), workers, progress)
     bad = res[~res.ok]
     ids = list(data.items.image_id) + ([] if data.test is None else list(data.test.image_id))
     bad = bad.assign(image_id=[ids[i] for i in bad.index],
