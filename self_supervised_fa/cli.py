@@ -229,11 +229,12 @@ def _pseudo_label_flags(p):
     p.add_argument('--folds', type=int, default=5, help='number of folds (stratified; grouped with --group-col)')
     fit_flags(p, epochs=5, lr=1e-3, resume=False)
     p.add_argument('--no-test', action='store_true', help='do not predict the test images with the fold models')
+    p.add_argument('--no-aug', action='store_true', help="no fastai aug_transforms() on the training batches")
 
 def cmd_pseudo_label(a):
     from self_supervised_fa.workflow import pseudo_label_folder
     oof = pseudo_label_folder(a.data, a.out, a.encoder, a.arch, a.folds, bs=a.bs, epochs=a.epochs, lr=a.lr, seed=a.seed,
-                              with_test=not a.no_test, **_common(a))
+                              with_test=not a.no_test, aug=not a.no_aug, **_common(a))
     print(f"out-of-fold accuracy against the given labels: {(oof.pred.astype(str) == oof.label.astype(str)).mean():.4f}")
     print(f"out-of-fold probabilities: {Path(a.out)/'oof.csv'}")
     return oof
@@ -247,11 +248,13 @@ def _train_flags(p):
     p.add_argument('--valid-pct', type=float, default=0.2, help='stratified (grouped) validation fraction')
     p.add_argument('--valid-fold', type=int, help='validate on this fold of --fold-col instead')
     fit_flags(p, epochs=10, lr=1e-3)
+    p.add_argument('--no-aug', action='store_true', help="no fastai aug_transforms() on the training batches")
 
 def cmd_train(a):
     from self_supervised_fa.workflow import train_folder
     r = train_folder(a.data, a.out, a.encoder, a.arch, a.soft_labels, a.w, a.plc, bs=a.bs, epochs=a.epochs, lr=a.lr,
-                     seed=a.seed, valid_pct=a.valid_pct, valid_fold=a.valid_fold, resume=a.resume, **_common(a))
+                     seed=a.seed, valid_pct=a.valid_pct, valid_fold=a.valid_fold, resume=a.resume, aug=not a.no_aug,
+                     **_common(a))
     sc = r['scores']
     print(f"validation accuracy {sc['accuracy']:.4f}, mean ROC AUC {sc['roc_auc_mean']:.4f} ({sc['mode']}); "
           f"scores: {Path(a.out)/'scores.json'}" + (f", submission: {Path(a.out)/'submission.csv'}" if r['submission'] is not None else ''))

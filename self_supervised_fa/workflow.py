@@ -165,7 +165,7 @@ def _classifier(dls, encoder, arch, n_in, metrics):
 
 def pseudo_label_folder(data, out, encoder=None, arch:str|None=None, folds:int=5, bs:int=64, epochs:int=5,
                         lr:float=1e-3, seed:int=0, workers:int=0, strict:bool=False, progress:bool=True,
-                        size:int|None=None, n_in:int|None=None, with_test:bool=True, **read_kwargs) -> pd.DataFrame:
+                        size:int|None=None, n_in:int|None=None, with_test:bool=True, aug:bool=True, **read_kwargs) -> pd.DataFrame:
     "Out-of-fold probabilities of every labelled item (`out/oof.csv`), folds grouped when the items have a group; resumable"
     if (encoder is None) == (arch is None): raise ValueError("pass exactly one of encoder (a file) and arch (a timm name)")
     out = Path(out); d = prepare(data, out, strict, progress=progress, **read_kwargs)
@@ -175,7 +175,7 @@ def pseudo_label_folder(data, out, encoder=None, arch:str|None=None, folds:int=5
     if 'fold' not in items: items = assign_folds(items, folds, 'label', seed, group='group' if 'group' in items else None)
     def dls_fn(trn, val):
         return folder_dls(pd.concat([trn.assign(is_valid=False), val.assign(is_valid=True)]), s['size'], s['n_in'],
-                          min(bs, len(trn)), s['stats'], d.classes, aug=True, num_workers=workers)
+                          min(bs, len(trn)), s['stats'], d.classes, aug=aug, num_workers=workers)
     def learner_fn(trn, val):
         set_seed(seed, reproducible=True)
         return _classifier(dls_fn(trn, val), encoder, arch, s['n_in'], False)
@@ -208,7 +208,7 @@ def write_submission(learn, d:ImageData, fn) -> pd.DataFrame:
 def train_folder(data, out, encoder=None, arch:str|None=None, soft_labels=None, w:float=0.5, plc:bool=False,
                  bs:int=64, epochs:int=10, lr:float=1e-3, seed:int=0, valid_pct:float=0.2, valid_fold:int|None=None,
                  resume:bool=False, workers:int=0, strict:bool=False, progress:bool=True, size:int|None=None,
-                 n_in:int|None=None, **read_kwargs) -> dict:
+                 n_in:int|None=None, aug:bool=True, **read_kwargs) -> dict:
     "Train the final classifier (given labels, `soft_labels` blended with weight `w`, or `plc`); scores and submission in `out`"
     from self_supervised_fa.soft_label import SoftLabelCallback, SoftTargetCrossEntropy, mean_roc_auc
     from self_supervised_fa.plc import PLCCallback
@@ -219,7 +219,7 @@ def train_folder(data, out, encoder=None, arch:str|None=None, soft_labels=None, 
     s = settings(d, n_in, size, encoder=encoder)
     set_seed(seed, reproducible=True)
     items = split_valid(d.items, valid_pct, seed, valid_fold)
-    dls = folder_dls(items, s['size'], s['n_in'], min(bs, int((~items.is_valid).sum())), s['stats'], d.classes, aug=True,
+    dls = folder_dls(items, s['size'], s['n_in'], min(bs, int((~items.is_valid).sum())), s['stats'], d.classes, aug=aug,
                      num_workers=workers)
     learn = _classifier(dls, encoder, arch, s['n_in'], True)
     cbs, mode = [], 'given labels'
@@ -228,7 +228,7 @@ def train_folder(data, out, encoder=None, arch:str|None=None, soft_labels=None, 
         cbs.append(SoftLabelCallback(probs, w=w, item_key='image_id')); learn.loss_func = SoftTargetCrossEntropy()
         mode = f'soft labels (w={w})'
     if plc: cbs.append(PLCCallback()); mode = 'PLC'
-    config = dict(encoder=str(encoder), arch=str(arch), mode=mode, bs=bs, epochs=epochs, lr=lr, seed=seed, **s)
+    config = dict(encoder=str(encoder), arch=str(arch), mode=mode, bs=bs, epochs=epochs, lr=lr, seed=seed, aug=aug, **s)
     ck = CheckpointCallback(out/'train'/'checkpoint.safetensors', resume=resume, config=config)
     with ExitStack() as stack:
         _quiet(learn, stack, progress)

@@ -24,3 +24,15 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason='slow: run with pytest --runslow')
     for item in items:
         if 'slow' in item.keywords: item.add_marker(skip)
+
+
+@pytest.fixture(scope='module')
+def one_torch_thread():
+    "Tiny models on a shared 2-core CPU: one torch thread is 10-100x faster than two fighting other jobs"
+    n = torch.get_num_threads(); torch.set_num_threads(1); yield; torch.set_num_threads(n)
+
+@pytest.fixture(scope='session')
+def small_colour_competition(tmp_path_factory):
+    "A small colour competition folder (9 classes x 12 train + 4 test crops); do not modify it: copy it first"
+    from self_supervised_fa.photos import get_colour_competition
+    return get_colour_competition(tmp_path_factory.mktemp('colour')/'comp', n_train=12, n_test=4)

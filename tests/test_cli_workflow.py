@@ -12,16 +12,14 @@ from self_supervised_fa.photos import get_colour_competition, PHOTO_CLASSES
 TINY = ['--size', '16', '--bs', '32', '--quiet', '--seed', '0']
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    "Tiny models on a shared 2-core CPU: one torch thread is 10-100x faster than two fighting other jobs"
-    n = torch.get_num_threads(); torch.set_num_threads(1); yield; torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 @pytest.fixture(scope='module')
-def comp(tmp_path_factory):
-    "9 classes x 12 train + 4 test crops, one training JPEG truncated, one test image removed"
-    root = get_colour_competition(tmp_path_factory.mktemp('colour')/'comp', n_train=12, n_test=4)
+def comp(small_colour_competition, tmp_path_factory):
+    "The small colour folder (one training JPEG truncated) with one test image removed"
+    root = tmp_path_factory.mktemp('cli')/'comp'
+    shutil.copytree(small_colour_competition, root)
     os.remove(next((root/'images').glob('Test_1.*')))
     return root
 

@@ -8,16 +8,11 @@ from self_supervised_fa.loading import *
 from self_supervised_fa.pseudo_label import assign_folds
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    "Tiny models on a shared 2-core CPU: one torch thread is 10-100x faster than two fighting other jobs"
-    n = torch.get_num_threads(); torch.set_num_threads(1); yield; torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 @pytest.fixture(scope='module')
-def comp(tmp_path_factory):
-    "A small copy of the colour competition folder (9 classes x 12 train + 4 test)"
-    return get_colour_competition(tmp_path_factory.mktemp('colour')/'comp', n_train=12, n_test=4)
+def comp(small_colour_competition): return small_colour_competition
 
 
 def test_colour_competition_layout(comp):
