@@ -19,8 +19,8 @@ from .label_efficiency import label_efficiency, plot_label_efficiency
 
 # %% auto #0
 __all__ = ['PRETRAIN_METHODS', 'DEFAULT_EPOCHS', 'DEFAULT_LR', 'SUBCOMMANDS', 'train_from_scratch', 'available_methods',
-           'knn_monitor_dls', 'pretrain', 'demo', 'ssfa_demo', 'data_flags', 'model_flags', 'fit_flags', 'cmd_pretrain',
-           'cmd_evaluate', 'cmd_pseudo_label', 'cmd_train', 'build_parser', 'main', 'ssfa']
+           'knn_monitor_dls', 'pretrain', 'demo', 'ssfa_demo', 'data_flags', 'model_flags', 'stats_flag', 'parse_stats',
+           'fit_flags', 'cmd_pretrain', 'cmd_evaluate', 'cmd_pseudo_label', 'cmd_train', 'build_parser', 'main', 'ssfa']
 
 # %% ../nbs/90_cli.ipynb #e217e328
 def train_from_scratch(n_per_class:int|None, arch:str='resnet10t', epochs:int=20, lr:float=3e-3, bs:int=32,
@@ -173,6 +173,22 @@ def model_flags(p, arch:str|None='resnet18', one_of:bool=False):
     g.add_argument('--encoder', help='encoder file (.safetensors) from ssfa pretrain: weights, channels, size and normalisation')
     p.add_argument('--n-in', type=int, choices=(1, 3), help='input channels (default: the encoder\'s, else 1 if every image is grey, else 3)')
     p.add_argument('--size', type=int, help="square image size (default: the encoder's, else 128)")
+    stats_flag(p)
+
+def stats_flag(p):
+    p.add_argument('--stats', type=parse_stats, help="normalisation: 'imagenet' or 'MEAN,..:STD,..' per channel (default: the "
+                   "encoder's, else computed from 256 of the images)")
+
+def parse_stats(s:str) -> tuple:
+    "`(mean, std)` lists from 'imagenet' or 'm1,m2,m3:s1,s2,s3'"
+    if s == 'imagenet':
+        from fastai.vision.core import imagenet_stats
+        return tuple(list(v) for v in imagenet_stats)
+    try:
+        m, sd = ([float(v) for v in part.split(',')] for part in s.split(':'))
+        if len(m) == len(sd) and all(v > 0 for v in sd): return m, sd
+    except ValueError: pass
+    raise argparse.ArgumentTypeError(f"--stats {s!r}: give 'imagenet' or per-channel 'MEAN,...:STD,...', e.g. 0.5,0.5,0.5:0.25,0.25,0.25")
 
 def fit_flags(p, epochs:int, lr:float|None, bs:int=64, resume:bool=True):
     "--bs, --epochs, --lr, --seed, --out, --quiet (and --resume)"
@@ -189,7 +205,8 @@ def _read_kwargs(a) -> dict:
                 group_col=a.group_col, fold_col=a.fold_col)
 
 def _common(a) -> dict:
-    return dict(strict=a.strict, workers=a.workers, progress=not a.quiet, n_in=a.n_in, size=a.size, **_read_kwargs(a))
+    return dict(strict=a.strict, workers=a.workers, progress=not a.quiet, n_in=a.n_in, size=a.size, stats=a.stats,
+                **_read_kwargs(a))
 
 # %% ../nbs/90_cli.ipynb #1ad08279
 def _pretrain_flags(p):
@@ -211,6 +228,7 @@ def _evaluate_flags(p):
     p.add_argument('--encoder', required=True, help='encoder file (.safetensors) from ssfa pretrain')
     p.add_argument('--n-in', type=int, choices=(1, 3), help="input channels (default: the encoder's)")
     p.add_argument('--size', type=int, help="square image size (default: the encoder's)")
+    stats_flag(p)
     p.add_argument('--budgets', default='5,20,all', help="labels per class, comma separated ('all': every label)")
     p.add_argument('--eval', default='knn,linear,finetune', help='evaluations, comma separated')
     p.add_argument('--valid-pct', type=float, default=0.2, help='stratified (grouped) validation fraction')

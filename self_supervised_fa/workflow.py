@@ -101,12 +101,12 @@ def _knn_dls(d, s, bs, seed, n_bank=2000, n_query=500, workers=0):
 def pretrain_folder(data, out, method:str='simclr', arch:str='resnet18', encoder=None, n_in:int|None=None,
                     size:int|None=None, bs:int=64, epochs:int=10, lr:float|None=None, seed:int=0, resume:bool=False,
                     knn:bool=True, with_test:bool=True, valid_pct:float=0.1, workers:int=0, cache:bool=False,
-                    cache_dir=None, strict:bool=False, progress:bool=True, method_kwargs:dict|None=None, **read_kwargs) -> dict:
+                    cache_dir=None, strict:bool=False, progress:bool=True, method_kwargs:dict|None=None, stats=None, **read_kwargs) -> dict:
     "Pretrain `arch` (or `encoder`, a file) with `method` on every image of `data`; encoder, curves and checkpoint in `out`"
     from self_supervised_fa.cli import PRETRAIN_METHODS, DEFAULT_LR
     if method not in PRETRAIN_METHODS: raise ValueError(f"unknown method {method!r}: choose from {list(PRETRAIN_METHODS)}")
     out = Path(out); d = prepare(data, out, strict, progress=progress, **read_kwargs)
-    s = settings(d, n_in, size, encoder=encoder, cache=cache, cache_dir=cache_dir, progress=progress)
+    s = settings(d, n_in, size, stats, encoder=encoder, cache=cache, cache_dir=cache_dir, progress=progress)
     set_seed(seed, reproducible=True)
     items = pd.concat([d.items[['image_id', 'fname']], _ok_test(d)[['image_id', 'fname']] if with_test else None])
     items = split_valid(items.reset_index(drop=True), valid_pct, seed)
@@ -138,12 +138,12 @@ def _budgets(b):
 def evaluate_folder(data, out, encoder, budgets='5,20,all', methods=('knn', 'linear', 'finetune'), bs:int=64,
                     epochs:int=10, lr:float=1e-3, seed:int=0, valid_pct:float=0.2, valid_fold:int|None=None,
                     workers:int=0, strict:bool=False, progress:bool=True, size:int|None=None, n_in:int|None=None,
-                    **read_kwargs) -> pd.DataFrame:
+                    stats=None, **read_kwargs) -> pd.DataFrame:
     "Label-efficiency table and plot of `encoder` (a file) against the same network from scratch on `data`'s labels"
     from self_supervised_fa.label_efficiency import label_efficiency, plot_label_efficiency
     out = Path(out); d = prepare(data, out, strict, progress=progress, **read_kwargs)
     if not d.labelled: raise ValueError(f"{d.root} has no labels: evaluate needs labelled images (a label column, one-hot columns or class folders)")
-    s = settings(d, n_in, size, encoder=encoder)
+    s = settings(d, n_in, size, stats, encoder=encoder)
     set_seed(seed, reproducible=True)
     dls = folder_dls(split_valid(d.items, valid_pct, seed, valid_fold), s['size'], s['n_in'], bs, s['stats'], d.classes,
                      num_workers=workers)
@@ -165,12 +165,12 @@ def _classifier(dls, encoder, arch, n_in, metrics):
 
 def pseudo_label_folder(data, out, encoder=None, arch:str|None=None, folds:int=5, bs:int=64, epochs:int=5,
                         lr:float=1e-3, seed:int=0, workers:int=0, strict:bool=False, progress:bool=True,
-                        size:int|None=None, n_in:int|None=None, with_test:bool=True, aug:bool=True, **read_kwargs) -> pd.DataFrame:
+                        size:int|None=None, n_in:int|None=None, with_test:bool=True, aug:bool=True, stats=None, **read_kwargs) -> pd.DataFrame:
     "Out-of-fold probabilities of every labelled item (`out/oof.csv`), folds grouped when the items have a group; resumable"
     if (encoder is None) == (arch is None): raise ValueError("pass exactly one of encoder (a file) and arch (a timm name)")
     out = Path(out); d = prepare(data, out, strict, progress=progress, **read_kwargs)
     if not d.labelled: raise ValueError(f"{d.root} has no labels: pseudo-labels need labelled images")
-    s = settings(d, n_in, size, encoder=encoder)
+    s = settings(d, n_in, size, stats, encoder=encoder)
     items = d.items
     if 'fold' not in items: items = assign_folds(items, folds, 'label', seed, group='group' if 'group' in items else None)
     def dls_fn(trn, val):
@@ -208,7 +208,7 @@ def write_submission(learn, d:ImageData, fn) -> pd.DataFrame:
 def train_folder(data, out, encoder=None, arch:str|None=None, soft_labels=None, w:float=0.5, plc:bool=False,
                  bs:int=64, epochs:int=10, lr:float=1e-3, seed:int=0, valid_pct:float=0.2, valid_fold:int|None=None,
                  resume:bool=False, workers:int=0, strict:bool=False, progress:bool=True, size:int|None=None,
-                 n_in:int|None=None, aug:bool=True, **read_kwargs) -> dict:
+                 n_in:int|None=None, aug:bool=True, stats=None, **read_kwargs) -> dict:
     "Train the final classifier (given labels, `soft_labels` blended with weight `w`, or `plc`); scores and submission in `out`"
     from self_supervised_fa.soft_label import SoftLabelCallback, SoftTargetCrossEntropy, mean_roc_auc
     from self_supervised_fa.plc import PLCCallback
@@ -216,7 +216,7 @@ def train_folder(data, out, encoder=None, arch:str|None=None, soft_labels=None, 
     if soft_labels is not None and plc: raise ValueError("choose soft labels or PLC, not both")
     out = Path(out); d = prepare(data, out, strict, progress=progress, **read_kwargs)
     if not d.labelled: raise ValueError(f"{d.root} has no labels to train on")
-    s = settings(d, n_in, size, encoder=encoder)
+    s = settings(d, n_in, size, stats, encoder=encoder)
     set_seed(seed, reproducible=True)
     items = split_valid(d.items, valid_pct, seed, valid_fold)
     dls = folder_dls(items, s['size'], s['n_in'], min(bs, int((~items.is_valid).sum())), s['stats'], d.classes, aug=aug,

@@ -92,9 +92,9 @@ def test_grey_rotnet_on_class_folders_and_unlabelled(tmp_path, comp):
         (tmp_path/'cls'/r.label).mkdir(parents=True, exist_ok=True)
         shutil.copy(r.fname, tmp_path/'cls'/r.label/os.path.basename(r.fname))
     main(['pretrain', str(tmp_path/'cls'), '--method', 'rotnet', '--arch', 'test_resnet', '--n-in', '1', '--epochs', '1',
-          '--out', str(tmp_path/'o')] + TINY)
+          '--stats', '0.5:0.25', '--out', str(tmp_path/'o')] + TINY)
     m = read_encoder_metadata(tmp_path/'o'/'encoder_rotnet.safetensors')
-    assert m['n_in'] == 1 and len(m['recipe']['stats'][0]) == 1 and m['recipe']['n_images'] == len(d.items)
+    assert m['n_in'] == 1 and m['recipe']['stats'] == [[0.5], [0.25]] and m['recipe']['n_images'] == len(d.items)
     assert 'knn_top1' in pd.read_csv(tmp_path/'o'/'pretrain_rotnet'/'history.csv')
     main(['pretrain', str(tmp_path/'cls'/'chelsea'), '--arch', 'test_resnet', '--epochs', '1', '--bs', '4',
           '--size', '16', '--quiet', '--out', str(tmp_path/'u')])                     # an unlabelled folder: no kNN
