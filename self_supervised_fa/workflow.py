@@ -5,7 +5,6 @@
 # %% ../nbs/91_workflow.ipynb #967e24d7
 from __future__ import annotations
 import json, time, warnings
-from contextlib import ExitStack
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from fastai.callback.schedule import *
@@ -63,8 +62,14 @@ def split_valid(items:pd.DataFrame, valid_pct:float=0.2, seed:int=0, valid_fold:
     return items.assign(is_valid=(f._vf == 0).values)
 
 # %% ../nbs/91_workflow.ipynb #3d2db137
-def _quiet(learn, stack, progress):
-    if not progress: stack.enter_context(learn.no_bar()); stack.enter_context(learn.no_logging())
+def _quiet(learn, progress):
+    "`learn` without progress bars or epoch tables (in fit and in predictions) unless `progress`"
+    if progress: return learn
+    from fastcore.basics import noop
+    from fastai.callback.progress import ProgressCallback
+    learn.remove_cbs([c for c in learn.cbs if isinstance(c, ProgressCallback)])
+    learn.logger = noop
+    return learn
 
 def _savefig(fig, fn):
     import matplotlib.pyplot as plt
@@ -121,9 +126,8 @@ def pretrain_folder(data, out, method:str='simclr', arch:str='resnet18', encoder
     config = dict(method=method, arch=arch, encoder=str(encoder), bs=bs, epochs=epochs, lr=lr, seed=seed, n_items=len(items), **s)
     ck = CheckpointCallback(out/f'pretrain_{method}'/'checkpoint.safetensors', resume=resume, config=config)
     start = time.time()
-    with ExitStack() as stack:
-        _quiet(learn, stack, progress)
-        learn.fit_one_cycle(epochs, lr, cbs=ck, start_epoch=ck.start_epoch)
+    _quiet(learn, progress)
+    learn.fit_one_cycle(epochs, lr, cbs=ck, start_epoch=ck.start_epoch)
     recipe = dict(config, data=str(d.root), n_images=len(items), seconds=round(time.time() - start, 1))
     fn = save_encoder(learn.model.encoder, out/f'encoder_{method}.safetensors', recipe=recipe)
     write_csv_atomic(pd.DataFrame(ck.history), out/f'pretrain_{method}'/'history.csv')
@@ -178,9 +182,8 @@ def pseudo_label_folder(data, out, encoder=None, arch:str|None=None, folds:int=5
                           min(bs, len(trn)), s['stats'], d.classes, aug=aug, num_workers=workers)
     def learner_fn(trn, val):
         set_seed(seed, reproducible=True)
-        return _classifier(dls_fn(trn, val), encoder, arch, s['n_in'], False)
-    def fit_fn(learn):
-        with ExitStack() as stack: _quiet(learn, stack, progress); learn.fit_one_cycle(epochs, lr)
+        return _quiet(_classifier(dls_fn(trn, val), encoder, arch, s['n_in'], False), progress)
+    def fit_fn(learn): learn.fit_one_cycle(epochs, lr)
     test = _ok_test(d) if with_test and d.test is not None and len(_ok_test(d)) else None
     oof = kfold_pseudo_labels(items, out/'pseudo_label', folds, 'label', 'image_id', learner_fn=learner_fn, fit_fn=fit_fn,
                               seed=seed, classes=d.classes, test_df=test, progress=progress)
@@ -230,9 +233,8 @@ def train_folder(data, out, encoder=None, arch:str|None=None, soft_labels=None, 
     if plc: cbs.append(PLCCallback()); mode = 'PLC'
     config = dict(encoder=str(encoder), arch=str(arch), mode=mode, bs=bs, epochs=epochs, lr=lr, seed=seed, aug=aug, **s)
     ck = CheckpointCallback(out/'train'/'checkpoint.safetensors', resume=resume, config=config)
-    with ExitStack() as stack:
-        _quiet(learn, stack, progress)
-        learn.fit_one_cycle(epochs, lr, cbs=cbs + [ck], start_epoch=ck.start_epoch)
+    _quiet(learn, progress)
+    learn.fit_one_cycle(epochs, lr, cbs=cbs + [ck], start_epoch=ck.start_epoch)
     with learn.no_bar(): probs, targs = learn.get_preds(ds_idx=1)
     scores = dict(accuracy=float((probs.argmax(1) == targs).float().mean()), roc_auc_mean=mean_roc_auc(probs, targs),
                   n_train=int((~items.is_valid).sum()), n_valid=int(items.is_valid.sum()), **config)
