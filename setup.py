@@ -27,6 +27,7 @@ bench_requirements = shlex.split(cfg.get('bench_requirements', ''))
 
 setuptools.setup(
     name = cfg['lib_name'],
+    version = cfg['version'],
     license = lic[0],
     classifiers = [
         'Development Status :: ' + statuses[int(cfg['status'])],

@@ -21,7 +21,7 @@ from fastai.callback.core import Callback, CancelFitException
 from fastai.vision.all import ImageDataLoaders, Resize, Normalize
 from self_supervised_fa.photos import load_photo, photo_crops, PHOTO_CLASSES
 from self_supervised_fa.loading import folder_dls, cache_images, image_stats
-from self_supervised_fa.cli import PRETRAIN_METHODS
+from self_supervised_fa.workflow import folder_method_learner
 
 
 def make_folder(root:Path, n:int, seed:int=0) -> pd.DataFrame:
@@ -83,7 +83,7 @@ def main(a):
             res[k]['load_cpu'].append(n_img / time_loading(loaders(k, df, cache, a.size, a.bs, 0, stats), a.batches, time.process_time))
             res[k]['load_wall'].append(n_img / time_loading(loaders(k, df, cache, a.size, a.bs, a.workers, stats), a.batches, time.perf_counter))
             dls = loaders(k, df, cache, a.size, a.bs, 0, stats)
-            learn = PRETRAIN_METHODS['simclr'](dls, a.arch, n_in=3, size=a.size)   # what `ssfa pretrain` builds
+            learn = folder_method_learner('simclr', dls, a.arch, 3, a.size)   # what `ssfa pretrain` builds
             stop = StopAfter(a.step_batches)
             with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3, cbs=stop)
             res[k]['step_cpu'].append(a.step_batches * a.bs / stop.t)

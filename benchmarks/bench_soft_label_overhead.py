@@ -2,11 +2,11 @@
 
 Seed approach (baseline, written here only): in `before_batch`, slice the DataLoader's private shuffled index list
 (`dl._DataLoader__idxs`) for the current batch, `df.iloc[...]` the probability columns, build a tensor, blend.
-SoftLabelCallback: its training loader (`SoftLabelCallback.training_dl`, built on `indexed_dl`) knows each epoch's items in order,
-takes their rows of the target table (blended once per fit) in one gather per epoch, and gives each batch its slice in
-place of the labels; `before_batch` has nothing to do. Its overhead = what that loader adds per batch (the difference
-between a plain loader and SoftLabelCallback's over the same in-memory items with the sample DataLoaders' own `after_batch`,
-timed per epoch, interleaved) + `before_batch`. The seed's look-up is timed right after the loader built each batch.
+SoftLabelCallback: its training loader (`indexed_dl`: fastai's `DataLoader.new(dataset=IndexedDataset(ds))`) appends each
+item's index to the item; `before_batch` gathers the batch's rows of the target table (blended once per fit), checking
+the labels on an epoch's first batch. Its overhead = what the indexed loader adds per batch (the difference between a plain
+loader and the indexed one over the same in-memory items with the sample DataLoaders' own `after_batch`, timed per epoch,
+interleaved) + `before_batch`. The seed's look-up is timed right after the loader built each batch.
 Usage: python benchmarks/bench_soft_label_overhead.py [--bs 64] [--out benchmarks/results/soft_label_overhead.md]
 """
 import argparse, platform, time, timeit
@@ -47,38 +47,28 @@ def main(bs, w, repeats, loader_reps, out, machine):
 
     seed_t, bb_t = [], []
     for r in range(repeats):
-        # the seed, timed right after the loader built each batch (caches as cold as in training); its targets must
-        # equal the rows of SoftLabelCallback's table for the same items
-        dl = indexed_dl(dls.train)  # batches (x, y, idx); the seed reads the private index list instead of idx
+        # the seed, timed right after the loader built each batch (caches as cold as in training), and SoftLabelCallback's
+        # before_batch on the same batch: both give the same targets, checked batch by batch
+        dl = cb.train_dl
         for i, (x, y, idx) in enumerate(dl):
             t = clock(); a = seed_targets(dl, i, table, cols, y, w); seed_t.append(clock() - t)
-            torch.testing.assert_close(a, cb.table[idx])
-        # SoftLabelCallback's own training loader: its targets are the seed's for the same items; its before_batch, timed
-        dl = cb.train_dl
-        for i, (x, soft) in enumerate(dl):
-            learn.xb, learn.yb = (x,), (soft,)
+            learn.xb, learn.yb, learn.iter = (x,), (y, idx), i
             t = clock(); cb.before_batch(); bb_t.append(clock() - t)
-            y = torch.as_tensor(items.label.values[dl._DataLoader__idxs[i*bs:(i+1)*bs]])  # benchmark-only check
-            torch.testing.assert_close(seed_targets(dl, i, table, cols, y, w), learn.yb[0])
-    # the loader side of SoftLabelCallback: what `indexed_dl` adds per batch, on items already in memory (decoding would
-    # drown the difference): (image tensor, label) pairs through the sample DataLoaders' after_batch transforms,
-    # and (for the floor) bare ints
+            torch.testing.assert_close(a, learn.yb[0])
+    # the loader side: what `indexed_dl` adds per batch, on items already in memory (decoding would drown the
+    # difference): (image tensor, label) pairs through the sample DataLoaders' after_batch transforms, and bare ints
     mem = [(TensorImageBW(ToTensor()(dls.train_ds[i][0])), dls.train_ds[i][1]) for i in range(len(dls.train_ds))]
     loaders = {'images': DataLoader(mem, bs=bs, shuffle=True, drop_last=True, after_batch=dls.train.after_batch),
                'ints': DataLoader(list(range(len(trn))), bs=bs, shuffle=True, drop_last=True)}
     epoch = lambda dl: sum(1 for _ in dl)
     loader = {}
-    for name, plain in loaders.items():  # SoftLabelCallback's training loader; for bare ints, the indices only
-        withidx, tp, ti = (cb.training_dl(plain) if name == 'images' else indexed_dl(plain)), [], []
+    for name, plain in loaders.items():
+        withidx, tp, ti = indexed_dl(plain), [], []
         for _ in range(loader_reps):  # interleaved
             tp.append(_t(lambda: epoch(plain))); ti.append(_t(lambda: epoch(withidx)))
         tp, ti = np.array(tp) / len(plain), np.array(ti) / len(plain)
         loader[name] = ((np.median(ti) - np.median(tp)) * 1e6, (ti.min() - tp.min()) * 1e6, np.median(tp) * 1e6)
     loader_med, loader_min, _ = loader['images']
-    tab, ep = cb.table.numpy(), []  # the per-epoch part of SoftLabelCallback's loader: gather the epoch's rows, split them
-    for _ in range(loader_reps):
-        idxs = np.random.permutation(len(tab))
-        ep.append(_t(lambda: torch.from_numpy(tab.take(idxs, 0)).split(bs)) / (len(tab) // bs) * 1e6)
     st, bt = np.array(seed_t) * 1e6, np.array(bb_t) * 1e6
     s_med, s_min, o_med, o_min = np.median(st), st.min(), np.median(bt), bt.min()
     tot_med, tot_min = o_med + max(0., loader_med), o_min + max(0., loader_min)
@@ -87,14 +77,12 @@ def main(bs, w, repeats, loader_reps, out, machine):
              f"median and best per batch.", '',
              '| approach | median (µs) | best (µs) | ratio to seed (median / best) |', '|---|---|---|---|',
              f"| seed: `dl._DataLoader__idxs` + `df.iloc` look-up + blend | {s_med:.0f} | {s_min:.0f} | 1 |",
-             f"| SoftLabelCallback `before_batch` (nothing to do: the soft targets arrive as `yb`) | {o_med:.1f} | {o_min:.1f} | |",
-             f"| SoftLabelCallback loader side: SoftLabelCallback's training loader minus the plain one, in-memory image batches | {loader_med:.1f} | {loader_min:.1f} | |",
-             f"| (of which the once-per-epoch gather of the epoch's rows + split into batches, per batch) | {np.median(ep):.1f} | {np.min(ep):.1f} | |",
-             f"| (`indexed_dl` appending the indices only, bare-int items, for reference) | {loader['ints'][0]:.1f} | {loader['ints'][1]:.1f} | |",
+             f"| SoftLabelCallback `before_batch` (gather of the batch's rows; label check on an epoch's first batch) | {o_med:.1f} | {o_min:.1f} | |",
+             f"| SoftLabelCallback loader side: `indexed_dl` minus the plain loader, in-memory image batches | {loader_med:.1f} | {loader_min:.1f} | |",
+             f"| (`indexed_dl` on bare-int items, for reference) | {loader['ints'][0]:.1f} | {loader['ints'][1]:.1f} | |",
              f"| **SoftLabelCallback total** (`before_batch` + loader side, image batches) | {tot_med:.1f} | {tot_min:.1f} | **1/{s_med/tot_med:.0f} / 1/{s_min/tot_min:.0f}** (target ≤ 1/20) |", '',
              f"For scale: a plain in-memory image batch costs {loader['images'][2]:.0f} µs of loader time (no decoding). "
-             f"A negative loader difference means SoftLabelCallback's loader was cheaper than the plain one (its plain-tensor targets "
-             f"skip the `TensorCategory` labels' trip through `after_batch`); the total counts it as 0.", '',
+             f"A negative loader difference (noise) is counted as 0 in the total.", '',
              f"Machine: 2-core CPU, 24 GiB, Python {platform.python_version()}, torch {torch.__version__}, no GPU, 1 torch thread; "
              f"{machine}. Command: `python benchmarks/bench_soft_label_overhead.py --bs {bs} --repeats {repeats} --loader-reps {loader_reps}"
              f"{' --out ' + out if out else ''}`"]

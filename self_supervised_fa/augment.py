@@ -8,6 +8,7 @@ import warnings
 import torch
 from torch import nn
 import kornia.augmentation as K
+import kornia.enhance as K_enhance
 
 # %% auto #0
 __all__ = ['check_images', 'normalize', 'denormalize', 'ViewAugment', 'simclr_augs', 'small_image_augs']
@@ -28,17 +29,17 @@ def check_images(x, what:str='batch') -> None:
                          "Normalize as `stats` so it can be undone")
 
 # %% ../nbs/02_augment.ipynb #de370ea9
+def _stat(v, x): return torch.as_tensor(v, dtype=x.dtype, device=x.device).flatten()
+
 def normalize(x, stats):
-    "`(x - mean) / std` with `stats = (mean, std)` broadcast per channel; `x` unchanged when `stats` is None"
+    "`(x - mean) / std` per channel with `stats = (mean, std)` (kornia's `normalize`); `x` unchanged when `stats` is None"
     if stats is None: return x
-    m, s = (torch.as_tensor(v, dtype=x.dtype, device=x.device).view(1, -1, 1, 1) for v in stats)
-    return (x - m) / s
+    return K_enhance.normalize(x, _stat(stats[0], x), _stat(stats[1], x))
 
 def denormalize(x, stats):
-    "`x * std + mean`, the inverse of `normalize`"
+    "`x * std + mean`, the inverse of `normalize` (kornia's `denormalize`)"
     if stats is None: return x
-    m, s = (torch.as_tensor(v, dtype=x.dtype, device=x.device).view(1, -1, 1, 1) for v in stats)
-    return x * s + m
+    return K_enhance.denormalize(x, _stat(stats[0], x), _stat(stats[1], x))
 
 # %% ../nbs/02_augment.ipynb #458b1d99
 def _odd(n:float) -> int: n = max(3, int(round(n))); return n if n % 2 else n + 1

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from fastcore.basics import ifnone
 from .augment import ViewAugment, simclr_augs, small_image_augs
-from .views import MultiViewCallback, SiameseModel, create_mlp
+from .views import MultiViewCallback, SiameseModel, create_mlp, float32_loss, check_views
 from .encoders import TimmEncoder, as_encoder, save_encoder, load_encoder
 from .compat import deprecated_alias
 
@@ -34,18 +34,13 @@ class BarlowTwinsLoss(nn.Module):
     def __init__(self, lambd:float=5e-3, eps:float=1e-5):
         super().__init__(); self.lambd, self.eps = lambd, eps
 
+    @float32_loss
     def forward(self, *zs):
-        if len(zs) != 2: raise ValueError(f"BarlowTwinsLoss: needs the projections of exactly two views, got {len(zs)}")
-        za, zb = zs
-        if za.ndim != 2 or za.shape != zb.shape:
-            raise ValueError(f"BarlowTwinsLoss: both views must be 2-D (batch, features) of one shape, got {tuple(za.shape)} and {tuple(zb.shape)}")
-        if len(za) < 2: raise ValueError(f"BarlowTwinsLoss: a batch of {len(za)} image has no batch statistics; use batches of 2 or more")
-        dtype = torch.promote_types(za.dtype, torch.float32)
-        with torch.autocast(za.device.type, enabled=False):
-            za, zb = (self.standardize(z.to(dtype)) for z in (za, zb))
-            c = za.t() @ zb / len(za)
-            on = torch.diagonal(c)
-            return (1 - on).pow(2).sum() + self.lambd * (c.pow(2).sum() - on.pow(2).sum())
+        check_views('BarlowTwinsLoss', zs, n=2)
+        za, zb = (self.standardize(z) for z in zs)
+        c = za.t() @ zb / len(za)
+        on = torch.diagonal(c)
+        return (1 - on).pow(2).sum() + self.lambd * (c.pow(2).sum() - on.pow(2).sum())
 
     def standardize(self, z): return (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + self.eps)
 

@@ -16,11 +16,13 @@ from .data import sample_dls, get_sample_data, load_sample_df, subsample_per_cla
 from .encoders import classifier_learner, create_timm_body, save_encoder
 from .evaluate import KNNMonitorCallback
 from .label_efficiency import label_efficiency, plot_label_efficiency
+from .methods import METHODS, method_learner
 
 # %% auto #0
-__all__ = ['PRETRAIN_METHODS', 'DEFAULT_EPOCHS', 'DEFAULT_LR', 'SUBCOMMANDS', 'train_from_scratch', 'available_methods',
-           'knn_monitor_dls', 'pretrain', 'demo', 'ssfa_demo', 'data_flags', 'model_flags', 'stats_flag', 'parse_stats',
-           'fit_flags', 'cmd_pretrain', 'cmd_evaluate', 'cmd_pseudo_label', 'cmd_train', 'build_parser', 'main', 'ssfa']
+__all__ = ['PRETRAIN_METHODS', 'DEMO_METHODS', 'DEFAULT_EPOCHS', 'DEFAULT_LR', 'SUBCOMMANDS', 'train_from_scratch',
+           'available_methods', 'knn_monitor_dls', 'pretrain', 'demo', 'ssfa_demo', 'data_flags', 'model_flags',
+           'stats_flag', 'parse_stats', 'fit_flags', 'cmd_pretrain', 'cmd_evaluate', 'cmd_pseudo_label', 'cmd_train',
+           'build_parser', 'main', 'ssfa']
 
 # %% ../nbs/90_cli.ipynb #e217e328
 def train_from_scratch(n_per_class:int|None, arch:str='resnet10t', epochs:int=20, lr:float=3e-3, bs:int=32,
@@ -38,31 +40,15 @@ def train_from_scratch(n_per_class:int|None, arch:str='resnet10t', epochs:int=20
                 test_accuracy=round(acc, 4), train_seconds=round(time.time() - start, 1))
 
 # %% ../nbs/90_cli.ipynb #f2eefff2
-def _rotnet_learner(dls, encoder, n_in:int|None=None, size:int|None=None, **kwargs):
-    from fastai.losses import CrossEntropyLossFlat
-    from fastai.metrics import accuracy
-    from self_supervised_fa.rotnet import RotNetCallback, create_rotnet_model
-    return Learner(dls, create_rotnet_model(encoder, n_in=ifnone(n_in, 1)), loss_func=CrossEntropyLossFlat(), metrics=accuracy,
-                   cbs=RotNetCallback(valid_all=False), **kwargs)
-
-def _simclr_learner(dls, encoder, n_in:int|None=None, size:int|None=None, aug=None, temperature:float|None=None, **kwargs):
-    from self_supervised_fa import simclr
-    if size is None and aug is None:   # the sample's digits (ssfa-demo): crops keep at least 40 % of the image, no
-        size = dls.one_batch()[0].shape[-1]   # mirroring (a mirrored digit is another shape), temperature 0.2
-        aug, temperature = simclr.small_image_augs(size, crop_scale=(0.4, 1.), flip_p=0.), ifnone(temperature, 0.2)
-    if aug is None: aug = simclr.small_image_augs(size) if size <= 64 else simclr.simclr_augs(size)
-    cb = simclr.SimCLRCallback(aug=aug, temperature=ifnone(temperature, 0.5))
-    kwargs.setdefault('loss_func', cb.loss_func)   # unlabelled DataLoaders give fastai no loss to infer; the callback's is used
-    return Learner(dls, simclr.create_simclr_model(encoder, n_in=ifnone(n_in, 1)), cbs=cb, **kwargs)
-
-PRETRAIN_METHODS = {'simclr': _simclr_learner, 'rotnet': _rotnet_learner}   # name -> (dls, encoder, n_in, size) -> Learner
-DEFAULT_EPOCHS = {'simclr': 20, 'rotnet': 8}    # what `ssfa-demo` pretrains each method for
-DEFAULT_LR = {'simclr': 5e-3, 'rotnet': 3e-3}
+PRETRAIN_METHODS = METHODS   # the one table of methods (`methods.METHODS`): `ssfa pretrain --method` offers every name
+DEMO_METHODS = ('simclr', 'rotnet')   # what `ssfa-demo` pretrains by default
+DEFAULT_EPOCHS = {n: m.epochs for n, m in METHODS.items()}    # what `ssfa-demo` pretrains each method for
+DEFAULT_LR = {n: m.lr for n, m in METHODS.items()}
 
 def available_methods() -> list:
     "Names of `PRETRAIN_METHODS` whose module is installed"
     import importlib.util
-    return [m for m in PRETRAIN_METHODS if importlib.util.find_spec(f'self_supervised_fa.{m}') is not None]
+    return [n for n, m in PRETRAIN_METHODS.items() if importlib.util.find_spec(f'self_supervised_fa.{m.module}') is not None]
 
 # %% ../nbs/90_cli.ipynb #7891823b
 def knn_monitor_dls(n_per_class:int=20, n_valid:int=20, bs:int=128, path=None, seed:int=0):
@@ -79,7 +65,7 @@ def pretrain(method:str='simclr', arch:str='resnet10t', epochs:int=10, lr:float|
     if method not in available_methods(): raise ImportError(f"self_supervised_fa.{method} is not installed")
     set_seed(seed, reproducible=True)
     dls = sample_dls(valid_df=load_sample_df('test', path).sample(n_valid, random_state=seed), bs=bs, seed=seed, path=path)
-    learn = PRETRAIN_METHODS[method](dls, arch)
+    learn = method_learner(method, dls, arch)
     lr = ifnone(lr, DEFAULT_LR.get(method, 2e-3))
     if knn_monitor is True: knn_monitor = KNNMonitorCallback(knn_monitor_dls(path=path, seed=seed))
     if knn_monitor: learn.add_cb(knn_monitor)
@@ -108,7 +94,7 @@ def demo(labels:str='10,100', arch:str='resnet10t', epochs:int=20, out:str='ssfa
         fn = write_csv_atomic(df, out/'baseline.csv')
         print('\n' + df.to_string(index=False)); print(f"\nresults written to {fn}")
         return
-    methods = [m.strip() for m in (methods.split(',') if methods else available_methods()) if m.strip()]
+    methods = [m.strip() for m in (methods.split(',') if methods else [m for m in DEMO_METHODS if m in available_methods()]) if m.strip()]
     encoders, times = {}, {}
     for m in methods:
         pre_ep = ifnone(pretrain_epochs, 1 if quick else DEFAULT_EPOCHS.get(m, 10))
@@ -139,7 +125,7 @@ def ssfa_demo(argv:list|None=None):
     p.add_argument('--out', default='ssfa_demo_out', help='output folder (table, plot, encoders)')
     p.add_argument('--data', help='sample-data folder (default: $SSFA_DATA or ~/.cache/self_supervised_fa)')
     p.add_argument('--seed', type=int, default=0, help='random seed')
-    p.add_argument('--methods', help=f'pretraining methods, comma separated (default: every installed one of {",".join(PRETRAIN_METHODS)})')
+    p.add_argument('--methods', help=f'pretraining methods, comma separated, of {",".join(PRETRAIN_METHODS)} (default: {",".join(DEMO_METHODS)})')
     p.add_argument('--pretrain-epochs', '--pretrain_epochs', type=int, help='epochs of self-supervised pretraining (default: simclr 20, rotnet 8; --quick 1)')
     p.add_argument('--ft-epochs', '--ft_epochs', type=int, help='fine-tuning epochs per budget (default 10, --quick 2)')
     p.add_argument('--quick', action='store_true', help='a first look in about a minute: 1 pretraining epoch, kNN + linear probe only')

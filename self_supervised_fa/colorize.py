@@ -10,7 +10,7 @@ import numpy as np, pandas as pd, torch
 from torch import Tensor
 from PIL import Image
 from fastcore.basics import store_attr, ifnone
-from kornia.color import rgb_to_lab, lab_to_rgb
+from kornia.color import rgb_to_lab, lab_to_rgb, rgb_to_grayscale
 from fastai.data.block import DataBlock, CategoryBlock
 from fastai.data.transforms import ColReader, ColSplitter
 from fastai.vision.data import ImageBlock
@@ -69,12 +69,8 @@ def colour_sample_dls(path=None, size:int=32, n_per_photo:int=40, bs:int=32, nor
     return dblock.dataloaders(df, bs=bs, num_workers=0, **kwargs)
 
 # %% ../nbs/22_colorize.ipynb #5f7d2ddc
-_LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as kornia.color.rgb_to_grayscale
 AB_SCALE = 128.                # Lab a and b lie within about [-110, 110]; targets are ab / AB_SCALE
-
-def _luma(px:Tensor) -> Tensor:
-    "Rec. 601 luma (B,1,H,W) of RGB pixels (B,3,H,W) in [0,1]"
-    return (px * px.new_tensor(_LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+_luma = rgb_to_grayscale       # kornia: Rec. 601 luma (B,1,H,W) of RGB pixels (B,3,H,W) in [0,1]
 
 class ColorizeCallback(PretextCallback):
     "Input: the luminance (on `grey_channels` channels); target: RGB in [0,1] (`space='rgb'`) or Lab ab/128 (`'lab'`)"

@@ -5,6 +5,7 @@
 # %% ../nbs/23_patches.ipynb #7a81af8d
 from __future__ import annotations
 import torch, torch.nn as nn
+from torchvision.utils import make_grid
 from fastcore.basics import store_attr
 from .pretext import PretextCallback
 
@@ -98,14 +99,11 @@ def centre_neighbour_positions(pos:torch.Tensor, labels:torch.Tensor) -> torch.T
 
 # %% ../nbs/23_patches.ipynb #13b84b47
 def tile_canvas(tiles:torch.Tensor, n:int=3, pad:int=2, fill:float=1.) -> torch.Tensor:
-    "Arrange tiles (n*n, C, h, w) row-major into one (C, H, W) picture with `pad` px of `fill` between them"
-    K, C, h, w = tiles.shape
+    "Arrange tiles (n*n, C, h, w) row-major into one (C, H, W) picture with `pad` px of `fill` between them (torchvision's `make_grid`)"
+    K, C = tiles.shape[:2]
     if K != n*n: raise ValueError(f"Need {n*n} tiles for a {n}x{n} canvas, got {K}")
-    out = tiles.new_full((C, n*h + (n-1)*pad, n*w + (n-1)*pad), fill)
-    for k in range(K):
-        i, j = divmod(k, n)
-        out[:, i*(h+pad):i*(h+pad)+h, j*(w+pad):j*(w+pad)+w] = tiles[k]
-    return out
+    grid = make_grid(tiles, nrow=n, padding=pad, pad_value=fill)[:C]   # make_grid draws 1-channel tiles as RGB
+    return grid[:, pad:grid.shape[1]-pad, pad:grid.shape[2]-pad]       # no frame around the outside
 
 # %% ../nbs/23_patches.ipynb #2c5a1d30
 class PatchSetClassifier(nn.Module):
@@ -140,9 +138,9 @@ class PatchGridCallback(PretextCallback):
 
     def generate_params(self, x:torch.Tensor) -> dict:
         "Tile size and gap, grid corners (B, grid*grid, 2) and labels (B,) for images `x` (B, C, H, W)"
-        (B, _, H, W), gen = x.shape, getattr(self, 'generator', None)
+        B, _, H, W = x.shape
         tile, gap = resolve_tile(H, W, self.grid, self.tile, self.gap, self.jitter, self.gap_frac, self.min_tile, self.what)
-        pos = grid_positions(B, H, W, tile, self.grid, gap, self.jitter, generator=gen, device=x.device)
+        pos = grid_positions(B, H, W, tile, self.grid, gap, self.jitter, device=x.device)
         return dict(tile=tile, gap=gap, pos=pos, label=self.randint(self.n_classes, (B,), x.device))
 
     def apply(self, x:torch.Tensor, params:dict):

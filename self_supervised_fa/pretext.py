@@ -11,69 +11,35 @@ from torch import nn, Tensor
 import matplotlib.pyplot as plt
 from fastcore.basics import store_attr, ifnone
 from fastcore.foundation import L
-from fastai.callback.core import Callback
 from fastai.torch_core import params, show_image
 from fastai.vision.models.unet import DynamicUnet
 from fastai.vision.learner import create_head
-from .data import get_norm_stats
+from .batch import ReplaceBatchCallback, show_image_rows
 from .encoders import TimmEncoder, as_encoder, create_timm_body, EncoderClassifier, create_classifier, encoder_splitter
 from .compat import deprecated_alias
 
 # %% auto #0
-__all__ = ['create_encoder_classifier', 'show_image_rows', 'PretextCallback', 'unet_stages', 'EncoderDecoder',
-           'create_encoder_decoder', 'MaskedPixelLoss', 'MaskedMSELoss', 'MaskedL1Loss']
-
-# %% ../nbs/20_pretext.ipynb #1f6bdd19
-def _as_hwc(im:Tensor):
-    "A CHW tensor in [0,1] as something `imshow` draws (grey for one channel)"
-    im = im.detach().as_subclass(Tensor).float().cpu().clamp(0, 1)
-    return (im[0] if im.shape[0] == 1 else im.permute(1, 2, 0)).numpy()
-
-def show_image_rows(rows, titles=None, row_labels=None, size:float=1.4):
-    "Draw `rows` (lists of CHW tensors in [0,1]) as a grid, with optional per-image `titles` and `row_labels`"
-    nr, nc = len(rows), max(len(r) for r in rows)
-    fig, axs = plt.subplots(nr, nc, figsize=(size*nc, size*nr*1.1), squeeze=False)
-    for i, row in enumerate(rows):
-        for j in range(nc):
-            ax = axs[i, j]; ax.axis('off')
-            if j >= len(row): continue
-            im = _as_hwc(row[j])
-            ax.imshow(im, cmap='gray' if im.ndim == 2 else None, vmin=0, vmax=1)
-            if titles is not None and titles[i] is not None: ax.set_title(str(titles[i][j]), fontsize=8)
-        if row_labels is not None: axs[i, 0].text(-0.1, 0.5, row_labels[i], transform=axs[i, 0].transAxes,
-                                                  ha='right', va='center', fontsize=9)
-    fig.tight_layout()
-    return fig
+__all__ = ['create_encoder_classifier', 'PretextCallback', 'unet_stages', 'EncoderDecoder', 'create_encoder_decoder',
+           'MaskedPixelLoss', 'MaskedMSELoss', 'MaskedL1Loss']
 
 # %% ../nbs/20_pretext.ipynb #d8c6e265
-class PretextCallback(Callback):
+class PretextCallback(ReplaceBatchCallback):
     "Base for pretext tasks: `make_batch(x) -> (inputs, targets)` replaces the batch (labels ignored), train and valid"
-    order = 8          # after TrainEvalCallback, before CastToTensor (9) and MixedPrecision (10)
     min_size = 1       # smallest image side (pixels) the task works on
-    def __init__(self, valid_seed:int|None=0): store_attr()
+    def __init__(self, valid_seed:int|None=0): super().__init__(valid_seed=valid_seed)
 
     # --- what a task writes
     def make_batch(self, x:Tensor):
         "Return `(inputs, targets)` made from images `x` (B,C,H,W); `targets` may be a tuple (e.g. `(image, mask)`)"
         raise NotImplementedError
 
-    # --- the fastai events
-    def before_fit(self): self._stats = None
-    def before_batch(self):
-        x = self.xb[0]
-        self.generator = None
-        if not self.training and self.valid_seed is not None:
-            self.generator = torch.Generator(device=x.device).manual_seed(self.valid_seed + getattr(self, 'iter', 0))
-        with torch.no_grad(): inputs, targets = self._make(x)
-        self.learn.xb = (inputs,)
-        self.learn.yb = tuple(targets) if isinstance(targets, (tuple, list)) else (targets,)
+    def new_batch(self, x:Tensor):
+        inputs, targets = self._make(x)
+        return (inputs,), (tuple(targets) if isinstance(targets, (tuple, list)) else (targets,))
 
-    def _make(self, x):
-        if not isinstance(x, Tensor) or x.ndim != 4:
-            raise TypeError(f"{type(self).__name__} needs a batch of images shaped (B,C,H,W) as the first input, got "
-                            f"{type(x).__name__} {tuple(getattr(x, 'shape', ()))}")
+    def _make(self, x:Tensor):
         self.check_size(x)
-        return self.make_batch(x.as_subclass(Tensor))
+        with torch.no_grad(): return self.make_batch(x)
 
     def check_size(self, x:Tensor):
         "Raise a clear error when `x`'s images are smaller than the task's `min_size`"
@@ -82,31 +48,9 @@ class PretextCallback(Callback):
             raise ValueError(f"{type(self).__name__} needs images of at least {self.min_size}x{self.min_size} pixels, "
                              f"got {h}x{w}; resize them in the DataLoaders (e.g. item_tfms=Resize({self.min_size}))")
 
-    # --- randomness (seeded in validation)
-    def randint(self, high:int, size, device): return torch.randint(high, tuple(size), device=device, generator=getattr(self, 'generator', None))
-    def rand(self, size, device): return torch.rand(tuple(size), device=device, generator=getattr(self, 'generator', None))
-
-    # --- pixels: undo / redo the DataLoaders' Normalize
-    @property
-    def stats(self):
-        "`(mean, std)` of the DataLoaders' `Normalize`, shaped (1,C,1,1), or None when the images are not normalised"
-        if getattr(self, '_stats', None) is None: self._stats = get_norm_stats(self.dls) or False
-        return self._stats or None
-
-    def _stats_for(self, x):
-        if self.stats is None: return None
-        m, s = self.stats
-        if m.shape[1] not in (1, x.shape[1]):
-            raise ValueError(f"the DataLoaders normalise {m.shape[1]} channels but the batch has {x.shape[1]}")
-        return m.to(x), s.to(x)
-    def denorm(self, x:Tensor) -> Tensor:
-        "Pixels in [0,1] from normalised `x`"
-        st = self._stats_for(x)
-        return x if st is None else x * st[1] + st[0]
-    def norm(self, x:Tensor) -> Tensor:
-        "Normalise pixels `x` in [0,1] like the DataLoaders do"
-        st = self._stats_for(x)
-        return x if st is None else (x - st[0]) / st[1]
+    # --- randomness (the global RNG; seeded in validation by `seeded`)
+    def randint(self, high:int, size, device): return torch.randint(high, tuple(size), device=device)
+    def rand(self, size, device): return torch.rand(tuple(size), device=device)
 
     # --- showing what the network sees and predicts
     def decode_inputs(self, inputs): return self.denorm(inputs)
@@ -114,9 +58,8 @@ class PretextCallback(Callback):
         "Images in [0,1] from predictions or image targets (for class targets: the class index)"
         return self.denorm(out) if out.ndim == 4 else out
     def _one_batch(self, n, ds_idx):
-        x = self.dls[ds_idx].one_batch()[0][:n]
-        self.generator = torch.Generator(device=x.device).manual_seed(ifnone(self.valid_seed, 0))
-        with torch.no_grad(): return self._make(x)
+        x = self.sample(n, ds_idx)
+        with self.seeded(ifnone(self.valid_seed, 0)): return self._make(x)
 
     def show(self, n:int=8, ds_idx:int=0):
         "Draw what the network sees: `n` pretext inputs with their targets (from `dls[ds_idx]`)"

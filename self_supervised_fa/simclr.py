@@ -8,7 +8,7 @@ import torch, torch.nn.functional as F
 from torch import nn
 from fastcore.basics import ifnone
 from .augment import ViewAugment, simclr_augs, small_image_augs
-from .views import MultiViewCallback, SiameseModel, create_mlp
+from .views import MultiViewCallback, SiameseModel, create_mlp, float32_loss, check_views
 from .encoders import TimmEncoder, as_encoder, save_encoder, load_encoder
 from .compat import deprecated_alias
 
@@ -59,19 +59,13 @@ class NTXentLoss(nn.Module):
         if temperature <= 0: raise ValueError(f"NTXentLoss: temperature must be positive, got {temperature}")
         self.temperature = temperature
 
+    @float32_loss
     def forward(self, *zs):
-        if len(zs) < 2: raise ValueError(f"NTXentLoss: needs the projections of at least two views, got {len(zs)}")
-        b = len(zs[0])
-        for z in zs:
-            if z.ndim != 2 or z.shape != zs[0].shape:
-                raise ValueError(f"NTXentLoss: each view must be a 2-D (batch, features) tensor of the same shape, got {[tuple(z.shape) for z in zs]}")
-        if b < 2: raise ValueError(f"NTXentLoss: a batch of {b} image has no negatives; use batches of 2 or more")
-        dtype = torch.promote_types(zs[0].dtype, torch.float32)
-        with torch.autocast(zs[0].device.type, enabled=False):
-            z = F.normalize(torch.cat(zs).to(dtype), dim=1)
-            i = torch.arange(len(z), device=z.device)
-            pos = (i[:, None] + b * torch.arange(1, len(zs), device=z.device)) % len(z)
-            return _NTXent.apply(z, pos, self.temperature)
+        check_views('NTXentLoss', zs)
+        z, b = F.normalize(torch.cat(zs), dim=1), len(zs[0])
+        i = torch.arange(len(z), device=z.device)
+        pos = (i[:, None] + b * torch.arange(1, len(zs), device=z.device)) % len(z)
+        return _NTXent.apply(z, pos, self.temperature)
 
 # %% ../nbs/10_simclr.ipynb #45fef586
 def create_simclr_model(encoder:TimmEncoder|str='resnet18', # a TimmEncoder or a timm architecture name

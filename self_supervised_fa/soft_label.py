@@ -5,16 +5,15 @@
 # %% ../nbs/41_soft_label.ipynb #26314ef4
 from __future__ import annotations
 import numpy as np, pandas as pd, torch, torch.nn as nn, torch.nn.functional as F
-from scipy.stats import rankdata
-from fastcore.basics import store_attr
+from fastcore.basics import store_attr, GetAttr
 from fastai.callback.core import Callback
 from fastai.metrics import AccumMetric, ActivationType
 from .compat import deprecated_alias
 
 # %% auto #0
 __all__ = ['ItemTargetCB', 'PROB_PREFIX', 'SoftLabelCB', 'is_soft', 'hard_labels', 'blend_targets', 'check_weight',
-           'SoftTargetCrossEntropy', 'soft_accuracy', 'mean_roc_auc', 'RocAucMean', 'indexed_dl', 'item_labels',
-           'ItemTargetCallback', 'prob_columns', 'aligned_probs', 'SoftLabelCallback']
+           'SoftTargetCrossEntropy', 'soft_accuracy', 'mean_roc_auc', 'RocAucMean', 'IndexedDataset', 'indexed_dl',
+           'item_labels', 'ItemTargetCallback', 'prob_columns', 'aligned_probs', 'SoftLabelCallback']
 
 # %% ../nbs/41_soft_label.ipynb #f8683cb2
 def is_soft(targ: torch.Tensor, pred: torch.Tensor|None=None) -> bool:
@@ -55,51 +54,33 @@ def soft_accuracy(inp, targ):
     "Accuracy of `inp` (B, C) against hard or soft `targ` (soft targets count as their argmax)"
     return (inp.argmax(-1) == hard_labels(targ).to(inp.device)).float().mean()
 
-def _binary_auc(score: np.ndarray, pos: np.ndarray) -> float:
-    "Mann-Whitney AUC with average ranks for ties"
-    n_pos = pos.sum(); n_neg = len(pos) - n_pos
-    ranks = rankdata(score)
-    return float((ranks[pos].sum() - n_pos*(n_pos+1)/2) / (n_pos*n_neg))
-
 def mean_roc_auc(preds, targs) -> float:
-    "Mean column-wise ROC AUC of `preds` (N, C) against hard (N,) or soft/one-hot (N, C) `targs` (Plant Pathology metric)"
+    "Mean column-wise ROC AUC (scikit-learn) of `preds` (N, C) against hard (N,) or soft/one-hot (N, C) `targs` (Plant Pathology metric)"
+    from sklearn.metrics import roc_auc_score
     preds = torch.as_tensor(preds).float().cpu().numpy()
-    targs = torch.as_tensor(targs)
-    onehot = F.one_hot(hard_labels(targs).cpu(), preds.shape[1]).bool().numpy()
-    aucs = [_binary_auc(preds[:, c], onehot[:, c]) for c in range(preds.shape[1]) if 0 < onehot[:, c].sum() < len(onehot)]
-    if not aucs: raise ValueError("mean_roc_auc needs at least one class with both positive and negative items")
-    return float(np.mean(aucs))
+    onehot = F.one_hot(hard_labels(torch.as_tensor(targs)).cpu(), preds.shape[1]).numpy()
+    cols = [c for c in range(preds.shape[1]) if 0 < onehot[:, c].sum() < len(onehot)]
+    if not cols: raise ValueError("mean_roc_auc needs at least one class with both positive and negative items")
+    return float(np.mean([roc_auc_score(onehot[:, c], preds[:, c]) for c in cols]))
 
 def RocAucMean():
     "fastai metric: `mean_roc_auc` over the whole validation set (softmax of the logits)"
     return AccumMetric(mean_roc_auc, dim_argmax=-1, activation=ActivationType.Softmax, flatten=False, name='roc_auc_mean')
 
 # %% ../nbs/41_soft_label.ipynb #b866b388
-def indexed_dl(dl, rows=None, at: int|None=None, check=None):
-    """Copy of fastai `DataLoader` `dl` whose batches carry per-item data: the dataset indices of their items (a
-    `LongTensor`), or `rows(indices)` (one row per index: computed once per epoch for the epoch's items in order, then
-    sliced per batch). Appended to each batch, or in place of its element `at`, where the batch is collated (in the
-    worker, before `after_batch`). `check(indices, batch)` sees the first batch of each epoch (of each worker)."""
+class IndexedDataset(GetAttr):
+    "The items of `ds` with their index appended: `(*ds[i], i)` (an item that is not a tuple: `(ds[i], i)`); other attributes from `ds`"
+    _default = 'ds'
+    def __init__(self, ds): self.ds = ds
+    def __len__(self): return len(self.ds)
+    def __getitem__(self, i):
+        o = self.ds[i]
+        return (*o, i) if isinstance(o, tuple) else (o, i)
+
+def indexed_dl(dl):
+    "Copy of fastai `DataLoader` `dl` whose batches end with the dataset indices of their items (a `LongTensor`)"
     if dl.bs is None: raise ValueError("indexed_dl needs a batched DataLoader (bs is None)")
-    res = dl.new()
-    def create_batches(samps):
-        if res.dataset is not None: res.it = iter(res.dataset)
-        samps = list(samps)  # this epoch's (this worker's) items in order
-        idxs = np.array(samps, dtype=np.int64)
-        chunks = (torch.from_numpy(idxs) if rows is None else rows(idxs)).split(res.bs)  # batch k's rows: chunks[k]
-        do_item, do_batch = res.do_item, res.do_batch
-        for k, idx in enumerate(res.chunkify(samps)):
-            b, e = list(map(do_item, idx)), chunks[k]
-            if any(o is None for o in b):  # items skipped by a transform: drop their rows too
-                keep = [j for j, o in enumerate(b) if o is not None]
-                if not keep: continue
-                b, e, idx = [b[j] for j in keep], e[keep], [idx[j] for j in keep]
-            b = do_batch(b)
-            if check is not None and k == 0: check(np.array(idx, dtype=np.int64), b)
-            if at is not None: yield (*b[:at], e, *b[at + 1:])
-            else: yield (*b, e) if isinstance(b, (tuple, list)) else (b, e)  # an untupled batch (one tensor) stays whole
-    res.create_batches = create_batches
-    return res
+    return dl.new(dataset=IndexedDataset(dl.dataset))
 
 # %% ../nbs/41_soft_label.ipynb #3d980d90
 def item_labels(dl) -> torch.Tensor:
@@ -111,13 +92,12 @@ def item_labels(dl) -> torch.Tensor:
     return torch.tensor([int(get(i)) for i in range(len(ds))], dtype=torch.long)
 
 class ItemTargetCallback(Callback):
-    "Base callback: training batches carry their item indices (see `training_dl`); `targets` makes the training target"
+    "Base callback: training batches carry their item indices (`indexed_dl`); `targets(y, idx)` makes the training target"
     order, run_valid = -5, False  # validation batches (and get_preds) keep their labels and never reach before_batch
     def before_fit(self):
         self.setup(self.dls.train)
-        self.train_dl = self.training_dl(self.dls.train)
+        self.train_dl = indexed_dl(self.dls.train)
     def setup(self, dl): "Build the per-item tensors from the training DataLoader `dl` (once per fit)"
-    def training_dl(self, dl): "The `DataLoader` for the training epochs: `dl`'s batches ending with their item indices"; return indexed_dl(dl)
     def before_train(self): self.learn.dl = self.train_dl
     def before_batch(self):
         yb = self.learn.yb
@@ -180,16 +160,14 @@ class SoftLabelCallback(ItemTargetCallback):
         if p.shape != (len(dl.dataset), len(self.dls.vocab)):
             raise ValueError(f"probs has shape {tuple(p.shape)}, expected (n_train_items, n_classes) = "
                              f"{(len(dl.dataset), len(self.dls.vocab))}")
-        self.labels = item_labels(dl)
-        self.table = blend_targets(self.labels, p, self.w)  # every item's target, blended once per fit
-    def training_dl(self, dl):
-        "`dl`'s batches with each item's blended target in place of its label (moved to the device with the batch)"
-        table, labels, n = self.table.numpy(), self.labels.numpy(), getattr(dl, 'n_inp', 1)
-        def check(idx, b):  # the labels the table was blended with are the batch's
-            if not np.array_equal(np.asarray(b[n]), labels[idx]):
-                raise ValueError("the training batch's labels differ from the items' labels read before training "
-                                 "(a transform that changes labels?); SoftLabelCallback blends the items' given labels")
-        return indexed_dl(dl, rows=lambda idx: torch.from_numpy(table.take(idx, 0)), at=n, check=check)
-    def before_batch(self): "Nothing to do per batch: the soft targets arrive as the batch's `yb`"
+        dev = self.dls.device or 'cpu'
+        self.labels = item_labels(dl).to(dev)
+        self.table = blend_targets(self.labels, p.to(dev), self.w)  # every item's target, blended once per fit
+    def targets(self, y, idx):
+        "Each item's row of the blended table; the batch's labels are checked against the items' on an epoch's first batch"
+        if self.iter == 0 and not torch.equal(y.as_subclass(torch.Tensor).long(), self.labels[idx]):
+            raise ValueError("the training batch's labels differ from the items' labels read before training "
+                             "(a transform that changes labels?); SoftLabelCallback blends the items' given labels")
+        return self.table.index_select(0, idx)
 
 SoftLabelCB = deprecated_alias(SoftLabelCallback, 'SoftLabelCB')

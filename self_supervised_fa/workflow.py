@@ -17,10 +17,11 @@ from .loading import folder_dls, image_stats, cache_images
 from .encoders import classifier_learner, load_encoder, read_encoder_metadata, save_encoder
 from .checkpoint import CheckpointCallback
 from .pseudo_label import assign_folds, kfold_pseudo_labels
+from .methods import METHODS, method_learner
 
 # %% auto #0
-__all__ = ['prepare', 'settings', 'split_valid', 'plot_history', 'pretrain_folder', 'evaluate_folder', 'pseudo_label_folder',
-           'write_submission', 'train_folder']
+__all__ = ['prepare', 'settings', 'split_valid', 'plot_history', 'folder_method_learner', 'pretrain_folder', 'evaluate_folder',
+           'pseudo_label_folder', 'write_submission', 'train_folder']
 
 # %% ../nbs/91_workflow.ipynb #4b64b4f3
 def prepare(data, out=None, strict:bool=False, workers:int|None=None, progress:bool=True, **read_kwargs) -> ImageData:
@@ -103,13 +104,23 @@ def _knn_dls(d, s, bs, seed, n_bank=2000, n_query=500, workers=0):
                      num_workers=workers)
     return KNNMonitorCallback(dls)
 
+def _loss_set_by_callback(*args):
+    raise RuntimeError("the method's callback sets the loss in before_fit; fit the Learner with its callback")
+
+def folder_method_learner(name:str, dls, encoder, n_in:int, size:int, aug=None, **kwargs):
+    "`methods.method_learner` for photos of any size: SimCLR-paper views (small-image preset up to 64 px) unless `aug` is given"
+    if METHODS[name].kind == 'siamese':
+        from self_supervised_fa.augment import simclr_augs, small_image_augs
+        aug = aug if aug is not None else small_image_augs(size) if size <= 64 else simclr_augs(size)
+        kwargs.setdefault('loss_func', _loss_set_by_callback)   # unlabelled DataLoaders give fastai no loss to infer
+    return method_learner(name, dls, encoder, n_in=n_in, aug=aug, **kwargs)
+
 def pretrain_folder(data, out, method:str='simclr', arch:str='resnet18', encoder=None, n_in:int|None=None,
                     size:int|None=None, bs:int=64, epochs:int=10, lr:float|None=None, seed:int=0, resume:bool=False,
                     knn:bool=True, with_test:bool=True, valid_pct:float=0.1, workers:int=0, cache:bool=False,
                     cache_dir=None, strict:bool=False, progress:bool=True, method_kwargs:dict|None=None, stats=None, **read_kwargs) -> dict:
     "Pretrain `arch` (or `encoder`, a file) with `method` on every image of `data`; encoder, curves and checkpoint in `out`"
-    from self_supervised_fa.cli import PRETRAIN_METHODS, DEFAULT_LR
-    if method not in PRETRAIN_METHODS: raise ValueError(f"unknown method {method!r}: choose from {list(PRETRAIN_METHODS)}")
+    if method not in METHODS: raise ValueError(f"unknown method {method!r}: choose from {list(METHODS)}")
     out = Path(out); d = prepare(data, out, strict, progress=progress, **read_kwargs)
     s = settings(d, n_in, size, stats, encoder=encoder, cache=cache, cache_dir=cache_dir, progress=progress)
     set_seed(seed, reproducible=True)
@@ -119,9 +130,9 @@ def pretrain_folder(data, out, method:str='simclr', arch:str='resnet18', encoder
     bs = min(bs, int((~items.is_valid).sum()))
     dls = folder_dls(items, s['size'], s['n_in'], bs, s['stats'], num_workers=workers)
     body = load_encoder(encoder) if encoder is not None else arch
-    learn = PRETRAIN_METHODS[method](dls, body, n_in=s['n_in'], size=s['size'], **(method_kwargs or {}))
+    learn = folder_method_learner(method, dls, body, s['n_in'], s['size'], **(method_kwargs or {}))
     if knn and d.labelled: learn.add_cb(_knn_dls(d, s, bs, seed, workers=workers))
-    lr = lr or DEFAULT_LR.get(method, 2e-3)
+    lr = lr or METHODS[method].lr
     arch = getattr(learn.model.encoder, 'arch', arch)
     config = dict(method=method, arch=arch, encoder=str(encoder), bs=bs, epochs=epochs, lr=lr, seed=seed, n_items=len(items), **s)
     ck = CheckpointCallback(out/f'pretrain_{method}'/'checkpoint.safetensors', resume=resume, config=config)

@@ -49,9 +49,9 @@ def test_inverse_permutation_reassembles_tiles():
         for k in range(9):      # independent: slot k holds the image sliced at tile perm[k]'s corner
             r, c = params['pos'][b, perm[k]].tolist()
             assert torch.equal(inp[b, k], x[b, :, r:r+t, c:c+t])
-    # make_batch under a seeded generator is reproducible
-    cb.generator = torch.Generator().manual_seed(5); a = cb.make_batch(x)
-    cb.generator = torch.Generator().manual_seed(5); b = cb.make_batch(x)
+    # make_batch under a seed is reproducible
+    with cb.seeded(5): a = cb.make_batch(x)
+    with cb.seeded(5): b = cb.make_batch(x)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 

@@ -3,6 +3,8 @@ import json, shutil, subprocess, sys
 from pathlib import Path
 import pytest
 
+pytest.importorskip('nbdev', reason='the sync checks need the dev extra (nbdev)')
+
 ROOT = Path(__file__).resolve().parents[1]
 LIB = 'self_supervised_fa'
 

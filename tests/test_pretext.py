@@ -78,7 +78,9 @@ def test_norm_stats_roundtrip():
 def test_too_small_images_error():
     class _Big(_Flip): min_size = 32
     with pytest.raises(ValueError, match='at least 32x32.*Resize'): _Big()._make(torch.zeros(2, 1, 28, 28))
-    with pytest.raises(TypeError, match=r'\(B,C,H,W\)'): _Flip()._make(torch.zeros(28, 28))
+    learn = Learner(sample_dls(n_per_class=2, bs=4), nn.Linear(1, 1), cbs=_Flip())
+    learn.xb = (torch.zeros(28, 28),)
+    with pytest.raises(TypeError, match=r"\(B,C,H,W\)"): learn.cbs[-1].before_batch()
 
 
 @pytest.mark.parametrize('arch', ['test_resnet', 'test_efficientnet', 'test_convnext', 'mobilenetv3_small_050'])

@@ -66,8 +66,9 @@ def test_ntxent_bad_input():
 def test_model_keeps_encoder():
     m = create_simclr_model('test_resnet', hidden_size=32, projection_size=8, n_in=1)
     x = torch.randn(3, 1, 28, 28)
-    assert m(x).shape == (3, 8)
-    torch.testing.assert_close(m.projector(m.encoder.embed(x)), m(x))
+    out = m(x, x.flip(-1))
+    assert list(out) == ['proj'] and [z.shape for z in out['proj']] == [(3, 8)] * 2
+    torch.testing.assert_close(m.eval().projector(m.encoder.embed(x)), m(x)['proj'][0])
 
 
 def test_fit_one_cycle_lowers_the_loss():

@@ -119,32 +119,31 @@ def test_bad_probabilities_fail_before_training():
     assert "no probability column for classes ['9']" in fit(probs.drop(columns='prob_9'))
     assert probs.shape == (len(trn), 11)  # the caller's pseudo-labels are untouched
 
-def test_indexed_dl_rows_follow_their_items():
-    from fastai.data.load import DataLoader
+def test_indexed_dl_indices_follow_their_items():
+    from fastai.data.load import DataLoader, SkipItemException
     items = [(i * 10, i % 3) for i in range(50)]
     dl = DataLoader(items, bs=8, shuffle=True, drop_last=True)
     seen = []
-    for x, y, idx in indexed_dl(dl):  # default: the item indices appended
+    for x, y, idx in indexed_dl(dl):  # the item indices appended
         assert idx.dtype == torch.long and torch.equal(x, idx * 10) and torch.equal(y, idx % 3)
         seen += idx.tolist()
     assert len(seen) == len(set(seen)) == 48 and seen != sorted(seen)  # shuffled, each item at most once
-    checked = []
-    rows = lambda ix: torch.from_numpy(ix * 1000.)[:, None]  # one row per index, computed once per epoch
-    for _ in range(2):
-        for x, r in indexed_dl(dl, rows=rows, at=1, check=lambda ix, b: checked.append((ix.copy(), b[0].clone()))):
-            assert torch.equal(r[:, 0], x * 100.)  # the label is replaced by the item's row
-    assert len(checked) == 2 and all(torch.equal(torch.from_numpy(ix) * 10, x) for ix, x in checked)  # first batch of each epoch
-    # an untupled batch stays one tensor
-    for b, idx in indexed_dl(DataLoader(list(range(10)), bs=4)): assert torch.equal(b, idx)
-    # items skipped by a transform: shorter batches, their rows dropped with them
-    from fastai.data.load import SkipItemException
-    def skip_odd(o):
+    for b, idx in indexed_dl(DataLoader(list(range(10)), bs=4)): assert torch.equal(b, idx)  # an untupled item
+    def skip_odd(o):  # items skipped by a transform: shorter batches, the indices still with their items
         if o[0] % 20: raise SkipItemException()
         return o
-    sdl = DataLoader(items, bs=8, shuffle=True, after_item=skip_odd)
-    got = [(x, r) for x, y, r in indexed_dl(sdl, rows=lambda ix: torch.from_numpy(ix * 10))]
-    assert sum(len(x) for x, _ in got) == 25 and all(torch.equal(x, r) for x, r in got)
+    got = [(x, i) for x, y, i in indexed_dl(DataLoader(items, bs=8, shuffle=True, after_item=skip_odd))]
+    assert sum(len(x) for x, _ in got) == 25 and all(torch.equal(x, i * 10) for x, i in got)
     with pytest.raises(ValueError, match='bs is None'): indexed_dl(DataLoader(items, bs=None))
+
+def test_indexed_dl_on_image_dataloaders_keeps_the_pipeline():
+    "fastai DataBlock loaders: images transformed and normalised as before, labels typed, indices plain longs"
+    trn, dls = small_dls(bs=16)
+    (x0, y0), (x, y, idx) = dls.train.new(shuffle=False).one_batch(), indexed_dl(dls.train.new(shuffle=False)).one_batch()
+    assert torch.equal(x0, x) and torch.equal(y0, y) and type(x) is type(x0) and type(y) is type(y0)
+    assert type(idx) is torch.Tensor and idx.tolist() == list(range(16))
+    for x, y, idx in indexed_dl(dls.train):
+        assert torch.equal(y.cpu(), torch.tensor(trn.label.values[idx.cpu().numpy()]))
 
 def test_item_labels_read_the_label_pipeline():
     from fastai.data.load import DataLoader
@@ -161,8 +160,13 @@ def test_soft_targets_come_with_the_batch_and_label_mismatch_fails():
     items = dls.train.items.reset_index(drop=True)
     p = torch.tensor(probs.set_index('image_id').loc[items.image_id].values, dtype=torch.float32)
     torch.testing.assert_close(cb.table, blend_targets(torch.tensor(items.label.values), p, 0.2))  # blended once
-    x, soft = cb.train_dl.one_batch()
-    assert not isinstance(soft, type(dls.train.one_batch()[1])) and soft.shape == (32, 10)  # plain tensor, in yb's place
+    spy = TargetSpy()
+    learn = Learner(dls, tiny_cnn(), loss_func=SoftTargetCrossEntropy(), cbs=[cb, spy])
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
+    assert all(t.shape[1:] == (10,) and t.is_floating_point() for t in spy.targs)            # soft rows in training
+    assert all(t.ndim == 1 for t in spy.vtargs)                                                # given labels in validation
+    seen, rows = [tuple(r) for r in torch.cat(spy.targs).tolist()], [tuple(r) for r in cb.table.tolist()]
+    assert len(seen) == len(set(seen)) == len(rows) // 32 * 32 and set(seen) <= set(rows)     # item rows, each once (drop_last)
     class WrongLabels(SoftLabelCallback):
         def setup(self, dl): super().setup(dl); self.labels = (self.labels + 1) % 10
     learn = Learner(dls, tiny_cnn(), loss_func=SoftTargetCrossEntropy(), cbs=WrongLabels(probs))

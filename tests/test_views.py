@@ -63,11 +63,17 @@ def test_bad_batches(dls, model):
     with pytest.raises(ValueError, match='no Normalize'): cb2.views(raw.one_batch()[0] * 255)
 
 
-def test_model_output_must_be_2d(dls):
-    body = create_timm_body('test_resnet', n_in=1)                      # feature maps, not vectors
-    learn = Learner(dls, body, cbs=MultiViewCallback(NTXentLoss(), small_image_augs(28)))
+class _Pair(nn.Module):
+    "A model of one's own: maps views to (B, D) tensors, but returns them as a plain tuple, not named outputs"
+    def __init__(self, body): super().__init__(); self.encoder = body
+    def forward(self, *views): return tuple(self.encoder.embed(v) for v in views)
+
+
+@pytest.mark.parametrize('make', [lambda b: b, _Pair])                 # feature maps; a tuple instead of a dict
+def test_model_outputs_must_fit_the_method(dls, make):
+    learn = Learner(dls, make(create_timm_body('test_resnet', n_in=1)), cbs=MultiViewCallback(NTXentLoss(), small_image_augs(28)))
     old = learn.loss_func
-    with pytest.raises(ValueError, match='2-D'): learn.fit(1)
+    with pytest.raises(ValueError, match=r"(needs the model to return a dict with \['proj'\]|does not take them).*create_simclr_model"): learn.fit(1)
     assert learn.loss_func is old                                        # learner left usable
 
 
