@@ -29,4 +29,4 @@ def test_soft_labels_beat_noisy_training(seed, tmp_path):
     main(['train', str(root), '--soft-labels', str(tmp_path/'pl'/'oof.csv'), '--w', '0.5', '--out', str(tmp_path/'soft')] + final)
     noisy, soft = _test_accuracy(root, tmp_path/'noisy'), _test_accuracy(root, tmp_path/'soft')
     print(f"seed {seed}: test accuracy noisy labels {noisy:.4f}, soft labels {soft:.4f}")
-    assert soft >= noisy + 0.02, (noisy, soft)   # measured: seed 0 +4.9 points (88.3 -> 93.2 %)
+    assert soft >= noisy + 0.02, (noisy, soft)   # measured: seed 0 88.3 -> 93.2 %, seed 1 85.2 -> 91.4 %
