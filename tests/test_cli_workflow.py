@@ -108,24 +108,27 @@ class _Kill(Callback):
         if self.training and self.epoch == self.at and self.iter == 1: raise KeyboardInterrupt('killed')
 
 
-def test_pretrain_resume_bit_identical(comp, tmp_path, monkeypatch):
-    args = ['pretrain', str(comp), '--arch', 'test_resnet', '--epochs', '4'] + TINY
+@pytest.mark.parametrize('method', ['simclr', 'moco_v2'])   # moco_v2: an EMA teacher and a key queue in the model
+def test_pretrain_resume_bit_identical(comp, tmp_path, monkeypatch, method):
+    args = ['pretrain', str(comp), '--method', method, '--arch', 'test_resnet', '--epochs', '4'] + TINY
     main(args + ['--out', str(tmp_path/'full')])
     real = W.CheckpointCallback
     class Killed(real):
         def before_fit(self): super().before_fit(); self.learn.add_cb(_Kill(1))
     monkeypatch.setattr(W, 'CheckpointCallback', Killed)
     with pytest.raises(KeyboardInterrupt): main(args + ['--out', str(tmp_path/'cut')])
-    ck = tmp_path/'cut'/'pretrain_simclr'/'checkpoint.safetensors'
-    assert checkpoint_epoch(ck) == 1 and not (tmp_path/'cut'/'encoder_simclr.safetensors').exists()
+    ck = tmp_path/'cut'/f'pretrain_{method}'/'checkpoint.safetensors'
+    assert checkpoint_epoch(ck) == 1 and not (tmp_path/'cut'/f'encoder_{method}.safetensors').exists()
     assert [p.name for p in ck.parent.iterdir()] == ['checkpoint.safetensors']       # no half-written file
     monkeypatch.setattr(W, 'CheckpointCallback', real)
     torch.manual_seed(99); np.random.seed(99)                                       # whatever happened in between
     main(args + ['--out', str(tmp_path/'cut'), '--resume'])
-    a, b = (load_file(str(p/'encoder_simclr.safetensors')) for p in (tmp_path/'full', tmp_path/'cut'))
+    a, b = (load_file(str(p/f'encoder_{method}.safetensors')) for p in (tmp_path/'full', tmp_path/'cut'))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)        # bit-identical weights
-    ha, hb = (pd.read_csv(p/'pretrain_simclr'/'history.csv') for p in (tmp_path/'full', tmp_path/'cut'))
+    ha, hb = (pd.read_csv(p/f'pretrain_{method}'/'history.csv') for p in (tmp_path/'full', tmp_path/'cut'))
     pd.testing.assert_frame_equal(ha, hb)                                            # same losses and kNN curve
+    ta, tb = (load_file(str(p/f'pretrain_{method}'/'checkpoint.safetensors')) for p in (tmp_path/'full', tmp_path/'cut'))
+    assert all(torch.equal(ta[k], tb[k]) for k in ta if k.startswith('model.'))     # teacher and queue buffers too
     with pytest.raises(ValueError, match='another run'):                             # other settings: refused
         main(args[:-len(TINY)] + ['--size', '24', '--bs', '32', '--quiet', '--out', str(tmp_path/'cut'), '--resume'])
 
