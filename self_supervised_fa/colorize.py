@@ -17,6 +17,7 @@ from fastai.vision.data import ImageBlock
 from fastai.vision.augment import Normalize
 from fastai.vision.core import imagenet_stats
 from .data import sample_path, get_norm_stats
+from .photos import photo_crops
 from .augment import denormalize
 from .pretext import PretextCallback, create_encoder_decoder, EncoderDecoder
 
@@ -38,12 +39,8 @@ def _write_crops(tmp:Path, size, n_per_photo, scale, valid_frac, seed):
     (tmp/'images').mkdir(parents=True)
     rows = []
     for name, arr in _photos().items():
-        im = Image.fromarray(arr[..., :3])
-        im = im.resize((im.width // scale, im.height // scale), Image.BICUBIC)
-        a = np.asarray(im)
-        for i in range(n_per_photo):
-            r, c = rng.integers(0, a.shape[0] - size + 1), rng.integers(0, a.shape[1] - size + 1)
-            Image.fromarray(a[r:r+size, c:c+size]).save(tmp/'images'/f'{name}_{i:03d}.png')
+        for i, (crop, _) in enumerate(photo_crops(arr, n_per_photo, rng, size=size, scale=scale)):
+            crop.save(tmp/'images'/f'{name}_{i:03d}.png')
             rows.append((f'{name}_{i:03d}', name, i >= n_per_photo * (1 - valid_frac)))
     pd.DataFrame(rows, columns=['image_id', 'label', 'is_valid']).to_csv(tmp/'crops.csv', index=False)
     (tmp/_MARKER).write_text(f'size={size} n_per_photo={n_per_photo} scale={scale} seed={seed}\n')

@@ -4,7 +4,8 @@
 
 # %% ../nbs/00_data.ipynb #70f0be3a
 from __future__ import annotations
-import os, shutil, uuid
+import json, os, shutil, uuid
+from contextlib import contextmanager
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from PIL import Image
@@ -16,9 +17,11 @@ from fastai.vision.core import PILImage, PILImageBW
 from fastai.vision.augment import Resize
 
 # %% auto #0
-__all__ = ['SAMPLE_ENV', 'CLASSES', 'ONEHOT_COLS', 'SAMPLE_STATS', 'sample_path', 'write_csv_atomic', 'get_sample_data',
-           'load_sample_df', 'add_label_noise', 'subsample_per_class', 'check_image_files', 'sample_dls',
-           'get_norm_stats']
+__all__ = ['SAMPLE_ENV', 'CLASSES', 'ONEHOT_COLS', 'SAMPLE_STATS', 'sample_path', 'atomic_path', 'write_csv_atomic',
+           'write_json_atomic', 'materialise_folder', 'get_sample_data', 'load_sample_df', 'add_label_noise',
+           'subsample_per_class', 'check_image_files', 'sample_dls', 'get_norm_stats', 'ImageData', 'read_image_data',
+           'check_image_data', 'inspect_images', 'open_image', 'folder_dls', 'image_stats', 'cache_images',
+           'get_colour_competition', 'PHOTO_CLASSES']
 
 # %% ../nbs/00_data.ipynb #0a001e77
 SAMPLE_ENV = 'SSFA_DATA'  # environment variable that overrides the sample-data folder
@@ -45,14 +48,24 @@ def _sample_arrays():
     train_idx, test_idx = train_test_split(idx, test_size=_N_TEST, stratify=y, random_state=_SPLIT_SEED)
     return X, y.astype(int), np.sort(train_idx), np.sort(test_idx)
 
-def write_csv_atomic(df:pd.DataFrame, path) -> Path:
-    "Write `df` to `path` as CSV through a temporary file and `os.replace`, so readers never see half a file"
+@contextmanager
+def atomic_path(path):
+    "Yield a temporary path beside `path`; on success it replaces `path` (`os.replace`), on error it is removed"
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp-{uuid.uuid4().hex[:8]}')
-    try: df.to_csv(tmp, index=False); os.replace(tmp, path)
+    tmp = path.with_name(f'.{path.name}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}')
+    try: yield tmp; os.replace(tmp, path)
     finally:
         if tmp.exists(): tmp.unlink()
-    return path
+
+def write_csv_atomic(df:pd.DataFrame, path) -> Path:
+    "Write `df` to `path` as CSV through a temporary file and `os.replace`, so readers never see half a file"
+    with atomic_path(path) as tmp: df.to_csv(tmp, index=False)
+    return Path(path)
+
+def write_json_atomic(obj, path) -> Path:
+    "Write `obj` as indented JSON to `path` atomically"
+    with atomic_path(path) as tmp: Path(tmp).write_text(json.dumps(obj, indent=1, default=str) + '\n')
+    return Path(path)
 
 # %% ../nbs/00_data.ipynb #da81ca6c
 def _frame(ids, y):
@@ -71,26 +84,30 @@ def _write_dataset(tmp: Path, X, y, train_idx, test_idx):
 def _write_png(arr, fn): Image.fromarray(arr, mode='L').save(fn)
 
 # %% ../nbs/00_data.ipynb #5975f12a
-def get_sample_data(path=None, force:bool=False) -> Path:
-    "Write the MNIST sample (images/, train.csv, test.csv) into `sample_path(path)` once, atomically; return the folder"
-    dest = sample_path(path)
-    if (dest/_MARKER).exists() and not force: return dest
-    if dest.exists() and any(dest.iterdir()) and not (dest/_MARKER).exists() and not force:
-        raise FileExistsError(f"{dest} exists but is not a complete sample dataset (no {_MARKER} file). "
-                              f"Remove it, choose another folder, or call get_sample_data(force=True).")
+def materialise_folder(dest, write, marker:str=_MARKER, force:bool=False, what:str='sample dataset') -> Path:
+    "Run `write(tmp)` into a hidden temporary folder and rename it to `dest` once, atomically; `write` creates `marker` last"
+    dest = Path(dest)
+    if (dest/marker).exists() and not force: return dest
+    if dest.exists() and any(dest.iterdir()) and not (dest/marker).exists() and not force:
+        raise FileExistsError(f"{dest} exists but is not a complete {what} (no {marker} file). "
+                              f"Remove it, choose another folder, or pass force=True.")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent/f'.{dest.name}.tmp-{uuid.uuid4().hex[:8]}'
     try:
-        _write_dataset(tmp, *_sample_arrays())
-        if (dest/_MARKER).exists() and not force: return dest   # another process finished first: keep its copy
+        write(tmp)
+        if (dest/marker).exists() and not force: return dest   # another process finished first: keep its copy
         if dest.exists():  # force=True or an empty folder: move the old one out of the way first
             old = dest.parent/f'.{dest.name}.old-{uuid.uuid4().hex[:8]}'
             os.replace(dest, old); shutil.rmtree(old, ignore_errors=True)
         try: os.replace(tmp, dest)
         except OSError:  # another process finished first: keep its (complete) copy
-            if not (dest/_MARKER).exists(): raise
+            if not (dest/marker).exists(): raise
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+def get_sample_data(path=None, force:bool=False) -> Path:
+    "Write the MNIST sample (images/, train.csv, test.csv) into `sample_path(path)` once, atomically; return the folder"
+    return materialise_folder(sample_path(path), lambda tmp: _write_dataset(tmp, *_sample_arrays()), force=force)
 
 # %% ../nbs/00_data.ipynb #37675cbd
 def load_sample_df(split:str='train', path=None) -> pd.DataFrame:
@@ -164,3 +181,17 @@ def get_norm_stats(dls):
         if isinstance(t, Normalize) and getattr(t, 'mean', None) is not None:
             return t.mean.view(1, -1, 1, 1), t.std.view(1, -1, 1, 1)
     return None
+
+# %% ../nbs/00_data.ipynb #1daeffb2
+_LAZY = {'ImageData': 'folders', 'read_image_data': 'folders', 'check_image_data': 'folders', 'inspect_images': 'folders',
+         'open_image': 'loading', 'folder_dls': 'loading', 'image_stats': 'loading', 'cache_images': 'loading',
+         'get_colour_competition': 'photos', 'PHOTO_CLASSES': 'photos'}
+_all_ = ['ImageData', 'read_image_data', 'check_image_data', 'inspect_images', 'open_image', 'folder_dls', 'image_stats',
+        'cache_images', 'get_colour_competition', 'PHOTO_CLASSES']   # = list(_LAZY): nbdev needs a literal
+
+def __getattr__(name):
+    "Names of `folders`, `loading` and `photos`, imported when first used (those modules import this one)"
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f'self_supervised_fa.{_LAZY[name]}'), name)
+    raise AttributeError(f"module 'self_supervised_fa.data' has no attribute {name!r}")

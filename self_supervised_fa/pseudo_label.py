@@ -10,11 +10,11 @@ import numpy as np, pandas as pd
 from fastcore.basics import ifnone
 from fastprogress.fastprogress import progress_bar
 from sklearn.model_selection import StratifiedKFold, StratifiedGroupKFold
-from .soft_label import PROB_PREFIX
+from .soft_label import PROB_PREFIX, prob_columns
 from .data import write_csv_atomic
 
 # %% auto #0
-__all__ = ['class_labels', 'assign_folds', 'predict_fold', 'kfold_pseudo_labels']
+__all__ = ['class_labels', 'assign_folds', 'predict_fold', 'average_fold_predictions', 'kfold_pseudo_labels']
 
 # %% ../nbs/40_pseudo_label.ipynb #c97a370e
 def class_labels(df: pd.DataFrame, label='label', classes=None) -> pd.Series:
@@ -89,22 +89,44 @@ def _sample_fnames(df, item_col):
 
 # %% ../nbs/40_pseudo_label.ipynb #3673b5d8
 def predict_fold(learn, val: pd.DataFrame, item_col: str, k: int) -> pd.DataFrame:
-    "Probabilities of `learn` on `val`: item, fold, given label, one `prob_<class>` column per class, predicted label"
+    "Probabilities of `learn` on `val`: item, fold, given label (if any), one `prob_<class>` column per class, predicted label"
     dl = learn.dls.test_dl(val)
     probs = learn.get_preds(dl=dl)[0].float().numpy()
     if len(probs) != len(val): raise RuntimeError(f"fold {k}: got {len(probs)} predictions for {len(val)} items")
     vocab = list(learn.dls.vocab)
-    res = pd.DataFrame({item_col: val[item_col].astype(str).values, 'fold': k, 'label': val['label'].values})
+    res = pd.DataFrame({item_col: val[item_col].astype(str).values, 'fold': k})
+    if 'label' in val: res['label'] = val['label'].values
     for i, v in enumerate(vocab): res[f'{PROB_PREFIX}{v}'] = probs[:, i]
     res['pred'] = np.array(vocab, dtype=object)[probs.argmax(1)]
     return res
+
+def average_fold_predictions(out_dir, folds, item_col: str='image_id') -> pd.DataFrame:
+    "Mean over `folds` of the `fold_<k>_test.csv` probabilities in `out_dir` (same items, same order): item, probs, pred"
+    out_dir = Path(out_dir)
+    parts = [pd.read_csv(out_dir/f'fold_{k}_test.csv', dtype={item_col: str}) for k in folds]
+    for k, p in zip(folds[1:], parts[1:]):
+        if not p[item_col].equals(parts[0][item_col]): raise ValueError(f"fold {k}'s test predictions list other items than fold {folds[0]}'s")
+    cols = prob_columns(parts[0])
+    res = parts[0][[item_col]].copy()
+    res[cols] = np.mean([p[cols].to_numpy(np.float64) for p in parts], 0)
+    res['pred'] = np.array([c[len(PROB_PREFIX):] for c in cols], dtype=object)[res[cols].to_numpy().argmax(1)]
+    return res
+
+def _test_done(fn: Path, test: pd.DataFrame|None, item_col: str) -> bool:
+    "Whether a fold's test predictions are there (always, when no test items are asked for) and list exactly `test`'s items"
+    if test is None: return True
+    if not fn.exists(): return False
+    have = pd.read_csv(fn, dtype={item_col: str}, usecols=[item_col])[item_col]
+    if have.tolist() != test[item_col].astype(str).tolist():
+        raise ValueError(f"{fn} holds predictions for other test items; use a new out_dir, or delete the fold_*_test.csv files")
+    return True
 
 # %% ../nbs/40_pseudo_label.ipynb #84bafc97
 def kfold_pseudo_labels(df: pd.DataFrame, out_dir, n_folds: int=5, label='label', item_col: str='image_id',
                         learner_fn=None, fit_fn=None, arch: str|None=None, encoder_path=None, dls_fn=None,
                         dls_kwargs: dict|None=None, epochs: int=1, lr: float=1e-3, seed: int=0, fnames=None,
-                        classes=None) -> pd.DataFrame:
-    "Out-of-fold class probabilities for every row of `df`, one learner per fold; resumable from `out_dir`"
+                        classes=None, test_df: pd.DataFrame|None=None, progress: bool=True) -> pd.DataFrame:
+    "Out-of-fold class probabilities for every row of `df`, one learner per fold (each also predicts `test_df`); resumable"
     if item_col not in df: raise KeyError(f"item column {item_col!r} not in the DataFrame (columns: {list(df.columns)})")
     if df[item_col].duplicated().any():
         raise ValueError(f"{item_col!r} must identify items; duplicated: {df[item_col][df[item_col].duplicated()].tolist()[:3]}")
@@ -119,11 +141,15 @@ def kfold_pseudo_labels(df: pd.DataFrame, out_dir, n_folds: int=5, label='label'
     _check_folds(d, out_dir, item_col)
     learner_fn = learner_fn or _default_learner(arch, encoder_path, dls_fn, dls_kwargs, 'label')
     fit_fn = fit_fn or (lambda learn: learn.fine_tune(epochs, lr) if encoder_path else learn.fit_one_cycle(epochs, lr))
-    pb = progress_bar(folds, leave=True)
+    if test_df is not None:
+        if item_col not in test_df: raise KeyError(f"item column {item_col!r} not in test_df (columns: {list(test_df.columns)})")
+        both = set(test_df[item_col].astype(str)) & set(d[item_col].astype(str))
+        if both: raise ValueError(f"{len(both)} test items are also labelled items, e.g. {sorted(both)[:3]}: test items must be unseen")
+    pb = progress_bar(folds, leave=True) if progress else folds
     for k in pb:
-        pb.comment = f'fold {k}'
-        fn = out_dir/f'fold_{k}.csv'
-        if fn.exists(): continue
+        if progress: pb.comment = f'fold {k}'
+        fn, tfn = out_dir/f'fold_{k}.csv', out_dir/f'fold_{k}_test.csv'
+        if fn.exists() and _test_done(tfn, test_df, item_col): continue
         trn, val = d[d.fold != k], d[d.fold == k]
         learn = learner_fn(trn, val)
         trained = _trained_keys(learn, trn, item_col)
@@ -132,8 +158,15 @@ def kfold_pseudo_labels(df: pd.DataFrame, out_dir, n_folds: int=5, label='label'
                                     f"learner_fn must train on its first argument only")
         fit_fn(learn)
         write_csv_atomic(pd.DataFrame({item_col: trained}), out_dir/f'fold_{k}_trained.csv')
+        if test_df is not None: write_csv_atomic(predict_fold(learn, test_df, item_col, k), tfn)  # before the fold's marker file
         write_csv_atomic(predict_fold(learn, val, item_col, k), fn)
     res = pd.concat([pd.read_csv(out_dir/f'fold_{k}.csv', dtype={item_col: str}) for k in folds])
     res = res.set_index(item_col).loc[d[item_col].astype(str)].reset_index()
     write_csv_atomic(res, out_dir/'oof.csv')
+    if test_df is not None: res.attrs['test'] = _write_test_average(out_dir, folds, item_col)
     return res
+
+def _write_test_average(out_dir, folds, item_col):
+    avg = average_fold_predictions(out_dir, folds, item_col)
+    write_csv_atomic(avg, Path(out_dir)/'test_probs.csv')
+    return avg

@@ -1,0 +1,152 @@
+"The `ssfa` workflow on the colour folder at a tiny size: every subcommand, resume after a kill, the submission"
+import json, os, shutil
+import numpy as np, pandas as pd, pytest, torch
+from fastai.callback.core import Callback
+from safetensors.torch import load_file
+import self_supervised_fa.workflow as W
+from self_supervised_fa.cli import main, build_parser, PRETRAIN_METHODS, SUBCOMMANDS
+from self_supervised_fa.encoders import read_encoder_metadata
+from self_supervised_fa.checkpoint import CheckpointCallback, checkpoint_epoch
+from self_supervised_fa.photos import get_colour_competition, PHOTO_CLASSES
+
+TINY = ['--size', '16', '--bs', '32', '--quiet', '--seed', '0']
+
+
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
+
+
+@pytest.fixture(scope='module')
+def comp(small_colour_competition, tmp_path_factory):
+    "The small colour folder (one training JPEG truncated) with one test image removed"
+    root = tmp_path_factory.mktemp('cli')/'comp'
+    shutil.copytree(small_colour_competition, root)
+    os.remove(next((root/'images').glob('Test_1.*')))
+    return root
+
+
+def test_help_lists_subcommands_and_shared_flags(capsys):
+    with pytest.raises(SystemExit): main(['--help'])
+    out = capsys.readouterr().out
+    assert all(c in out for c in SUBCOMMANDS)
+    for cmd in SUBCOMMANDS:
+        with pytest.raises(SystemExit): main([cmd, '--help'])
+        h = capsys.readouterr().out
+        for flag in ['--encoder', '--size', '--n-in', '--bs', '--epochs', '--lr', '--seed', '--out', '--strict', '--cache']:
+            assert flag in h, (cmd, flag)
+        assert '(default: ' in h
+    with pytest.raises(SystemExit): main(['pretrain', '--help'])
+    assert '{' + ','.join(PRETRAIN_METHODS) + '}' in capsys.readouterr().out   # --method lists the registry
+
+
+def test_workflow_end_to_end(comp, tmp_path):
+    out = tmp_path/'run'
+    a = ['--out', str(out)] + TINY
+    main(['pretrain', str(comp), '--arch', 'test_resnet', '--epochs', '2', '--group-col', 'region'] + a)
+    enc = out/'encoder_simclr.safetensors'
+    meta = read_encoder_metadata(enc)
+    rec = meta['recipe']
+    assert meta['n_in'] == 3 and rec['size'] == 16 and rec['method'] == 'simclr' and len(rec['stats'][0]) == 3
+    assert rec['n_images'] == 9 * 12 - 1 + 9 * 4 - 1          # train + test images, the two bad files skipped
+    hist = pd.read_csv(out/'pretrain_simclr'/'history.csv')
+    assert len(hist) == 2 and hist.knn_top1.between(0, 1).all() and (out/'pretrain_simclr'/'curves.png').stat().st_size > 1000
+    bad = pd.read_csv(out/'bad_files.csv')
+    assert sorted(bad.image_id) == ['Test_1', 'Train_10'] and sorted(bad.split) == ['test', 'train']
+
+    df = main(['evaluate', str(comp), '--encoder', str(enc), '--budgets', '2,all', '--eval', 'knn,linear', '--out', str(out), '--quiet'])
+    assert sorted(set(df.encoder)) == ['from scratch', 'pretrained'] and df.n_train.tolist()[:1] == [18]
+    assert (out/'label_efficiency.png').exists() and pd.read_csv(out/'label_efficiency.csv').shape[0] == 4
+
+    oof = main(['pseudo-label', str(comp), '--encoder', str(enc), '--folds', '3', '--epochs', '1', '--group-col', 'region'] + a)
+    items = W.prepare(comp, progress=False, group_col='region').items
+    assert sorted(oof.image_id) == sorted(items.image_id)                          # every checked item exactly once
+    folds = oof.merge(items, on='image_id')
+    assert folds.groupby('group').fold.nunique().max() == 1                         # grouped
+    probs = oof[[f'prob_{c}' for c in PHOTO_CLASSES]].values
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+    tp = pd.read_csv(out/'test_probs.csv')
+    assert len(tp) == 9 * 4 - 1 and 'Test_1' not in set(tp.image_id)
+    per_fold = [pd.read_csv(out/'pseudo_label'/f'fold_{k}_test.csv')[tp.columns[1:-1]].values for k in range(3)]
+    np.testing.assert_allclose(tp[tp.columns[1:-1]].values, np.mean(per_fold, 0), atol=1e-6)
+
+    r = main(['train', str(comp), '--encoder', str(enc), '--soft-labels', str(out/'oof.csv'), '--w', '0.5', '--epochs', '1'] + a)
+    sub = pd.read_csv(out/'submission.csv')
+    test = pd.read_csv(comp/'test.csv')
+    assert sub.image_id.tolist() == test.image_id.tolist()                         # one row per test image, in order
+    assert list(sub.columns) == ['image_id'] + PHOTO_CLASSES                        # the competition's column order
+    np.testing.assert_allclose(sub[PHOTO_CLASSES].values.sum(1), 1, atol=1e-9)
+    row = sub.set_index('image_id').loc['Test_1']                                   # the missing test image: class frequencies
+    np.testing.assert_allclose(row.values, items.label.value_counts(normalize=True).reindex(PHOTO_CLASSES).values)
+    sc = json.loads((out/'scores.json').read_text())
+    vp = pd.read_csv(out/'valid_preds.csv')
+    pc = [f'prob_{c}' for c in PHOTO_CLASSES]
+    assert sc['accuracy'] == pytest.approx((vp[pc].values.argmax(1) == [PHOTO_CLASSES.index(l) for l in vp.label]).mean(), abs=1e-6)
+    from sklearn.metrics import roc_auc_score
+    y = np.array([PHOTO_CLASSES.index(l) for l in vp.label])
+    ref = np.mean([roc_auc_score(y == c, vp[pc].values[:, c]) for c in range(9) if 0 < (y == c).sum() < len(y)])
+    assert sc['roc_auc_mean'] == pytest.approx(ref, abs=1e-6) and sc['mode'] == 'soft labels (w=0.5)'
+
+
+def test_grey_rotnet_on_class_folders_and_unlabelled(tmp_path, comp):
+    d = W.prepare(comp, progress=False)
+    for _, r in d.items.iterrows():   # the same images as class sub-folders
+        (tmp_path/'cls'/r.label).mkdir(parents=True, exist_ok=True)
+        shutil.copy(r.fname, tmp_path/'cls'/r.label/os.path.basename(r.fname))
+    main(['pretrain', str(tmp_path/'cls'), '--method', 'rotnet', '--arch', 'test_resnet', '--n-in', '1', '--epochs', '1',
+          '--stats', '0.5:0.25', '--out', str(tmp_path/'o')] + TINY)
+    m = read_encoder_metadata(tmp_path/'o'/'encoder_rotnet.safetensors')
+    assert m['n_in'] == 1 and m['recipe']['stats'] == [[0.5], [0.25]] and m['recipe']['n_images'] == len(d.items)
+    assert 'knn_top1' in pd.read_csv(tmp_path/'o'/'pretrain_rotnet'/'history.csv')
+    main(['pretrain', str(tmp_path/'cls'/'chelsea'), '--arch', 'test_resnet', '--epochs', '1', '--bs', '4',
+          '--size', '16', '--quiet', '--out', str(tmp_path/'u')])                     # an unlabelled folder: no kNN
+    assert 'knn_top1' not in pd.read_csv(tmp_path/'u'/'pretrain_simclr'/'history.csv')
+
+
+class _Kill(Callback):
+    "Stops the fit in the middle of epoch `epoch` as a kill would (the checkpoint of the epoch before is on disk)"
+    def __init__(self, epoch): self.at = epoch
+    def after_batch(self):
+        if self.training and self.epoch == self.at and self.iter == 1: raise KeyboardInterrupt('killed')
+
+
+@pytest.mark.parametrize('method', ['simclr', 'moco_v2'])   # moco_v2: an EMA teacher and a key queue in the model
+def test_pretrain_resume_bit_identical(comp, tmp_path, monkeypatch, method):
+    args = ['pretrain', str(comp), '--method', method, '--arch', 'test_resnet', '--epochs', '4'] + TINY
+    main(args + ['--out', str(tmp_path/'full')])
+    real = W.CheckpointCallback
+    class Killed(real):
+        def before_fit(self): super().before_fit(); self.learn.add_cb(_Kill(1))
+    monkeypatch.setattr(W, 'CheckpointCallback', Killed)
+    with pytest.raises(KeyboardInterrupt): main(args + ['--out', str(tmp_path/'cut')])
+    ck = tmp_path/'cut'/f'pretrain_{method}'/'checkpoint.safetensors'
+    assert checkpoint_epoch(ck) == 1 and not (tmp_path/'cut'/f'encoder_{method}.safetensors').exists()
+    assert [p.name for p in ck.parent.iterdir()] == ['checkpoint.safetensors']       # no half-written file
+    monkeypatch.setattr(W, 'CheckpointCallback', real)
+    torch.manual_seed(99); np.random.seed(99)                                       # whatever happened in between
+    main(args + ['--out', str(tmp_path/'cut'), '--resume'])
+    a, b = (load_file(str(p/f'encoder_{method}.safetensors')) for p in (tmp_path/'full', tmp_path/'cut'))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)        # bit-identical weights
+    ha, hb = (pd.read_csv(p/f'pretrain_{method}'/'history.csv') for p in (tmp_path/'full', tmp_path/'cut'))
+    pd.testing.assert_frame_equal(ha, hb)                                            # same losses and kNN curve
+    ta, tb = (load_file(str(p/f'pretrain_{method}'/'checkpoint.safetensors')) for p in (tmp_path/'full', tmp_path/'cut'))
+    assert all(torch.equal(ta[k], tb[k]) for k in ta if k.startswith('model.'))     # teacher and queue buffers too
+    with pytest.raises(ValueError, match='another run'):                             # other settings: refused
+        main(args[:-len(TINY)] + ['--size', '24', '--bs', '32', '--quiet', '--out', str(tmp_path/'cut'), '--resume'])
+
+
+def test_pseudo_label_kill_redoes_only_that_fold(comp, tmp_path, monkeypatch):
+    calls, real = [], W._classifier
+    def counting(*args, **kw):
+        learn = real(*args, **kw); calls.append(learn)
+        if len(calls) == 2 and kill: learn.add_cb(_Kill(0))
+        return learn
+    monkeypatch.setattr(W, '_classifier', counting)
+    args = ['pseudo-label', str(comp), '--arch', 'test_resnet', '--folds', '3', '--epochs', '1', '--out', str(tmp_path)] + TINY
+    kill = True
+    with pytest.raises(KeyboardInterrupt): main(args)
+    pl = tmp_path/'pseudo_label'
+    done = {f: os.stat(pl/f).st_mtime_ns for f in ['fold_0.csv', 'fold_0_test.csv']}
+    assert not (pl/'fold_1.csv').exists() and not (pl/'fold_1_test.csv').exists()
+    kill, calls[:] = False, []
+    oof = main(args)
+    assert len(calls) == 2                                                   # folds 1 and 2 only
+    assert {f: os.stat(pl/f).st_mtime_ns for f in done} == done and set(oof.fold) == {0, 1, 2}
