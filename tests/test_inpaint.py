@@ -1,5 +1,7 @@
 "Inpainting: masks, loss ignores unmasked pixels, size errors, training and transfer"
-import pytest, torch, torch.nn.functional as F
+import pytest
+import torch, torch.nn.functional as F
+from fastai.torch_core import set_seed
 from fastai.learner import Learner
 from self_supervised_fa.inpaint import *
 from self_supervised_fa.pretext import MaskedMSELoss
@@ -50,9 +52,11 @@ def test_bad_input():
 
 @PRECISIONS
 def test_inpaint_trains_and_transfers(tmp_path, precision):
+    set_seed(0)  # the initial weights must not depend on which tests ran before
     model = create_inpaint_model('test_resnet', n_in=1, img_size=28)
-    # 4 epochs at 3e-3: the seeded validation loss fell in 4 of 4 runs (2 seeds x fp32/bf16); 2 epochs at 1e-2 rose now and then
-    pretrain_and_transfer(tiny_dls(), model, InpaintCallback('block'), MaskedMSELoss(), tmp_path, epochs=4, lr=3e-3, precision=precision)
+    # 100 digits, 3 epochs at 3e-3: the validation loss fell from 2.13-2.19 to 1.76-1.84 for seeds 0-3, fp32 and bf16 alike
+    # (50 digits for 4 epochs fell too, but with half the margin; one CI run under bf16 rose from 2.11 to 2.17)
+    pretrain_and_transfer(tiny_dls(n_per_class=10), model, InpaintCallback('block'), MaskedMSELoss(), tmp_path, epochs=3, lr=3e-3, precision=precision)
 
 
 def test_show_and_show_results():
