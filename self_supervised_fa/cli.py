@@ -4,16 +4,15 @@
 
 # %% ../nbs/90_cli.ipynb #356b8854
 from __future__ import annotations
-import os, time, uuid
+import os, time
 from contextlib import ExitStack
 from pathlib import Path
 import pandas as pd, torch
 from fastcore.basics import ifnone
 from fastai.callback.schedule import *
 from fastai.torch_core import set_seed
-from fastai.learner import Learner
 from .data import sample_dls, get_sample_data, load_sample_df, subsample_per_class, write_csv_atomic
-from .encoders import classifier_learner, create_timm_body, save_encoder
+from .encoders import classifier_learner, save_encoder
 from .evaluate import KNNMonitorCallback
 from .label_efficiency import label_efficiency, plot_label_efficiency
 from .methods import METHODS, method_learner

@@ -4,11 +4,10 @@
 
 # %% ../nbs/91_workflow.ipynb #967e24d7
 from __future__ import annotations
-import json, time, warnings
+import time
 from pathlib import Path
-import numpy as np, pandas as pd, torch
+import numpy as np, pandas as pd
 from fastai.callback.schedule import *
-from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
 from fastai.torch_core import set_seed
 from .data import write_csv_atomic, write_json_atomic, atomic_path
