@@ -23,6 +23,7 @@ class Method:
     epochs: int = 20                     # pretraining epochs on the 4,000 sample digits (the benchmarks')
     lr: float = 2e-3
     kind: str = 'siamese'                # 'siamese' (views from `aug`) or 'pretext' (a classification pretext task)
+    views: str|None = None               # multi-crop methods: the `multicrop` preset of their digit views (else `_digit_views`)
 
     def get(self, name:str): return getattr(importlib.import_module(f'self_supervised_fa.{self.module}'), name)
 
@@ -30,6 +31,12 @@ def _digit_views(size:int):
     "Views for digits: crops keep at least 40 % of the image, no mirroring (a mirrored digit is another shape)"
     from self_supervised_fa.augment import small_image_augs
     return small_image_augs(size, crop_scale=(0.4, 1.), flip_p=0.)
+
+def _default_views(m:Method, size:int):
+    "A method's views of `size`-px digits: its multi-crop preset without mirroring, or two `_digit_views`"
+    if m.views is None: return _digit_views(size)
+    from self_supervised_fa import multicrop
+    return getattr(multicrop, m.views)(size, flip_p=0.)
 
 METHODS = {
     'simclr': Method('simclr', 'create_simclr_model', 'SimCLRCallback', callback_kwargs=dict(temperature=0.2), lr=5e-3),
@@ -44,6 +51,10 @@ METHODS = {
     'moco_v3': Method('moco', 'create_moco_v3_model', 'MoCoV3Callback', model_kwargs=dict(hidden_size=1024, projection_size=256),
                       callback_kwargs=dict(temperature=0.2, momentum=0.99), lr=3e-3),
     'vicreg': Method('vicreg', 'create_vicreg_model', 'VICRegCallback', model_kwargs=dict(hidden_size=2048, projection_size=2048), lr=2e-3),
+    'swav': Method('swav', 'create_swav_model', 'SwAVCallback', model_kwargs=dict(hidden_size=1024, projection_size=128, n_prototypes=300),
+                   views='small_swav_augs', lr=3e-3),
+    'dino': Method('dino', 'create_dino_model', 'DINOCallback', model_kwargs=dict(out_dim=4096, hidden_size=1024, bottleneck_size=128),
+                   callback_kwargs=dict(momentum=0.99, warmup_teacher_temp=0.04, teacher_temp=0.04), views='small_dino_augs', lr=3e-3),
     'rotnet': Method('rotnet', 'create_rotnet_model', 'RotNetCallback', callback_kwargs=dict(valid_all=False), epochs=8, lr=3e-3, kind='pretext'),
 }
 
@@ -57,7 +68,7 @@ def method_learner(name:str, dls, arch='resnet10t', n_in:int|None=None, aug=None
     model = m.get(m.factory)(arch, n_in=n_in, **{**m.model_kwargs, **(model_kwargs or {})})
     ckw = {**m.callback_kwargs, **(callback_kwargs or {})}
     if m.kind == 'siamese':
-        cb = m.get(m.callback)(aug=aug if aug is not None else _digit_views(x.shape[-1]), **ckw)
+        cb = m.get(m.callback)(aug=aug if aug is not None else _default_views(m, x.shape[-1]), **ckw)
         return Learner(dls, model, cbs=cb, **learner_kwargs)
     from fastai.losses import CrossEntropyLossFlat
     from fastai.metrics import accuracy

@@ -108,10 +108,12 @@ def _loss_set_by_callback(*args):
     raise RuntimeError("the method's callback sets the loss in before_fit; fit the Learner with its callback")
 
 def folder_method_learner(name:str, dls, encoder, n_in:int, size:int, aug=None, **kwargs):
-    "`methods.method_learner` for photos of any size: SimCLR-paper views (small-image preset up to 64 px) unless `aug` is given"
+    "`methods.method_learner` for photos of any size: the paper's views (multi-crop: DINO/SwAV presets; else SimCLR's; small-image presets up to 64 px) unless `aug` is given"
     if METHODS[name].kind == 'siamese':
         from self_supervised_fa.augment import simclr_augs, small_image_augs
-        aug = aug if aug is not None else small_image_augs(size) if size <= 64 else simclr_augs(size)
+        from self_supervised_fa import multicrop
+        preset = {'small_dino_augs': multicrop.dino_preset, 'small_swav_augs': multicrop.swav_preset}.get(METHODS[name].views)
+        if aug is None: aug = preset(size) if preset else small_image_augs(size) if size <= 64 else simclr_augs(size)
         kwargs.setdefault('loss_func', _loss_set_by_callback)   # unlabelled DataLoaders give fastai no loss to infer
     return method_learner(name, dls, encoder, n_in=n_in, aug=aug, **kwargs)
 
