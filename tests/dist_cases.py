@@ -56,6 +56,58 @@ def case_ntxent_uneven():
     from self_supervised_fa.simclr import NTXentLoss
     return run_views(lambda zs: NTXentLoss(0.5)(*zs), sizes=[5, 3] if world_size() == 2 else None)
 
+def case_barlow_twins():
+    "Global statistics: the same loss in every process, equal to the single-process loss"
+    from self_supervised_fa.barlow_twins import BarlowTwinsLoss
+    return run_views(lambda zs: BarlowTwinsLoss(0.05)(*zs))
+
+def case_vicreg():
+    from self_supervised_fa.vicreg import VICRegLoss
+    return run_views(lambda zs: VICRegLoss()(*zs))
+
+def _keys(n_views=2, d_out=5):
+    "A teacher's outputs on this process's slice (no gradient)"
+    with torch.no_grad(): return Views(d_out=d_out, seed=3)(*[v[_slice()] for v in _data(n_views)])
+
+def case_moco_v2():
+    "Queue negatives; then the keys of every process are queued (twice: the queue of 12 wraps around)"
+    from self_supervised_fa.moco import InfoNCELoss
+    from self_supervised_fa.teacher import KeyQueue
+    torch.manual_seed(2); queue, k, f = KeyQueue(12, 5).double(), _keys(), InfoNCELoss(0.2)
+    res = run_views(lambda zs: (f(zs[0], k[1], queue.keys) + f(zs[1], k[0], queue.keys)) / 2)
+    for key in k: queue.push(F.normalize(key, dim=1))
+    return dict(res, queue=queue.keys.numpy(), ptr=queue.ptr.numpy())
+
+def case_moco_v3():
+    "The other keys of the global batch as negatives"
+    from self_supervised_fa.moco import InfoNCELoss
+    k, f = _keys(), InfoNCELoss(0.2)
+    return run_views(lambda zs: 0.4 * (f(zs[0], k[1]) + f(zs[1], k[0])))
+
+def case_swav():
+    "Sinkhorn over the global batch; 2 global crops and 1 more crop"
+    from self_supervised_fa.swav import SwAVLoss
+    return run_views(lambda zs: SwAVLoss(0.1)(zs, n_global=2), n_views=3, d_out=6)
+
+def case_swav_queue():
+    "Sinkhorn over the global batch and a queue's scores (the same in every process); the global embeddings are queued"
+    from self_supervised_fa.swav import SwAVLoss, SwAVQueue
+    g = torch.Generator().manual_seed(4)
+    qs = [torch.randn(4, 6, generator=g, dtype=torch.float64) for _ in range(2)]
+    res = run_views(lambda zs: SwAVLoss(0.1)(zs, n_global=2, queue_scores=qs), n_views=3, d_out=6)
+    torch.manual_seed(5); queue = SwAVQueue(2, 12, 5).double()
+    queue.push([F.normalize(key, dim=1) for key in _keys()])
+    return dict(res, queue=torch.stack(queue.keys).numpy(), count=queue.count.numpy())
+
+def case_dino():
+    "Student on 3 crops against the teacher on 2; then the centre is updated with the global batch's mean"
+    from self_supervised_fa.dino import DINOLoss, DINOModel
+    t, center = _keys(), torch.linspace(-0.1, 0.1, 5, dtype=torch.float64)[None]
+    res = run_views(lambda zs: DINOLoss(0.1)(zs, t, center, 0.04), n_views=3)
+    holder = nn.Module(); holder.register_buffer('center', center.clone())
+    DINOModel.update_center(holder, t, 0.9)
+    return dict(res, center=holder.center.numpy())
+
 
 CASES = {k[5:]: v for k, v in globals().items() if k.startswith('case_')}
 

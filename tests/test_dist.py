@@ -38,6 +38,9 @@ def run_processes(names, outdir, world=2, timeout=120):
     return res
 
 
+GLOBAL_LOSS = {'barlow_twins', 'vicreg'}   # losses of global statistics: every process returns the global loss itself
+
+
 @pytest.fixture(scope='module')
 def two_processes(tmp_path_factory):
     return run_processes(sorted(dist_cases.CASES), tmp_path_factory.mktemp('dist'))
@@ -50,5 +53,6 @@ def test_two_processes_match_one(two_processes, name):
         got = two_processes[name, r]
         np.testing.assert_allclose(got['mean_loss'], one['loss'], rtol=1e-10, atol=1e-12, err_msg=f'{name}: loss, rank {r}')
         np.testing.assert_allclose(got['grads'], one['grads'], rtol=1e-8, atol=1e-12, err_msg=f'{name}: gradients, rank {r}')
-        for k in set(one) - {'loss', 'mean_loss', 'grads'}:   # buffers (queues, centres), global statistics
-            np.testing.assert_allclose(got[k], one[k], rtol=1e-8, atol=1e-12, err_msg=f'{name}: {k}, rank {r}')
+        if name in GLOBAL_LOSS: np.testing.assert_allclose(got['loss'], one['loss'], rtol=1e-10, err_msg=f'{name}: loss, rank {r}')
+        for k in set(one) - {'loss', 'mean_loss', 'grads'}:   # buffers (queues, centres: DINO's is updated in float32)
+            np.testing.assert_allclose(got[k], one[k], rtol=1e-6, atol=1e-9, err_msg=f'{name}: {k}, rank {r}')
