@@ -108,6 +108,16 @@ def case_dino():
     DINOModel.update_center(holder, t, 0.9)
     return dict(res, center=holder.center.numpy())
 
+def case_byol():
+    "A per-image loss: the local mean is already right under DDP's average (equal slices); checked all the same"
+    from self_supervised_fa.byol import BYOLLoss
+    k = _keys()
+    return run_views(lambda zs: BYOLLoss()(zs, k))
+
+def case_simsiam():
+    from self_supervised_fa.simsiam import NegativeCosineLoss
+    return run_views(lambda zs: NegativeCosineLoss()(zs, zs))
+
 
 CASES = {k[5:]: v for k, v in globals().items() if k.startswith('case_')}
 
