@@ -8,7 +8,8 @@ import torch, torch.distributed as dist
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['is_dist', 'world_size', 'rank', 'is_main', 'gather_sizes', 'gather', 'rank_offset', 'gather_views', 'all_reduce_mean']
+__all__ = ['is_dist', 'world_size', 'rank', 'is_main', 'unwrap', 'gather_sizes', 'gather', 'rank_offset', 'gather_views',
+           'all_reduce_mean']
 
 # %% ../nbs/02b_dist.ipynb #f1126591
 def is_dist() -> bool:
@@ -26,6 +27,10 @@ def rank() -> int:
 def is_main() -> bool:
     "True in the process that writes files (rank 0)"
     return rank() == 0
+
+def unwrap(model):
+    "The model inside a `DistributedDataParallel` (or `DataParallel`) wrapper, or `model` itself"
+    return getattr(model, 'module', model)
 
 # %% ../nbs/02b_dist.ipynb #6a9c3c73
 def gather_sizes(n:int, device=None) -> list:

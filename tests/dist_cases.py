@@ -118,6 +118,38 @@ def case_simsiam():
     from self_supervised_fa.simsiam import NegativeCosineLoss
     return run_views(lambda zs: NegativeCosineLoss()(zs, zs))
 
+class _Encoder(nn.Module):
+    "A tiny encoder with `embed`, inside a model with `.encoder` (the library's convention)"
+    def __init__(self):
+        super().__init__(); torch.manual_seed(6); self.lin = nn.Linear(6, 4)
+    def embed(self, x):
+        self.seen = getattr(self, 'seen', 0) + len(x)
+        return self.lin(x)
+    def forward(self, x): return self.lin(x).sum(1)   # not the features: embed must be found through the DDP wrapper
+
+def case_embeddings():
+    "get_embeddings of 11 and 7 items (batches of 4, not divisible by 2 processes) through a DDP-wrapped model, and the kNN monitor"
+    from types import SimpleNamespace
+    from fastai.data.load import DataLoader
+    from fastai.data.core import DataLoaders
+    from self_supervised_fa.evaluate import get_embeddings, KNNMonitorCallback, _get_encoder
+    g = torch.Generator().manual_seed(7)
+    items = lambda n: [(torch.randn(6, generator=g), int(i % 3)) for i in range(n)]
+    dls = DataLoaders(DataLoader(items(11), bs=4, shuffle=True, drop_last=True), DataLoader(items(7), bs=4))
+    model = nn.Module(); model.encoder = _Encoder()
+    if world_size() > 1: model = nn.parallel.DistributedDataParallel(model)
+    feats, labels = get_embeddings(_get_encoder(model), dls.train, progress=False)
+    res = dict(feats=feats.numpy(), labels=labels.numpy(), local_seen=np.array(_get_encoder(model).seen))
+    valid = dls.valid
+    if world_size() > 1:   # fastai's wrapper of a loader under DDP (never iterated: its index broadcast needs CUDA); needs accelerate
+        try: from fastai.distributed import DistributedDL
+        except (ImportError, NameError): DistributedDL = None
+        if DistributedDL is not None: valid = DistributedDL(dls.valid, rank(), world_size())
+    f2, l2 = get_embeddings(_get_encoder(model), valid, progress=False)
+    cb = KNNMonitorCallback(dls, k=3); cb.learn = SimpleNamespace(model=model)
+    cb.after_validate()
+    return dict(res, valid_feats=f2.numpy(), valid_labels=l2.numpy(), knn=np.array(cb.value))
+
 
 CASES = {k[5:]: v for k, v in globals().items() if k.startswith('case_')}
 

@@ -51,8 +51,14 @@ def test_two_processes_match_one(two_processes, name):
     one = dist_cases.CASES[name]()          # this process: no torch.distributed, the whole batch
     for r in range(2):
         got = two_processes[name, r]
+        assert set(got) == set(one), (name, sorted(got), sorted(one))
+        if 'local_seen' in one:   # each process embedded its own slice only: 6 of the 11 items (padded to 12)
+            assert int(got['local_seen']) == 6 and int(one['local_seen']) == 11, (got['local_seen'], one['local_seen'])
+        if 'grads' not in one: continue
         np.testing.assert_allclose(got['mean_loss'], one['loss'], rtol=1e-10, atol=1e-12, err_msg=f'{name}: loss, rank {r}')
         np.testing.assert_allclose(got['grads'], one['grads'], rtol=1e-8, atol=1e-12, err_msg=f'{name}: gradients, rank {r}')
         if name in GLOBAL_LOSS: np.testing.assert_allclose(got['loss'], one['loss'], rtol=1e-10, err_msg=f'{name}: loss, rank {r}')
-        for k in set(one) - {'loss', 'mean_loss', 'grads'}:   # buffers (queues, centres: DINO's is updated in float32)
+    for r in range(2):
+        got = two_processes[name, r]
+        for k in set(one) - {'loss', 'mean_loss', 'grads', 'local_seen'}:   # buffers (queues, centres: DINO's is updated in float32)
             np.testing.assert_allclose(got[k], one[k], rtol=1e-6, atol=1e-9, err_msg=f'{name}: {k}, rank {r}')
