@@ -4,12 +4,13 @@
 
 # %% ../nbs/02b_dist.ipynb #c9cea17d
 from __future__ import annotations
+from contextlib import contextmanager
 import torch, torch.distributed as dist
 from torch import Tensor
 
 # %% auto #0
 __all__ = ['is_dist', 'world_size', 'rank', 'is_main', 'unwrap', 'gather_sizes', 'gather', 'rank_offset', 'gather_views',
-           'all_reduce_mean']
+           'all_reduce_mean', 'distrib_ctx']
 
 # %% ../nbs/02b_dist.ipynb #f1126591
 def is_dist() -> bool:
@@ -87,3 +88,36 @@ def all_reduce_mean(x:Tensor) -> Tensor:
     x = x.detach().clone().contiguous()
     dist.all_reduce(x, op=dist.ReduceOp.SUM)
     return x.div_(world_size())
+
+# %% ../nbs/02b_dist.ipynb #32aef070
+_GLOO_DL = None
+
+def _gloo_dl_class():
+    "`GlooDistributedDL`, made on first use (fastai's `distributed` module needs accelerate)"
+    global _GLOO_DL
+    if _GLOO_DL is None:
+        from fastai.distributed import DistributedDL
+        class GlooDistributedDL(DistributedDL):
+            "fastai's `DistributedDL`; the shuffled indices are broadcast as a CPU tensor on gloo, a CUDA one on NCCL"
+            def _broadcast(self, t, rank):
+                dev = 'cuda' if dist.get_backend() == 'nccl' else 'cpu'
+                t = torch.tensor(t, dtype=torch.long, device=dev)
+                dist.broadcast(t, rank)
+                return t.cpu().tolist()
+        _GLOO_DL = GlooDistributedDL
+    return _GLOO_DL
+
+@contextmanager
+def distrib_ctx(learn, sync_bn:bool|None=None, # fastai's SyncBatchNorm conversion of the whole model; None: where CUDA is available
+                **kwargs): # passed to `learn.distrib_ctx` (Accelerate's `Accelerator`)
+    "`learn.distrib_ctx()` of fastai, whose loaders also work on the gloo backend (CPU); a no-op in one process"
+    from fastai.torch_core import num_distrib
+    if num_distrib() <= 1: yield learn; return   # one process: plain fastai, accelerate not needed
+    import fastai.distributed   # adds `Learner.distrib_ctx`; needs accelerate
+    cuda = torch.cuda.is_available()
+    if not cuda: kwargs.setdefault('cpu', True)
+    old = list(learn.dls.loaders)
+    if num_distrib() > 1: learn.dls.loaders = [_gloo_dl_class()(dl) for dl in old]   # fastai's trainer keeps loaders already wrapped
+    try:
+        with learn.distrib_ctx(sync_bn=cuda if sync_bn is None else sync_bn, **kwargs): yield learn
+    finally: learn.dls.loaders = old

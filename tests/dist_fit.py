@@ -1,0 +1,37 @@
+"""A user's training script, run by tests/test_dist_fit.py under `torchrun --nproc_per_node 2` (gloo, CPU): SimCLR, BYOL
+(a teacher) and MoCo v2 (a teacher and a queue) with `fit_one_cycle` inside `dist.distrib_ctx`; rank 0 alone writes the encoder file.
+Writes OUTDIR/<method>_<rank>.npz: every weight and buffer of the model and the train losses. `python tests/dist_fit.py OUTDIR`"""
+import os, sys
+import numpy as np, torch
+from fastai.learner import Learner
+import fastai.callback.schedule
+from self_supervised_fa.data import sample_dls, load_sample_df
+from self_supervised_fa.dist import distrib_ctx, is_main, rank
+from self_supervised_fa.encoders import save_encoder
+from self_supervised_fa.simclr import SimCLRCallback, create_simclr_model, small_image_augs
+from self_supervised_fa.moco import MoCoV2Callback, create_moco_v2_model
+from self_supervised_fa.byol import BYOLCallback, create_byol_model
+
+METHODS = {
+    'simclr': lambda: (create_simclr_model('test_resnet', hidden_size=32, projection_size=16, n_in=1),
+                       SimCLRCallback(small_image_augs(28), temperature=0.2)),
+    'byol': lambda: (create_byol_model('test_resnet', hidden_size=32, projection_size=16, n_in=1),
+                     BYOLCallback(small_image_augs(28), momentum=0.99)),
+    'moco_v2': lambda: (create_moco_v2_model('test_resnet', hidden_size=32, projection_size=16, queue_size=64, n_in=1),
+                        MoCoV2Callback(small_image_augs(28), momentum=0.99)),
+}
+
+def main(outdir, epochs=5):
+    torch.set_num_threads(1)
+    for name, make in METHODS.items():
+        torch.manual_seed(0)   # the same initial weights in every process (DDP also broadcasts rank 0's)
+        dls = sample_dls(n_per_class=8, n_in=1, valid_df=load_sample_df('test').iloc[:16], bs=8, seed=0)
+        model, cb = make()
+        learn = Learner(dls, model, cbs=cb)
+        with learn.no_bar(), distrib_ctx(learn): learn.fit_one_cycle(epochs, 2e-3)
+        if is_main(): save_encoder(learn.model.encoder, os.path.join(outdir, f'{name}_encoder_rank{rank()}.safetensors'))
+        state = {k: v.detach().cpu().double().numpy() for k, v in learn.model.state_dict().items()}
+        np.savez(os.path.join(outdir, f'{name}_{rank()}.npz'), loss=np.array([v[0] for v in learn.recorder.values]),
+                 **{f'w/{k}': v for k, v in state.items()})
+
+if __name__ == '__main__': main(sys.argv[1])
