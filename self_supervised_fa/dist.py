@@ -10,7 +10,7 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['is_dist', 'world_size', 'rank', 'is_main', 'unwrap', 'gather_sizes', 'gather', 'rank_offset', 'gather_views',
-           'all_reduce_mean', 'distrib_ctx']
+           'all_reduce_mean', 'unwrap_dl', 'rewrap_dl', 'distrib_ctx']
 
 # %% ../nbs/02b_dist.ipynb #f1126591
 def is_dist() -> bool:
@@ -106,6 +106,16 @@ def _gloo_dl_class():
                 return t.cpu().tolist()
         _GLOO_DL = GlooDistributedDL
     return _GLOO_DL
+
+def _is_distributed_dl(dl) -> bool: return any(c.__name__ == 'DistributedDL' for c in type(dl).__mro__)
+
+def unwrap_dl(dl):
+    "The loader inside fastai's `DistributedDL` (one process's shard of it), or `dl` itself"
+    return dl.dl if _is_distributed_dl(dl) else dl
+
+def rewrap_dl(new, like):
+    "`new` wrapped as `like` is (a `DistributedDL` of the same class, rank and world size), or `new` itself"
+    return type(like)(new, like.rank, like.world_size) if _is_distributed_dl(like) else new
 
 @contextmanager
 def distrib_ctx(learn, sync_bn:bool|None=None, # fastai's SyncBatchNorm conversion of the whole model; None: where CUDA is available

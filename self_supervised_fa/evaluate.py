@@ -11,7 +11,7 @@ from fastai.callback.core import Callback
 from fastai.data.core import DataLoaders
 from fastai.learner import ValueMetric
 from .compat import deprecated_alias
-from .dist import gather, is_dist, rank, unwrap, world_size
+from .dist import gather, is_dist, rank, unwrap, unwrap_dl, world_size
 
 # %% auto #0
 __all__ = ['KNNMonitor', 'pool_features', 'get_stage_embeddings', 'get_embeddings', 'budget_indices', 'knn_scores',
@@ -32,7 +32,7 @@ def _ordered(dl):
     "`dl` without shuffling or dropped items, so outputs line up with the dataset (fastai's `DistributedDL`: the loader it wraps)"
     if isinstance(dl, DataLoaders):
         raise TypeError("get_embeddings needs one DataLoader, not a DataLoaders: pass `dls.train` or `dls.valid`")
-    if type(dl).__name__ == 'DistributedDL': dl = dl.dl   # one process's shard: `_shard` splits the whole loader again, in order
+    dl = unwrap_dl(dl)   # fastai's DistributedDL is one process's shard: `_shard` splits the whole loader again, in order
     if hasattr(dl, 'new') and hasattr(dl, 'shuffle'): return dl.new(shuffle=False, drop_last=False)
     if isinstance(dl, torch.utils.data.DataLoader) and not isinstance(dl.sampler, torch.utils.data.SequentialSampler):
         raise ValueError("get_embeddings: the DataLoader shuffles, so features would not follow dataset order; "

@@ -1,5 +1,6 @@
 """A user's training script, run by tests/test_dist_fit.py under `torchrun --nproc_per_node 2` (gloo, CPU): SimCLR, BYOL
-(a teacher) and MoCo v2 (a teacher and a queue) with `fit_one_cycle` inside `dist.distrib_ctx`; rank 0 alone writes the encoder file.
+(a teacher) and MoCo v2 (a teacher and a queue) with `fit_one_cycle` inside `dist.distrib_ctx`; rank 0 alone writes the encoder file;
+then `SoftLabelCallback` training, recording the targets of each process's items.
 Writes OUTDIR/<method>_<rank>.npz: every weight and buffer of the model and the train losses. `python tests/dist_fit.py OUTDIR`"""
 import os, sys
 import numpy as np, torch
@@ -11,6 +12,9 @@ from self_supervised_fa.encoders import save_encoder
 from self_supervised_fa.simclr import SimCLRCallback, create_simclr_model, small_image_augs
 from self_supervised_fa.moco import MoCoV2Callback, create_moco_v2_model
 from self_supervised_fa.byol import BYOLCallback, create_byol_model
+from self_supervised_fa.soft_label import SoftLabelCallback, SoftTargetCrossEntropy, item_labels
+from fastai.callback.core import Callback
+from torch import nn
 
 METHODS = {
     'simclr': lambda: (create_simclr_model('test_resnet', hidden_size=32, projection_size=16, n_in=1),
@@ -34,4 +38,27 @@ def main(outdir, epochs=5):
         np.savez(os.path.join(outdir, f'{name}_{rank()}.npz'), loss=np.array([v[0] for v in learn.recorder.values]),
                  **{f'w/{k}': v for k, v in state.items()})
 
-if __name__ == '__main__': main(sys.argv[1])
+class RecordTargetsCallback(Callback):
+    "The item indices of each training batch (before `SoftLabelCallback` replaces its labels) and the targets it made"
+    order = -6
+    def before_fit(self): self.idx, self.targ = [], []
+    def before_batch(self):
+        if self.training: self.idx.append(self.yb[-1].cpu())
+    def after_pred(self):
+        if self.training: self.targ.append(self.yb[0].cpu())
+
+def soft_label(outdir, epochs=2):
+    "Soft-label training on the sample's 40 items: every process records its items' targets"
+    torch.manual_seed(0)
+    dls = sample_dls(n_per_class=4, n_in=1, valid_df=load_sample_df('test').iloc[:16], bs=6, seed=0)
+    probs = torch.distributions.Dirichlet(torch.ones(10)).sample((len(dls.train.dataset),))
+    rec = RecordTargetsCallback()
+    learn = Learner(dls, nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10)), loss_func=SoftTargetCrossEntropy(),
+                    cbs=[SoftLabelCallback(probs, w=0.3), rec])
+    with learn.no_bar(), distrib_ctx(learn): learn.fit(epochs, 1e-3)
+    np.savez(os.path.join(outdir, f'soft_label_{rank()}.npz'), probs=probs.numpy(), labels=item_labels(dls.train).numpy(),
+             idx=torch.cat(rec.idx).numpy(), targ=torch.cat(rec.targ).numpy())
+
+if __name__ == '__main__':
+    main(sys.argv[1])
+    soft_label(sys.argv[1])

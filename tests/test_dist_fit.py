@@ -21,6 +21,8 @@ def trained(tmp_path_factory):
     for m in METHODS:
         for rk in range(2):
             with np.load(out / f'{m}_{rk}.npz', allow_pickle=False) as f: res[m, rk] = dict(f)
+    for rk in range(2):
+        with np.load(out / f'soft_label_{rk}.npz', allow_pickle=False) as f: res['soft_label', rk] = dict(f)
     return out, res
 
 
@@ -38,3 +40,19 @@ def test_two_process_fit(trained, method):
     assert files == [f'{method}_encoder_rank0.safetensors'], files
     enc = load_encoder(out / files[0])
     for k, v in enc.state_dict().items(): np.testing.assert_array_equal(v.double().numpy(), a[f'w/encoder.{k}'])
+
+
+def test_soft_label_targets_in_two_processes(trained):
+    "Each process trains on its half of the items; every target is the single-process blend of that item's label and probabilities"
+    from self_supervised_fa.soft_label import blend_targets
+    import torch
+    _, res = trained
+    a, b = res['soft_label', 0], res['soft_label', 1]
+    np.testing.assert_array_equal(a['probs'], b['probs']); np.testing.assert_array_equal(a['labels'], b['labels'])
+    n, epochs = len(a['labels']), 2
+    for r in (a, b):
+        want = blend_targets(torch.as_tensor(r['labels'][r['idx']]), torch.as_tensor(r['probs'][r['idx']]), 0.3)
+        np.testing.assert_allclose(r['targ'], want.numpy(), rtol=1e-6)
+        assert len(r['idx']) == epochs * (n // 2 // 6) * 6, len(r['idx'])   # a shard of 20 items per epoch, batches of 6
+    ep = lambda r, e: set(r['idx'].reshape(epochs, -1)[e].tolist())
+    for e in range(epochs): assert not ep(a, e) & ep(b, e), e   # the shards of one epoch are disjoint (40 items: no padding)
