@@ -10,7 +10,7 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['is_dist', 'world_size', 'rank', 'is_main', 'unwrap', 'gather_sizes', 'gather', 'rank_offset', 'gather_views',
-           'all_reduce_mean', 'unwrap_dl', 'rewrap_dl', 'distrib_ctx']
+           'all_reduce', 'all_reduce_mean', 'unwrap_dl', 'rewrap_dl', 'distrib_ctx']
 
 # %% ../nbs/02b_dist.ipynb #f1126591
 def is_dist() -> bool:
@@ -81,13 +81,20 @@ def gather_views(zs) -> tuple:
     zs = tuple(zs)
     return zs if not is_dist() else tuple(gather(torch.stack(zs), 1).unbind(0))
 
+_OPS = dict(sum=dist.ReduceOp.SUM, mean=dist.ReduceOp.SUM, max=dist.ReduceOp.MAX, min=dist.ReduceOp.MIN)
+
 @torch.no_grad()
-def all_reduce_mean(x:Tensor) -> Tensor:
-    "The mean of `x` over processes (a new tensor, no gradient); `x` in one process"
+def all_reduce(x:Tensor, op:str='sum') -> Tensor:
+    "`x` reduced over processes by `op` ('sum', 'mean', 'max' or 'min'): a new tensor, no gradient; `x` in one process"
+    if op not in _OPS: raise ValueError(f"all_reduce: op must be one of {list(_OPS)}, got {op!r}")
     if not is_dist(): return x
     x = x.detach().clone().contiguous()
-    dist.all_reduce(x, op=dist.ReduceOp.SUM)
-    return x.div_(world_size())
+    dist.all_reduce(x, op=_OPS[op])
+    return x.div_(world_size()) if op == 'mean' else x
+
+def all_reduce_mean(x:Tensor) -> Tensor:
+    "The mean of `x` over processes (a new tensor, no gradient); `x` in one process"
+    return all_reduce(x, 'mean')
 
 # %% ../nbs/02b_dist.ipynb #32aef070
 _GLOO_DL = None

@@ -59,6 +59,18 @@ def soft_label(outdir, epochs=2):
     np.savez(os.path.join(outdir, f'soft_label_{rank()}.npz'), probs=probs.numpy(), labels=item_labels(dls.train).numpy(),
              idx=torch.cat(rec.idx).numpy(), targ=torch.cat(rec.targ).numpy())
 
+def plc(outdir, epochs=2):
+    "Progressive label correction on the sample's 40 items, 4 batches of 5 per process and epoch"
+    from self_supervised_fa.plc import PLCCallback
+    torch.manual_seed(0)
+    dls = sample_dls(n_per_class=4, n_in=1, valid_df=load_sample_df('test').iloc[:16], bs=5, seed=0)
+    cb = PLCCallback(warmup=1, theta=0.05, theta_min=0.0)
+    learn = Learner(dls, nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10)), cbs=cb)
+    with learn.no_bar(), distrib_ctx(learn): learn.fit(epochs, 1e-2)
+    np.savez(os.path.join(outdir, f'plc_{rank()}.npz'), given=cb.given.numpy(), labels=cb.labels.numpy(), probs=cb.probs.numpy(),
+             has_probs=cb.has_probs.numpy(), item_labels=item_labels(dls.train).numpy(), n_changes=np.array(len(cb.changes)))
+
 if __name__ == '__main__':
     main(sys.argv[1])
     soft_label(sys.argv[1])
+    plc(sys.argv[1])

@@ -22,7 +22,8 @@ def trained(tmp_path_factory):
         for rk in range(2):
             with np.load(out / f'{m}_{rk}.npz', allow_pickle=False) as f: res[m, rk] = dict(f)
     for rk in range(2):
-        with np.load(out / f'soft_label_{rk}.npz', allow_pickle=False) as f: res['soft_label', rk] = dict(f)
+        for m in ('soft_label', 'plc'):
+            with np.load(out / f'{m}_{rk}.npz', allow_pickle=False) as f: res[m, rk] = dict(f)
     return out, res
 
 
@@ -56,3 +57,13 @@ def test_soft_label_targets_in_two_processes(trained):
         assert len(r['idx']) == epochs * (n // 2 // 6) * 6, len(r['idx'])   # a shard of 20 items per epoch, batches of 6
     ep = lambda r, e: set(r['idx'].reshape(epochs, -1)[e].tolist())
     for e in range(epochs): assert not ep(a, e) & ep(b, e), e   # the shards of one epoch are disjoint (40 items: no padding)
+
+
+def test_plc_tables_in_two_processes(trained):
+    "Each process predicts its half of the items; after every epoch both hold every item's predictions and given label, the same"
+    _, res = trained
+    a, b = res['plc', 0], res['plc', 1]
+    for k in a: np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert a['has_probs'].all()                                 # 40 items, 4 batches of 5 per process: every item seen
+    np.testing.assert_array_equal(a['given'], a['item_labels'])
+    np.testing.assert_allclose(a['probs'].sum(1), 1, rtol=1e-5)
