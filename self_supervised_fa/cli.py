@@ -4,16 +4,15 @@
 
 # %% ../nbs/90_cli.ipynb #356b8854
 from __future__ import annotations
-import os, time, uuid
+import os, time
 from contextlib import ExitStack
 from pathlib import Path
 import pandas as pd, torch
 from fastcore.basics import ifnone
 from fastai.callback.schedule import *
 from fastai.torch_core import set_seed
-from fastai.learner import Learner
 from .data import sample_dls, get_sample_data, load_sample_df, subsample_per_class, write_csv_atomic
-from .encoders import classifier_learner, create_timm_body, save_encoder
+from .encoders import classifier_learner, save_encoder
 from .evaluate import KNNMonitorCallback
 from .label_efficiency import label_efficiency, plot_label_efficiency
 from .methods import METHODS, method_learner
@@ -22,7 +21,7 @@ from .methods import METHODS, method_learner
 __all__ = ['PRETRAIN_METHODS', 'DEMO_METHODS', 'DEFAULT_EPOCHS', 'DEFAULT_LR', 'SUBCOMMANDS', 'train_from_scratch',
            'available_methods', 'knn_monitor_dls', 'pretrain', 'demo', 'ssfa_demo', 'data_flags', 'model_flags',
            'stats_flag', 'parse_stats', 'fit_flags', 'cmd_pretrain', 'cmd_evaluate', 'cmd_pseudo_label', 'cmd_train',
-           'build_parser', 'main', 'ssfa']
+           'cmd_suspects', 'build_parser', 'main', 'ssfa']
 
 # %% ../nbs/90_cli.ipynb #e217e328
 def train_from_scratch(n_per_class:int|None, arch:str='resnet10t', epochs:int=20, lr:float=3e-3, bs:int=32,
@@ -253,21 +252,49 @@ def _train_flags(p):
     p.add_argument('--valid-fold', type=int, help='validate on this fold of --fold-col instead')
     fit_flags(p, epochs=10, lr=1e-3)
     p.add_argument('--no-aug', action='store_true', help="no fastai aug_transforms() on the training batches")
+    p.add_argument('--relabel', help="relabel CSV (review/relabel.csv from ssfa suspects, edited): 'drop' rows leave, 'relabel' rows take new_label")
 
 def cmd_train(a):
     from self_supervised_fa.workflow import train_folder
     r = train_folder(a.data, a.out, a.encoder, a.arch, a.soft_labels, a.w, a.plc, bs=a.bs, epochs=a.epochs, lr=a.lr,
                      seed=a.seed, valid_pct=a.valid_pct, valid_fold=a.valid_fold, resume=a.resume, aug=not a.no_aug,
-                     **_common(a))
+                     relabel=a.relabel, **_common(a))
     sc = r['scores']
     print(f"validation accuracy {sc['accuracy']:.4f}, mean ROC AUC {sc['roc_auc_mean']:.4f} ({sc['mode']}); "
           f"scores: {Path(a.out)/'scores.json'}" + (f", submission: {Path(a.out)/'submission.csv'}" if r['submission'] is not None else ''))
+    return r
+
+def _suspects_flags(p):
+    data_flags(p)
+    p.add_argument('--oof', help='out-of-fold probabilities (oof.csv from ssfa pseudo-label)')
+    p.add_argument('--encoder', help='encoder file (.safetensors) from ssfa pretrain: a kNN vote among its embeddings')
+    p.add_argument('--n-in', type=int, choices=(1, 3), help="input channels (default: the encoder's)")
+    p.add_argument('--size', type=int, help="square image size (default: the encoder's)")
+    stats_flag(p)
+    p.add_argument('--top', type=int, default=200, help='suspects drawn on the contact sheets and listed in relabel.csv')
+    p.add_argument('--weight', type=float, default=0.5, help='weight of the out-of-fold probabilities when both --oof and --encoder are given')
+    p.add_argument('--score', default='margin', choices=('margin', 'self_confidence'), help='suspicion score')
+    p.add_argument('--k', type=int, default=20, help='neighbours of the kNN vote')
+    p.add_argument('--bs', type=int, default=64, help='batch size of the embedding pass')
+    p.add_argument('--seed', type=int, default=0, help='random seed (the folds of the kNN vote)')
+    p.add_argument('--out', default='ssfa_out', help='output folder (the review goes to OUT/review)')
+    p.add_argument('--quiet', action='store_true', help='no progress bars')
+
+def cmd_suspects(a):
+    from self_supervised_fa.workflow import suspects_folder
+    if a.oof is None and a.encoder is None: raise SystemExit("ssfa suspects: give --oof (from ssfa pseudo-label), --encoder (from ssfa pretrain), or both")
+    r = suspects_folder(a.data, a.out, a.oof, a.encoder, a.top, a.weight, a.score, a.k, bs=a.bs, seed=a.seed, **_common(a))
+    rev = Path(a.out)/'review'
+    print(f"estimated share of wrong labels: {r['noise_rate']:.3f}\nranked table: {rev/'suspects.csv'}\n"
+          f"contact sheets: {len(r['pages'])} x {rev/'suspects_NNN.png'}\nedit, then pass to ssfa train --relabel: {r['relabel']}"
+          + (' (kept: it existed)' if r['relabel_kept'] else ''))
     return r
 
 SUBCOMMANDS = {   # name -> (help, add_flags(parser), run(args))
     'pretrain': ('self-supervised pretraining of a timm body on every image -> encoder .safetensors', _pretrain_flags, cmd_pretrain),
     'evaluate': ('label-efficiency table and plot of an encoder on the labelled images', _evaluate_flags, cmd_evaluate),
     'pseudo-label': ('k-fold out-of-fold probabilities (oof.csv), resumable fold by fold', _pseudo_label_flags, cmd_pseudo_label),
+    'suspects': ('rank the labelled images whose labels look wrong: table, contact sheets, an editable relabel.csv', _suspects_flags, cmd_suspects),
     'train': ('final classifier (labels, soft labels or PLC): validation scores and a Kaggle submission', _train_flags, cmd_train),
 }
 

@@ -8,8 +8,7 @@ import functools, os, shutil, uuid, warnings
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from torch import nn, Tensor
-from PIL import Image
-from fastcore.basics import store_attr, ifnone
+from fastcore.basics import store_attr
 from kornia.color import rgb_to_lab, lab_to_rgb, rgb_to_grayscale
 from fastai.data.block import DataBlock, CategoryBlock
 from fastai.data.transforms import ColReader, ColSplitter

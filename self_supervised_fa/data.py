@@ -7,7 +7,7 @@ from __future__ import annotations
 import json, os, shutil, uuid
 from contextlib import contextmanager
 from pathlib import Path
-import numpy as np, pandas as pd, torch
+import numpy as np, pandas as pd
 from PIL import Image
 from fastcore.basics import ifnone
 from fastai.data.block import DataBlock, CategoryBlock

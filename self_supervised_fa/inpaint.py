@@ -4,7 +4,7 @@
 
 # %% ../nbs/25_inpaint.ipynb #47ebb357
 from __future__ import annotations
-import torch, torch.nn.functional as F
+import torch
 from torch import Tensor
 from fastcore.basics import store_attr
 from .pretext import PretextCallback, create_encoder_decoder, EncoderDecoder, show_image_rows

@@ -8,7 +8,7 @@ import hashlib, os
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-import numpy as np, pandas as pd, torch
+import numpy as np, pandas as pd
 from PIL import Image, ImageOps
 from fastprogress.fastprogress import progress_bar
 from fastai.data.block import DataBlock, CategoryBlock, TransformBlock

@@ -4,7 +4,6 @@
 
 # %% ../nbs/06_photos.ipynb #0e4c7b38
 from __future__ import annotations
-import io
 from pathlib import Path
 import numpy as np, pandas as pd
 from PIL import Image

@@ -4,18 +4,13 @@
 
 # %% ../nbs/20_pretext.ipynb #f5b4df38
 from __future__ import annotations
-import math
 from collections import OrderedDict
 import torch, torch.nn.functional as F
 from torch import nn, Tensor
-import matplotlib.pyplot as plt
 from fastcore.basics import store_attr, ifnone
-from fastcore.foundation import L
-from fastai.torch_core import params, show_image
 from fastai.vision.models.unet import DynamicUnet
-from fastai.vision.learner import create_head
 from .batch import ReplaceBatchCallback, show_image_rows
-from .encoders import TimmEncoder, as_encoder, create_timm_body, EncoderClassifier, create_classifier, encoder_splitter
+from .encoders import TimmEncoder, as_encoder, create_timm_body, create_classifier, encoder_splitter
 from .compat import deprecated_alias
 
 # %% auto #0

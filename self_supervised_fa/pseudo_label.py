@@ -4,7 +4,7 @@
 
 # %% ../nbs/40_pseudo_label.ipynb #4fbc0fe1
 from __future__ import annotations
-import os, uuid
+import os
 from pathlib import Path
 import numpy as np, pandas as pd
 from fastcore.basics import ifnone

@@ -4,11 +4,10 @@
 
 # %% ../nbs/91_workflow.ipynb #967e24d7
 from __future__ import annotations
-import json, time, warnings
+import time
 from pathlib import Path
-import numpy as np, pandas as pd, torch
+import numpy as np, pandas as pd
 from fastai.callback.schedule import *
-from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
 from fastai.torch_core import set_seed
 from .data import write_csv_atomic, write_json_atomic, atomic_path
@@ -18,10 +17,11 @@ from .encoders import classifier_learner, load_encoder, read_encoder_metadata, s
 from .checkpoint import CheckpointCallback
 from .pseudo_label import assign_folds, kfold_pseudo_labels
 from .methods import METHODS, method_learner
+from .relabel import apply_relabel
 
 # %% auto #0
 __all__ = ['prepare', 'settings', 'split_valid', 'plot_history', 'folder_method_learner', 'pretrain_folder', 'evaluate_folder',
-           'pseudo_label_folder', 'write_submission', 'train_folder']
+           'pseudo_label_folder', 'write_submission', 'train_folder', 'suspects_folder']
 
 # %% ../nbs/91_workflow.ipynb #4b64b4f3
 def prepare(data, out=None, strict:bool=False, workers:int|None=None, progress:bool=True, **read_kwargs) -> ImageData:
@@ -222,8 +222,9 @@ def write_submission(learn, d:ImageData, fn) -> pd.DataFrame:
 def train_folder(data, out, encoder=None, arch:str|None=None, soft_labels=None, w:float=0.5, plc:bool=False,
                  bs:int=64, epochs:int=10, lr:float=1e-3, seed:int=0, valid_pct:float=0.2, valid_fold:int|None=None,
                  resume:bool=False, workers:int=0, strict:bool=False, progress:bool=True, size:int|None=None,
-                 n_in:int|None=None, aug:bool=True, stats=None, **read_kwargs) -> dict:
-    "Train the final classifier (given labels, `soft_labels` blended with weight `w`, or `plc`); scores and submission in `out`"
+                 n_in:int|None=None, aug:bool=True, stats=None, relabel=None, **read_kwargs) -> dict:
+    """Train the final classifier (given labels, `soft_labels` blended with weight `w`, or `plc`); scores and submission in `out`.
+    `relabel`: a relabel CSV (from `suspects_folder`, edited) whose `drop` rows leave the data and `relabel` rows take their new label"""
     from self_supervised_fa.soft_label import SoftLabelCallback, SoftTargetCrossEntropy, mean_roc_auc
     from self_supervised_fa.plc import PLCCallback
     if (encoder is None) == (arch is None): raise ValueError("pass exactly one of encoder (a file) and arch (a timm name)")
@@ -232,6 +233,7 @@ def train_folder(data, out, encoder=None, arch:str|None=None, soft_labels=None, 
     if not d.labelled: raise ValueError(f"{d.root} has no labels to train on")
     s = settings(d, n_in, size, stats, encoder=encoder)
     set_seed(seed, reproducible=True)
+    if relabel is not None: d.items = apply_relabel(d.items, relabel, 'image_id', 'label', d.classes)
     items = split_valid(d.items, valid_pct, seed, valid_fold)
     dls = folder_dls(items, s['size'], s['n_in'], min(bs, int((~items.is_valid).sum())), s['stats'], d.classes, aug=aug,
                      num_workers=workers)
@@ -242,7 +244,8 @@ def train_folder(data, out, encoder=None, arch:str|None=None, soft_labels=None, 
         cbs.append(SoftLabelCallback(probs, w=w, item_key='image_id')); learn.loss_func = SoftTargetCrossEntropy()
         mode = f'soft labels (w={w})'
     if plc: cbs.append(PLCCallback()); mode = 'PLC'
-    config = dict(encoder=str(encoder), arch=str(arch), mode=mode, bs=bs, epochs=epochs, lr=lr, seed=seed, aug=aug, **s)
+    config = dict(encoder=str(encoder), arch=str(arch), mode=mode, bs=bs, epochs=epochs, lr=lr, seed=seed, aug=aug,
+                  relabel=None if relabel is None else str(relabel), **s)
     ck = CheckpointCallback(out/'train'/'checkpoint.safetensors', resume=resume, config=config)
     _quiet(learn, progress)
     learn.fit_one_cycle(epochs, lr, cbs=cbs + [ck], start_epoch=ck.start_epoch)
@@ -257,3 +260,30 @@ def train_folder(data, out, encoder=None, arch:str|None=None, soft_labels=None, 
     sub = write_submission(learn, d, out/'submission.csv') if d.test is not None else None
     plot_history(ck, out/'train'/'curves.png', f'training ({mode})')
     return dict(scores=scores, submission=sub, learn=learn, encoder=fn, data=d)
+
+# %% ../nbs/91_workflow.ipynb #e21a1257
+def _embed_items(d, s, encoder, bs, workers, progress):
+    "Embeddings of `d.items` in their order (no augmentation) by the encoder file `encoder`"
+    from self_supervised_fa.evaluate import get_embeddings
+    dls = folder_dls(d.items.assign(is_valid=False), s['size'], s['n_in'], bs, s['stats'], d.classes, num_workers=workers)
+    feats, _ = get_embeddings(load_encoder(encoder), dls.test_dl(d.items), progress=progress)
+    return feats.numpy()
+
+def suspects_folder(data, out, oof=None, encoder=None, top:int=200, weight:float=0.5, method:str='margin', k:int=20,
+                    duplicates:bool=True, bs:int=64, seed:int=0, workers:int=0, strict:bool=False, progress:bool=True,
+                    size:int|None=None, n_in:int|None=None, stats=None, **read_kwargs) -> dict:
+    "Suspect-label review of `data` in `out/review`: from `oof` (out-of-fold probabilities, a file or DataFrame) and/or `encoder`'s kNN vote"
+    from self_supervised_fa.review import rank_suspects, write_review, find_duplicates
+    if oof is None and encoder is None:
+        raise ValueError("pass oof (out-of-fold probabilities: oof.csv from ssfa pseudo-label), encoder (a kNN vote among "
+                         "its embeddings), or both")
+    out = Path(out); d = prepare(data, out, strict, progress=progress, **read_kwargs)
+    if not d.labelled: raise ValueError(f"{d.root} has no labels: suspects are labelled items")
+    probs = pd.read_csv(oof, dtype={'image_id': str}) if oof is not None and not isinstance(oof, pd.DataFrame) else oof
+    feats = None
+    if encoder is not None: feats = _embed_items(d, settings(d, n_in, size, stats, encoder=encoder), encoder, bs, workers, progress)
+    folds = d.items.fold.to_numpy() if 'fold' in d.items else None   # the kNN vote of an item comes from the other folds
+    table = rank_suspects(d.items, probs=probs, feats=feats, classes=d.classes, weight=weight, method=method, k=k, folds=folds, seed=seed)
+    dup = find_duplicates(feats, items=d.items) if feats is not None and duplicates else None
+    res = write_review(out/'review', table, dict(zip(d.items.image_id, d.items.fname)), top=top, duplicates=dup)
+    return dict(res, table=table, duplicates=dup, noise_rate=table.attrs['noise_rate'])

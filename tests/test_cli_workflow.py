@@ -31,7 +31,8 @@ def test_help_lists_subcommands_and_shared_flags(capsys):
     for cmd in SUBCOMMANDS:
         with pytest.raises(SystemExit): main([cmd, '--help'])
         h = capsys.readouterr().out
-        for flag in ['--encoder', '--size', '--n-in', '--bs', '--epochs', '--lr', '--seed', '--out', '--strict', '--cache']:
+        trains = cmd != 'suspects'   # suspects trains nothing: no --epochs or --lr
+        for flag in ['--encoder', '--size', '--n-in', '--bs', '--seed', '--out', '--strict', '--cache'] + ['--epochs', '--lr'] * trains:
             assert flag in h, (cmd, flag)
         assert '(default: ' in h
     with pytest.raises(SystemExit): main(['pretrain', '--help'])
@@ -68,14 +69,45 @@ def test_workflow_end_to_end(comp, tmp_path):
     per_fold = [pd.read_csv(out/'pseudo_label'/f'fold_{k}_test.csv')[tp.columns[1:-1]].values for k in range(3)]
     np.testing.assert_allclose(tp[tp.columns[1:-1]].values, np.mean(per_fold, 0), atol=1e-6)
 
-    r = main(['train', str(comp), '--encoder', str(enc), '--soft-labels', str(out/'oof.csv'), '--w', '0.5', '--epochs', '1'] + a)
+    # suspects: the ranked table covers every item once, its scores are rank_suspects' on the same inputs, pictures and relabel.csv
+    r = main(['suspects', str(comp), '--oof', str(out/'oof.csv'), '--encoder', str(enc), '--top', '12', '--group-col', 'region',
+              '--out', str(out), '--quiet'])
+    rev = out/'review'
+    table = pd.read_csv(rev/'suspects.csv', dtype={'image_id': str})
+    assert sorted(table.image_id) == sorted(items.image_id) and table.score.is_monotonic_decreasing
+    from self_supervised_fa.review import rank_suspects
+    feats = W._embed_items(W.prepare(comp, progress=False, group_col='region'), W.settings(W.prepare(comp, progress=False), encoder=enc),
+                           enc, 64, 0, False)
+    ref = rank_suspects(items, probs=pd.read_csv(out/'oof.csv', dtype={'image_id': str}), feats=feats, classes=PHOTO_CLASSES)
+    np.testing.assert_allclose(table.score.values, ref.score.values, atol=1e-9)
+    assert table.image_id.tolist() == ref.image_id.tolist()
+    assert len(r['pages']) == 1 and r['pages'][0].stat().st_size > 5000
+    rel = pd.read_csv(rev/'relabel.csv', dtype=str, keep_default_na=False)
+    assert rel.image_id.tolist() == table.image_id[:12].tolist() and set(rel.action) == {'keep'}
+    # the user edits relabel.csv: drop the top suspect, relabel the second; train sees exactly that
+    dropped, moved = rel.image_id[0], rel.image_id[1]
+    new_label = next(c for c in PHOTO_CLASSES if c != items.set_index('image_id').label[moved])
+    rel.loc[0, 'action'], rel.loc[1, 'action'], rel.loc[1, 'new_label'] = 'drop', 'relabel', new_label
+    rel.to_csv(rev/'relabel.csv', index=False)
+    seen = {}
+    orig = W.folder_dls
+    def spy(items_, *args, **kw): seen['items'] = items_; return orig(items_, *args, **kw)
+    W.folder_dls = spy
+    try:
+        r = main(['train', str(comp), '--encoder', str(enc), '--soft-labels', str(out/'oof.csv'), '--w', '0.5', '--epochs', '1',
+                  '--relabel', str(rev/'relabel.csv')] + a)
+    finally: W.folder_dls = orig
+    got = seen['items'].set_index('image_id')
+    assert dropped not in got.index and got.label[moved] == new_label and len(got) == len(items) - 1
+    same = items.set_index('image_id').label.drop([dropped, moved])
+    assert (got.label.drop(moved) == same).all()
     sub = pd.read_csv(out/'submission.csv')
     test = pd.read_csv(comp/'test.csv')
     assert sub.image_id.tolist() == test.image_id.tolist()                         # one row per test image, in order
     assert list(sub.columns) == ['image_id'] + PHOTO_CLASSES                        # the competition's column order
     np.testing.assert_allclose(sub[PHOTO_CLASSES].values.sum(1), 1, atol=1e-9)
     row = sub.set_index('image_id').loc['Test_1']                                   # the missing test image: class frequencies
-    np.testing.assert_allclose(row.values, items.label.value_counts(normalize=True).reindex(PHOTO_CLASSES).values)
+    np.testing.assert_allclose(row.values, got.label.value_counts(normalize=True).reindex(PHOTO_CLASSES).values)   # after the relabel file
     sc = json.loads((out/'scores.json').read_text())
     vp = pd.read_csv(out/'valid_preds.csv')
     pc = [f'prob_{c}' for c in PHOTO_CLASSES]
