@@ -18,8 +18,8 @@ from .compat import deprecated_alias
 from .dist import unwrap
 
 # %% auto #0
-__all__ = ['get_encoder', 'create_mlp', 'size_groups', 'check_size_order', 'drop_grads', 'SiameseModel', 'float32_loss',
-           'check_views', 'view_pairs', 'MultiViewCallback', 'unwrap']
+__all__ = ['get_encoder', 'create_mlp', 'size_groups', 'check_size_order', 'drop_grads', 'SiameseModel', 'sync_head_bn',
+           'float32_loss', 'check_views', 'view_pairs', 'MultiViewCallback', 'unwrap']
 
 # %% ../nbs/03_views.ipynb #aeafc3ea
 def create_mlp(in_dim:int, hidden_size:int, out_dim:int, n_layers:int=2, bn:bool=True, last_bn:bool=False,
@@ -87,6 +87,16 @@ class SiameseModel(nn.Module):
         self.teacher.update(momentum, encoder=self.encoder, projector=self.projector)
 
 get_encoder = deprecated_alias(as_encoder, 'get_encoder')
+
+# %% ../nbs/03_views.ipynb #afda35df
+def sync_head_bn(model:nn.Module) -> nn.Module:
+    "`model` with the BatchNorm layers of its heads (projector, predictor, the teacher's projector) as `nn.SyncBatchNorm`"
+    m = unwrap(model)
+    for owner in (m, getattr(m, 'teacher', None)):
+        for name in ('projector', 'predictor'):
+            head = getattr(owner, name, None) if owner is not None else None
+            if isinstance(head, nn.Module): setattr(owner, name, nn.SyncBatchNorm.convert_sync_batchnorm(head))
+    return model
 
 # %% ../nbs/03_views.ipynb #abff1f6c
 def _upcast(t): return t.to(torch.promote_types(t.dtype, torch.float32)) if isinstance(t, Tensor) and t.is_floating_point() else t
