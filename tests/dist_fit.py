@@ -1,20 +1,25 @@
 """A user's training script, run by tests/test_dist_fit.py under `torchrun --nproc_per_node 2` (gloo, CPU): SimCLR, BYOL
-(a teacher) and MoCo v2 (a teacher and a queue) with `fit_one_cycle` inside `dist.distrib_ctx`; rank 0 alone writes the encoder file;
+(a teacher) and MoCo v2 (a teacher and a queue) with `fit_one_cycle` inside `dist.distrib_ctx`; rank 0 alone writes the encoder file and
+the checkpoints;
 then `SoftLabelCallback` training, recording the targets of each process's items.
 Writes OUTDIR/<method>_<rank>.npz: every weight and buffer of the model and the train losses. `python tests/dist_fit.py OUTDIR`"""
 import os, sys
 import numpy as np, torch
 from fastai.learner import Learner
+from fastai.torch_core import set_seed
 import fastai.callback.schedule
 from self_supervised_fa.data import sample_dls, load_sample_df
 from self_supervised_fa.dist import distrib_ctx, is_main, rank
 from self_supervised_fa.encoders import save_encoder
+from self_supervised_fa.checkpoint import CheckpointCallback
 from self_supervised_fa.simclr import SimCLRCallback, create_simclr_model, small_image_augs
 from self_supervised_fa.moco import MoCoV2Callback, create_moco_v2_model
 from self_supervised_fa.byol import BYOLCallback, create_byol_model
 from self_supervised_fa.soft_label import SoftLabelCallback, SoftTargetCrossEntropy, item_labels
 from fastai.callback.core import Callback
 from torch import nn
+
+SEED = int(os.environ.get('SSFA_TEST_SEED', 0))
 
 METHODS = {
     'simclr': lambda: (create_simclr_model('test_resnet', hidden_size=32, projection_size=16, n_in=1),
@@ -25,13 +30,14 @@ METHODS = {
                         MoCoV2Callback(small_image_augs(28), momentum=0.99)),
 }
 
-def main(outdir, epochs=5):
+def main(outdir, epochs=4):
     torch.set_num_threads(1)
     for name, make in METHODS.items():
-        torch.manual_seed(0)   # the same initial weights in every process (DDP also broadcasts rank 0's)
-        dls = sample_dls(n_per_class=8, n_in=1, valid_df=load_sample_df('test').iloc[:16], bs=8, seed=0)
+        set_seed(SEED)   # the same initial weights in every process (DDP also broadcasts rank 0's), and a fixed shuffle
+        dls = sample_dls(n_per_class=16, n_in=1, valid_df=load_sample_df('test').iloc[:16], bs=8, seed=SEED)
         model, cb = make()
-        learn = Learner(dls, model, cbs=cb)
+        ckpt = CheckpointCallback(os.path.join(outdir, f'{name}_checkpoint_rank{rank()}.safetensors'))
+        learn = Learner(dls, model, cbs=[cb, ckpt])
         with learn.no_bar(), distrib_ctx(learn): learn.fit_one_cycle(epochs, 2e-3)
         if is_main(): save_encoder(learn.model.encoder, os.path.join(outdir, f'{name}_encoder_rank{rank()}.safetensors'))
         state = {k: v.detach().cpu().double().numpy() for k, v in learn.model.state_dict().items()}
