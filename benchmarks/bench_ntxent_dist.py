@@ -14,7 +14,7 @@ def worker(rank, world, port, reps, out):
     os.environ['MALLOC_MMAP_THRESHOLD_'] = '65536'
     import torch, torch.distributed as dist
     sys.path.insert(0, HERE)
-    from bench_ntxent import run_once
+    from bench_ntxent import interleaved
     from self_supervised_fa.simclr import NTXentLoss
     from lightly.loss import NTXentLoss as LightlyNTXent
     torch.set_num_threads(1)
@@ -25,12 +25,7 @@ def worker(rank, world, port, reps, out):
         n = b // world   # each process's share of a global batch of b images
         torch.manual_seed(rank)
         z0, z1 = torch.randn(n, DIM, requires_grad=True), torch.randn(n, DIM, requires_grad=True)
-        r = {k: ([], []) for k in impls}
-        for k, f in impls.items(): run_once(f, z0, z1)   # warm-up
-        for _ in range(reps):
-            for k, f in impls.items():
-                dt, mem = run_once(f, z0, z1); r[k][0].append(dt); r[k][1].append(mem)
-        res[b] = {k: (statistics.median(v[0]), statistics.median(v[1])) for k, v in r.items()}
+        res[b] = interleaved(impls, z0, z1, reps)
     json.dump({str(k): v for k, v in res.items()}, open(f'{out}.{world}.{rank}.json', 'w'))
     if world > 1: dist.destroy_process_group()
 
