@@ -10,7 +10,7 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['is_dist', 'world_size', 'rank', 'is_main', 'unwrap', 'gather_sizes', 'gather', 'rank_offset', 'gather_views',
-           'all_reduce', 'all_reduce_mean', 'unwrap_dl', 'rewrap_dl', 'distrib_ctx']
+           'barrier', 'all_reduce', 'all_reduce_mean', 'unwrap_dl', 'rewrap_dl', 'distrib_ctx']
 
 # %% ../nbs/02b_dist.ipynb #f1126591
 def is_dist() -> bool:
@@ -80,6 +80,10 @@ def gather_views(zs) -> tuple:
     "One tensor per view, each the global batch of that view (every process's rows, in rank order), from one collective"
     zs = tuple(zs)
     return zs if not is_dist() else tuple(gather(torch.stack(zs), 1).unbind(0))
+
+def barrier():
+    "Wait until every process gets here (e.g. until rank 0 has written a file the others read); a no-op in one process"
+    if is_dist(): dist.barrier()
 
 _OPS = dict(sum=dist.ReduceOp.SUM, mean=dist.ReduceOp.SUM, max=dist.ReduceOp.MAX, min=dist.ReduceOp.MIN)
 

@@ -150,6 +150,39 @@ def case_embeddings():
     cb.after_validate()
     return dict(res, valid_feats=f2.numpy(), valid_labels=l2.numpy(), knn=np.array(cb.value))
 
+class SeededFoldLearner:
+    "learner_fn for kfold_pseudo_labels: a tiny CNN seeded by its fold's items, so a fold trains the same in any process"
+    def __init__(self): self.held = []
+    def __call__(self, trn, val):
+        from fastai.learner import Learner
+        from fastai.torch_core import set_seed
+        from self_supervised_fa.data import sample_dls
+        set_seed(int(val.index.min()))
+        self.held.append(sorted(val.image_id))
+        model = nn.Sequential(nn.Conv2d(1, 4, 3, 2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+        return Learner(sample_dls(trn, val, bs=16, seed=0), model)
+    @staticmethod
+    def fit(learn):
+        import fastai.callback.progress
+        with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-2)
+
+def kfold_run(out_dir):
+    "4 folds of 40 sample digits into `out_dir`: the table and the held-out items of the folds this process trained"
+    from self_supervised_fa.data import load_sample_df, subsample_per_class
+    from self_supervised_fa.pseudo_label import kfold_pseudo_labels
+    df, rec = subsample_per_class(load_sample_df('train'), 4), SeededFoldLearner()
+    oof = kfold_pseudo_labels(df, out_dir, 4, learner_fn=rec, fit_fn=rec.fit, progress=False)
+    return oof, rec.held
+
+def case_kfold():
+    "Parallel folds: each process trains 2 of the 4 folds into one shared folder; every process returns the whole table"
+    d = os.path.join(os.environ['SSFA_DIST_OUT'], 'kfold')   # a fresh folder of this run
+    oof, held = kfold_run(d)
+    probs = oof[[c for c in oof.columns if c.startswith('prob_')]].to_numpy()
+    return dict(probs=probs, fold=oof.fold.to_numpy(), local_folds=np.array(len(held)),
+                local_held=np.array(sorted(str(i) for h in held for i in h)),
+                oof_file=np.array(os.path.exists(os.path.join(d, 'oof.csv'))))
+
 
 CASES = {k[5:]: v for k, v in globals().items() if k.startswith('case_')}
 
@@ -158,6 +191,7 @@ def main(rank_, world, port, outdir, names):
     torch.set_num_threads(1)
     import torch.distributed as dist
     dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank_, world_size=world)
+    os.environ['SSFA_DIST_OUT'] = outdir
     try:
         for name in names:
             res = CASES[name]()
