@@ -76,3 +76,14 @@ def test_plc_tables_in_two_processes(trained):
     assert a['has_probs'].all()                                 # 40 items, 4 batches of 5 per process: every item seen
     np.testing.assert_array_equal(a['given'], a['item_labels'])
     np.testing.assert_allclose(a['probs'].sum(1), 1, rtol=1e-5)
+
+
+def test_notebook_launcher(tmp_path):
+    "`accelerate.notebook_launcher(train, num_processes=2)` (a notebook's launch, e.g. Kaggle's two GPUs) trains in 2 processes"
+    env = {**os.environ, 'PYTHONPATH': os.path.dirname(HERE) + os.pathsep + os.environ.get('PYTHONPATH', ''), 'OMP_NUM_THREADS': '1'}
+    r = subprocess.run([sys.executable, os.path.join(HERE, 'dist_notebook_launch.py'), str(tmp_path)], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['weights_0_2.npy', 'weights_1_2.npy']
+    a, b = (np.load(tmp_path / f'weights_{rk}_2.npy', allow_pickle=False) for rk in range(2))
+    np.testing.assert_array_equal(a, b)
