@@ -49,6 +49,16 @@ def run_once(f, z0, z1):
     return dt, _status()['VmHWM'] - before
 
 
+def interleaved(impls:dict, z0, z1, reps:int) -> dict:
+    "{name: (median seconds, median peak bytes)} of forward+backward of every loss in `impls`, run in turns after a warm-up"
+    res = {k: ([], []) for k in impls}
+    for k, f in impls.items(): run_once(f, z0, z1)                   # warm-up
+    for _ in range(reps):
+        for k, f in impls.items():
+            dt, mem = run_once(f, z0, z1); res[k][0].append(dt); res[k][1].append(mem)
+    return {k: (statistics.median(v[0]), statistics.median(v[1])) for k, v in res.items()}
+
+
 def main(reps=7, out='benchmarks/results/ntxent.md', sizes=(256, 1024, 2048), dim=128, t=0.5, threads=1):
     torch.set_num_threads(threads)  # 1: OpenMP barriers make multi-threaded timings erratic on a shared CPU
     impls = {'self_supervised_fa': NTXentLoss(t), 'masking (seed)': lambda a, b: masking_ntxent(a, b, t)}
@@ -60,12 +70,7 @@ def main(reps=7, out='benchmarks/results/ntxent.md', sizes=(256, 1024, 2048), di
     for b in sizes:
         torch.manual_seed(0)
         z0, z1 = torch.randn(b, dim, requires_grad=True), torch.randn(b, dim, requires_grad=True)
-        res = {k: ([], []) for k in impls}
-        for k, f in impls.items(): run_once(f, z0, z1)                   # warm-up
-        for _ in range(reps):
-            for k, f in impls.items():
-                dt, mem = run_once(f, z0, z1); res[k][0].append(dt); res[k][1].append(mem)
-        med = {k: (statistics.median(v[0]), statistics.median(v[1])) for k, v in res.items()}
+        med = interleaved(impls, z0, z1, reps)
         for k, (dt, mem) in med.items():
             rows.append((f'2x{b}', k, dt * 1e3, mem / 2**20,
                          dt / med['lightly'][0] if 'lightly' in med else float('nan'),

@@ -9,6 +9,7 @@ from torch import nn
 from fastcore.basics import ifnone
 from .augment import ViewAugment, simclr_augs, small_image_augs
 from .views import MultiViewCallback, SiameseModel, create_mlp, float32_loss, check_views
+from .dist import gather_views
 from .encoders import TimmEncoder, as_encoder, save_encoder, load_encoder
 from .compat import deprecated_alias
 
@@ -28,6 +29,9 @@ class BarlowTwinsLoss(nn.Module):
     $C_{ij} = \frac{1}{B}\sum_b \hat z^A_{bi} \hat z^B_{bj}$ and
     $$L = \sum_i (1 - C_{ii})^2 + \lambda \sum_i \sum_{j \ne i} C_{ij}^2 .$$
 
+    In several processes (DDP) the statistics are those of the global batch (`dist.gather_views`): every process
+    returns the same, global, loss.
+
     Shapes: `z_a`, `z_b` are `(B, D)` with `B >= 2`, any float dtype (computed in float32 or float64); returns a scalar.
 
     Example: `BarlowTwinsLoss(5e-3)(model(view_a), model(view_b))`."""
@@ -37,7 +41,7 @@ class BarlowTwinsLoss(nn.Module):
     @float32_loss
     def forward(self, *zs):
         check_views('BarlowTwinsLoss', zs, n=2)
-        za, zb = (self.standardize(z) for z in zs)
+        za, zb = (self.standardize(z) for z in gather_views(zs))   # the global batch in several processes
         c = za.t() @ zb / len(za)
         on = torch.diagonal(c)
         return (1 - on).pow(2).sum() + self.lambd * (c.pow(2).sum() - on.pow(2).sum())

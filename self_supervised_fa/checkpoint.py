@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np, torch
 from fastai.callback.core import Callback
 from .data import atomic_path
+from .dist import is_main, unwrap
 
 # %% auto #0
 __all__ = ['read_checkpoint', 'checkpoint_epoch', 'CheckpointCallback']
@@ -112,7 +113,7 @@ class CheckpointCallback(Callback):
             raise ValueError(f"{self.path} holds a run of {meta['n_epoch']} epochs, this fit has {self.n_epoch}; resume "
                              f"with the same number of epochs (--epochs {meta['n_epoch']})")
         pre = 'model.'
-        self.learn.model.load_state_dict({k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)})
+        unwrap(self.learn.model).load_state_dict({k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)})
         _load_opt_state(self.learn.opt, tensors, meta['opt'])
 
     def before_train(self):
@@ -140,8 +141,10 @@ class CheckpointCallback(Callback):
         self.save(self.epoch + 1)
 
     def save(self, epoch:int):
+        "Write the checkpoint (rank 0 alone, under DDP; the weights without DDP's wrapper, so one process can resume)"
         from safetensors.torch import save_file
-        tensors = {f'model.{k}': v for k, v in self.learn.model.state_dict().items()}
+        if not is_main(): return
+        tensors = {f'model.{k}': v for k, v in unwrap(self.learn.model).state_dict().items()}
         opt_t, opt_m = _opt_state(self.learn.opt)
         rng_t, rng_m = _rng_state(self._dl_rng)
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in {**tensors, **opt_t, **rng_t}.items()}

@@ -177,7 +177,11 @@ def sample_dls(train_df=None, valid_df=None, n_per_class:int|None=None, n_in:int
 # %% ../nbs/00_data.ipynb #adb491fb
 def get_norm_stats(dls):
     "`(mean, std)` of the fastai `Normalize` in `dls.after_batch`, each shaped (1,C,1,1), or None if there is none"
-    for t in dls.after_batch.fs:
+    tfms = getattr(dls, 'after_batch', None)
+    if not hasattr(tfms, 'fs'):   # under DDP fastai wraps each loader in a `DistributedDL`, whose `dl` holds the transforms
+        dl = getattr(dls, 'train', dls)
+        tfms = getattr(getattr(dl, 'dl', dl), 'after_batch', None)
+    for t in getattr(tfms, 'fs', []):
         if isinstance(t, Normalize) and getattr(t, 'mean', None) is not None:
             return t.mean.view(1, -1, 1, 1), t.std.view(1, -1, 1, 1)
     return None

@@ -11,6 +11,7 @@ from fastcore.basics import ifnone
 from .augment import ViewAugment
 from .multicrop import dino_augs, small_dino_augs, dino_preset
 from .views import MultiViewCallback, SiameseModel, float32_loss, check_views, view_pairs, unwrap, drop_grads
+from .dist import all_reduce_mean, rank_offset, world_size
 from .encoders import TimmEncoder, as_encoder, save_encoder, load_encoder
 
 # %% auto #0
@@ -32,7 +33,9 @@ class DINOLoss(nn.Module):
     crop $v$ (the global crops first), $P_t(i) = \mathrm{softmax}((t_i - c)/\tau_t)$ (no gradient),
     $P_s(v) = \mathrm{softmax}(s_v/\tau_s)$ and
     $$L = \frac{1}{|\{(i, v): v \ne i\}|} \sum_{i} \sum_{v \ne i} -\frac{1}{B} \sum_b P_t(i)_b^\top \log P_s(v)_b .$$
-    The centre is not updated here (the callback does it, `DINOCallback`).
+    The centre is not updated here (the callback does it, `DINOCallback`). In several processes (DDP) each process
+    returns its images' share of $L$ (the mean over processes is the global batch's $L$), and the centre is updated
+    with the mean over the global batch.
 
     Shapes: `student_out` a sequence of `V` tensors `(B, K)`, `teacher_out` a sequence of `G <= V` tensors `(B, K)`,
     `center` `(1, K)` or a number; any float dtype (computed in float32 or float64); returns a scalar.
@@ -52,7 +55,8 @@ class DINOLoss(nn.Module):
         if teacher_temp <= 0: raise ValueError(f"DINOLoss: teacher_temp must be positive, got {teacher_temp}")
         pt = teacher_probs(teacher_out, center, teacher_temp)                              # (G, B, K)
         logps = F.log_softmax(torch.stack(list(student_out)) / self.student_temp, dim=-1)   # (V, B, K)
-        ce = -torch.einsum('gbk,vbk->gv', pt, logps) / pt.shape[1]
+        w = world_size() / rank_offset(pt.shape[1], pt.device)[1]   # 1/B; in several processes W/N: the mean over them is global
+        ce = -torch.einsum('gbk,vbk->gv', pt, logps) * w
         return torch.stack([ce[j, i] for i, j in view_pairs(len(student_out), len(teacher_out))]).mean()
 
 # %% ../nbs/18_dino.ipynb #aa8a615d
@@ -85,8 +89,10 @@ class DINOModel(SiameseModel):
 
     @torch.no_grad()
     def update_center(self, teacher_out, momentum:float=0.9):
-        "`center <- momentum * center + (1 - momentum) * mean of the teacher's outputs`, over the global crops of the batch"
-        batch = torch.cat(list(teacher_out)).float().mean(0, keepdim=True)
+        "`center <- momentum * center + (1 - momentum) * mean of the teacher's outputs`, over the global crops of the (global) batch"
+        t = torch.cat(list(teacher_out)).float()
+        n = all_reduce_mean(torch.tensor(float(len(t)), device=t.device))   # in several processes: the global batch's mean
+        batch = all_reduce_mean(t.sum(0, keepdim=True)) / n
         self.center.lerp_(batch.to(self.center.dtype), 1. - momentum)
 
 def create_dino_model(encoder:TimmEncoder|str='resnet18', # a TimmEncoder or a timm architecture name

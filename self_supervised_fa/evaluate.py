@@ -11,6 +11,7 @@ from fastai.callback.core import Callback
 from fastai.data.core import DataLoaders
 from fastai.learner import ValueMetric
 from .compat import deprecated_alias
+from .dist import gather, is_dist, rank, unwrap, unwrap_dl, world_size
 
 # %% auto #0
 __all__ = ['KNNMonitor', 'pool_features', 'get_stage_embeddings', 'get_embeddings', 'budget_indices', 'knn_scores',
@@ -28,14 +29,24 @@ def _model_device(m) -> torch.device:
     return p.device if p is not None else torch.device('cpu')
 
 def _ordered(dl):
-    "`dl` without shuffling or dropped items, so outputs line up with the dataset"
+    "`dl` without shuffling or dropped items, so outputs line up with the dataset (fastai's `DistributedDL`: the loader it wraps)"
     if isinstance(dl, DataLoaders):
         raise TypeError("get_embeddings needs one DataLoader, not a DataLoaders: pass `dls.train` or `dls.valid`")
+    dl = unwrap_dl(dl)   # fastai's DistributedDL is one process's shard: `_shard` splits the whole loader again, in order
     if hasattr(dl, 'new') and hasattr(dl, 'shuffle'): return dl.new(shuffle=False, drop_last=False)
     if isinstance(dl, torch.utils.data.DataLoader) and not isinstance(dl.sampler, torch.utils.data.SequentialSampler):
         raise ValueError("get_embeddings: the DataLoader shuffles, so features would not follow dataset order; "
                          "pass a DataLoader built with shuffle=False")
     return dl
+
+def _shard(dl):
+    """In several processes, `(this process's part of the ordered fastai loader dl, item count)`: contiguous slices of the
+    items, padded by repeating the first ones as fastai's `DistributedDL` does; else `(dl, None)` (every item here)"""
+    n = getattr(dl, 'n', None)
+    if not is_dist() or not hasattr(dl, 'new') or not n: return dl, None
+    per = -(-n // world_size())
+    idxs = [i % n for i in range(rank() * per, (rank() + 1) * per)]
+    return dl.new(get_idxs=lambda: idxs, n=len(idxs)), n
 
 # %% ../nbs/30_evaluate.ipynb #4c52f90c
 def pool_features(feats: Tensor, pool='avg') -> Tensor:
@@ -50,7 +61,7 @@ def pool_features(feats: Tensor, pool='avg') -> Tensor:
 
 def _batches(encoder, dl, fn, progress):
     "`fn(x)` (a list of tensors) for every batch of `dl` in dataset order, in eval mode; concatenated per list entry, and the labels"
-    dl, device, was_training = _ordered(dl), _model_device(encoder), encoder.training
+    (dl, n), device, was_training = _shard(_ordered(dl)), _model_device(encoder), encoder.training
     outs, labels = None, []
     encoder.eval()
     try:
@@ -62,7 +73,10 @@ def _batches(encoder, dl, fn, progress):
                 if yb is not None: labels.append(_as_tensor(yb, 'labels').cpu())
     finally: encoder.train(was_training)
     if outs is None: raise ValueError("get_embeddings: the DataLoader is empty")
-    return [torch.cat(o) for o in outs], (torch.cat(labels) if labels else None)
+    outs, labels = [torch.cat(o) for o in outs], (torch.cat(labels) if labels else None)
+    if n is None: return outs, labels
+    whole = lambda t: None if t is None else gather(t.to(device)).cpu()[:n]   # every process's slice, in dataset order
+    return [whole(o) for o in outs], whole(labels)
 
 def _check_vectors(out):
     if out.ndim != 2:
@@ -73,6 +87,7 @@ def _check_vectors(out):
 # %% ../nbs/30_evaluate.ipynb #a0d8bcc8
 def get_stage_embeddings(encoder: nn.Module, dl, stages='all', pool='avg', progress: bool = True) -> tuple[dict, Tensor | None]:
     "`{stage: (N, D) features}` of every item of `dl` at each of `stages` (`'all'` or a list of ints), pooled by `pool`, and the labels"
+    encoder = unwrap(encoder)
     if not hasattr(encoder, 'stage_features'):
         raise TypeError(f"stage features need a TimmEncoder (it has `stage_features`), got {type(encoder).__name__}")
     stages = list(range(encoder.n_stages)) if stages == 'all' else [encoder.stage_index(s) for s in stages]
@@ -81,6 +96,7 @@ def get_stage_embeddings(encoder: nn.Module, dl, stages='all', pool='avg', progr
 
 def get_embeddings(encoder: nn.Module, dl, progress: bool = True, stage: int | None = None, pool='avg') -> tuple[Tensor, Tensor | None]:
     "Features (float32, CPU) of every item of `dl` in dataset order, and the labels (or None): `encoder.embed`, or stage `stage` pooled by `pool`"
+    encoder = unwrap(encoder)
     if stage is not None:
         feats, labels = get_stage_embeddings(encoder, dl, [stage], pool, progress)
         return next(iter(feats.values())), labels
@@ -196,7 +212,8 @@ def best_stage(stage_feats: dict, labels, method: str = 'linear', n_folds: int =
 
 # %% ../nbs/30_evaluate.ipynb #bf0a823b
 def _get_encoder(model):
-    "The encoder of a self-supervised model (`model.encoder`, by the library's convention) or the model itself"
+    "The encoder of a self-supervised model (`model.encoder`, by the library's convention, inside a DDP wrapper too) or the model itself"
+    model = unwrap(model)
     return getattr(model, 'encoder', model)
 
 class KNNMonitorCallback(Callback):

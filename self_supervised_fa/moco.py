@@ -9,6 +9,7 @@ from torch import nn
 from fastcore.basics import ifnone
 from .augment import ViewAugment, simclr_augs, small_image_augs
 from .views import MultiViewCallback, SiameseModel, create_mlp, float32_loss, view_pairs, unwrap
+from .dist import gather, rank_offset, world_size
 from .encoders import TimmEncoder, as_encoder, save_encoder, load_encoder
 
 # %% auto #0
@@ -26,7 +27,8 @@ class InfoNCELoss(nn.Module):
     $$\ell_b = -\log\frac{\exp(q_b^\top k_b/\tau)}{\exp(q_b^\top k_b/\tau) + \sum_{m=1}^K \exp(q_b^\top n_m/\tau)};$$
     without one (`negatives=None`, MoCo v3) the negatives are the other keys of the batch:
     $\ell_b = -\log \mathrm{softmax}_c(q_b^\top k_c/\tau)_b$. Returns the mean over the batch; the keys and negatives
-    get no gradient.
+    get no gradient. In several processes (DDP) the batch's keys are the global batch's (`dist.gather`) and each
+    process returns its queries' share of the loss: the mean over processes is the loss of the global batch.
 
     Shapes: `q`, `k` `(B, D)`, `negatives` `(K, D)` (unit rows); any float dtype (computed in float32 or float64).
 
@@ -40,15 +42,16 @@ class InfoNCELoss(nn.Module):
     def forward(self, q, k, negatives=None):
         if q.ndim != 2 or q.shape != k.shape: raise ValueError(f"InfoNCELoss: q and k must be (batch, features) of one shape, got {tuple(q.shape)} and {tuple(k.shape)}")
         q, k = F.normalize(q, dim=1), F.normalize(k.detach(), dim=1)
+        off, n = rank_offset(len(q), q.device)   # this process's rows among the n of the global batch
         if negatives is None:
-            if len(q) < 2: raise ValueError("InfoNCELoss: a batch of 1 has no negatives; use batches of 2 or more, or a queue")
-            logits, labels = q @ k.t(), torch.arange(len(q), device=q.device)
+            if n < 2: raise ValueError("InfoNCELoss: a batch of 1 has no negatives; use batches of 2 or more, or a queue")
+            logits, labels = q @ gather(k).t(), torch.arange(off, off + len(q), device=q.device)   # the global batch's keys
         else:
             if negatives.ndim != 2 or negatives.shape[1] != q.shape[1]:
                 raise ValueError(f"InfoNCELoss: negatives must be (K, {q.shape[1]}), got {tuple(negatives.shape)}")
             logits = torch.cat([(q * k).sum(1, keepdim=True), q @ negatives.detach().t()], 1)
             labels = torch.zeros(len(q), dtype=torch.long, device=q.device)
-        return F.cross_entropy(logits / self.temperature, labels)
+        return F.cross_entropy(logits / self.temperature, labels, reduction='sum') * (world_size() / n)   # mean over processes: the global mean
 
 # %% ../nbs/14_moco.ipynb #5ee82d22
 def create_moco_v2_model(encoder:TimmEncoder|str='resnet18', # a TimmEncoder or a timm architecture name

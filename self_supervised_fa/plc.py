@@ -7,6 +7,7 @@ from __future__ import annotations
 import pandas as pd, torch, torch.nn.functional as F
 from fastcore.basics import store_attr
 from .soft_label import ItemTargetCallback
+from .dist import all_reduce, is_dist
 
 # %% auto #0
 __all__ = ['PLCCallback']
@@ -56,7 +57,19 @@ class PLCCallback(ItemTargetCallback):
 
     def after_epoch(self):
         self.epochs_seen += 1
+        self.sync()
         if self.epochs_seen >= self.warmup: self.correct()
+
+    def sync(self):
+        "In several processes (DDP shards the items): every process takes in the others' predictions and given labels of the epoch"
+        if not is_dist(): return
+        seen = self.seen[self.slot]
+        n = all_reduce(seen.float())   # an item padded into two shards is predicted twice: averaged
+        self.hist[self.slot] = all_reduce(self.hist[self.slot] * seen[:, None]) / n.clamp(min=1)[:, None]
+        self.seen[self.slot] = n > 0
+        self.given = all_reduce(self.given, 'max')   # -1 where no process has seen the item yet
+        new = (self.labels < 0) & (self.given >= 0)
+        self.labels[new] = self.given[new]           # corrections then run on the same state everywhere
 
     def correct(self) -> int:
         "Flip the labels whose confidence gap exceeds the current threshold, then loosen it; return the number flipped"

@@ -12,6 +12,7 @@ from fastprogress.fastprogress import progress_bar
 from sklearn.model_selection import StratifiedKFold, StratifiedGroupKFold
 from .soft_label import PROB_PREFIX, prob_columns
 from .data import write_csv_atomic
+from .dist import barrier, is_main, rank, world_size
 
 # %% auto #0
 __all__ = ['class_labels', 'assign_folds', 'predict_fold', 'average_fold_predictions', 'kfold_pseudo_labels']
@@ -138,14 +139,17 @@ def kfold_pseudo_labels(df: pd.DataFrame, out_dir, n_folds: int=5, label='label'
         from self_supervised_fa.data import check_image_files
         check_image_files(fnames(d, item_col) if callable(fnames) else fnames)
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
-    _check_folds(d, out_dir, item_col)
+    if is_main(): _check_folds(d, out_dir, item_col)   # several processes: rank 0 writes the folds, the others check them
+    barrier()
+    if not is_main(): _check_folds(d, out_dir, item_col)
     learner_fn = learner_fn or _default_learner(arch, encoder_path, dls_fn, dls_kwargs, 'label')
     fit_fn = fit_fn or (lambda learn: learn.fine_tune(epochs, lr) if encoder_path else learn.fit_one_cycle(epochs, lr))
     if test_df is not None:
         if item_col not in test_df: raise KeyError(f"item column {item_col!r} not in test_df (columns: {list(test_df.columns)})")
         both = set(test_df[item_col].astype(str)) & set(d[item_col].astype(str))
         if both: raise ValueError(f"{len(both)} test items are also labelled items, e.g. {sorted(both)[:3]}: test items must be unseen")
-    pb = progress_bar(folds, leave=True) if progress else folds
+    mine = folds[rank()::world_size()]   # several processes (torchrun): one fold per process in turn, each resumable
+    pb = progress_bar(mine, leave=True) if progress and mine else mine
     for k in pb:
         if progress: pb.comment = f'fold {k}'
         fn, tfn = out_dir/f'fold_{k}.csv', out_dir/f'fold_{k}_test.csv'
@@ -160,10 +164,13 @@ def kfold_pseudo_labels(df: pd.DataFrame, out_dir, n_folds: int=5, label='label'
         write_csv_atomic(pd.DataFrame({item_col: trained}), out_dir/f'fold_{k}_trained.csv')
         if test_df is not None: write_csv_atomic(predict_fold(learn, test_df, item_col, k), tfn)  # before the fold's marker file
         write_csv_atomic(predict_fold(learn, val, item_col, k), fn)
+    barrier()   # every process's folds written
     res = pd.concat([pd.read_csv(out_dir/f'fold_{k}.csv', dtype={item_col: str}) for k in folds])
     res = res.set_index(item_col).loc[d[item_col].astype(str)].reset_index()
-    write_csv_atomic(res, out_dir/'oof.csv')
-    if test_df is not None: res.attrs['test'] = _write_test_average(out_dir, folds, item_col)
+    if is_main(): write_csv_atomic(res, out_dir/'oof.csv')
+    if test_df is not None:
+        res.attrs['test'] = _write_test_average(out_dir, folds, item_col) if is_main() else average_fold_predictions(out_dir, folds, item_col)
+    barrier()   # the files are there when any process returns
     return res
 
 def _write_test_average(out_dir, folds, item_col):

@@ -9,6 +9,7 @@ from torch import nn
 from fastcore.basics import ifnone
 from .augment import ViewAugment, simclr_augs, small_image_augs
 from .views import MultiViewCallback, SiameseModel, create_mlp, float32_loss, check_views
+from .dist import gather_views, rank_offset, world_size
 from .encoders import TimmEncoder, as_encoder, save_encoder, load_encoder
 from .compat import deprecated_alias
 
@@ -21,27 +22,27 @@ _all_ = ['ViewAugment', 'simclr_augs', 'small_image_augs', 'save_encoder', 'load
 
 # %% ../nbs/10_simclr.ipynb #2a403307
 class _NTXent(torch.autograd.Function):
-    "Mean over anchors i of `logsumexp_{k!=i} s_ik - mean_{p in P(i)} s_ip`, with `s = z z^T / t`; `z` unit rows"
+    "`scale` times the sum over anchors i of `logsumexp_{k != me(i)} s_ik - mean_{p in P(i)} s_ip`, `s = za zk^T / t`; unit rows"
     @staticmethod
-    def forward(ctx, z, pos, t):
-        s = torch.mm(z / t, z.t())
-        s.fill_diagonal_(float('-inf'))
+    def forward(ctx, za, zk, me, pos, t, scale):
+        s = torch.mm(za / t, zk.t())
+        s.scatter_(1, me[:, None], float('-inf'))            # each anchor's similarity with itself
         pos_s = s.gather(1, pos).mean(1)
         lse = torch.logsumexp(s, 1)
-        ctx.save_for_backward(z, pos, lse)  # not s: it is recomputed in backward
-        ctx.t = t
-        return (lse - pos_s).mean()
+        ctx.save_for_backward(za, zk, me, pos, lse)          # not s: it is recomputed in backward
+        ctx.t, ctx.scale = t, scale
+        return (lse - pos_s).sum() * scale
 
     @staticmethod
     def backward(ctx, g):
-        z, pos, lse = ctx.saved_tensors
-        t, n = ctx.t, len(z)
-        p = torch.mm(z / t, z.t())
-        p.fill_diagonal_(float('-inf'))
-        p.sub_(lse[:, None]).exp_()                          # softmax of each row, 0 on the diagonal
+        za, zk, me, pos, lse = ctx.saved_tensors
+        t = ctx.t
+        p = torch.mm(za / t, zk.t())
+        p.scatter_(1, me[:, None], float('-inf'))
+        p.sub_(lse[:, None]).exp_()                          # softmax of each row, 0 on the anchor itself
         p.scatter_add_(1, pos, torch.full(pos.shape, -1. / pos.shape[1], dtype=p.dtype, device=p.device))
-        p.mul_(g / n)                                        # d loss / d s
-        return (torch.mm(p, z) + torch.mm(p.t(), z)).div_(t), None, None
+        p.mul_(g * ctx.scale / t)                            # d loss / d s, over t
+        return torch.mm(p, zk), torch.mm(p.t(), za), None, None, None, None
 
 class NTXentLoss(nn.Module):
     r"""Normalised-temperature cross entropy of SimCLR (Chen et al. 2020), for 2 or more views.
@@ -50,6 +51,8 @@ class NTXentLoss(nn.Module):
     image), $s_{ij} = z_i^\top z_j / \tau$ and
     $$\ell_i = -\log \frac{\exp(s_{i,p(i)})}{\sum_{k \ne i} \exp(s_{ik})}, \qquad L = \frac{1}{2B}\sum_i \ell_i$$
     where $p(i)$ is the other view of image $i$. With $V > 2$ views, $\ell_i$ averages over the $V-1$ positives.
+    In several processes the keys $k$ are the global batch's (every process's views) and each process returns
+    its anchors' share of $L$: the mean over processes is $L$ of the global batch.
 
     Shapes: each view `(B, D)`, any float dtype (computed in float32 or float64), `B >= 2`; returns a scalar.
 
@@ -62,10 +65,14 @@ class NTXentLoss(nn.Module):
     @float32_loss
     def forward(self, *zs):
         check_views('NTXentLoss', zs)
-        z, b = F.normalize(torch.cat(zs), dim=1), len(zs[0])
-        i = torch.arange(len(z), device=z.device)
-        pos = (i[:, None] + b * torch.arange(1, len(zs), device=z.device)) % len(z)
-        return _NTXent.apply(z, pos, self.temperature)
+        zs, b, v, dev = [F.normalize(z, dim=1) for z in zs], len(zs[0]), len(zs), zs[0].device
+        off, n = rank_offset(b, dev)                         # this process's rows among the n images of the global batch
+        za = torch.cat(zs)
+        zk = za if n == b else torch.cat(gather_views(zs))  # keys, view by view: (v * n, D)
+        i, j = torch.arange(b, device=dev), torch.arange(v, device=dev)
+        me = (j[:, None] * n + off + i).flatten()           # where each anchor (view j, image i) sits among the keys
+        pos = ((j[:, None] + torch.arange(1, v, device=dev)) % v)[:, None, :] * n + off + i[None, :, None]
+        return _NTXent.apply(za, zk, me, pos.flatten(0, 1), self.temperature, world_size() / (v * n))
 
 # %% ../nbs/10_simclr.ipynb #45fef586
 def create_simclr_model(encoder:TimmEncoder|str='resnet18', # a TimmEncoder or a timm architecture name

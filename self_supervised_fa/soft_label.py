@@ -10,6 +10,7 @@ from fastcore.basics import store_attr, GetAttr
 from fastai.callback.core import Callback
 from fastai.metrics import AccumMetric, ActivationType
 from .compat import deprecated_alias
+from .dist import unwrap_dl, rewrap_dl
 
 # %% auto #0
 __all__ = ['ItemTargetCB', 'PROB_PREFIX', 'SoftLabelCB', 'is_soft', 'hard_labels', 'blend_targets', 'check_weight',
@@ -103,8 +104,9 @@ class ItemTargetCallback(Callback):
     order, run_valid = -5, False  # validation batches (and get_preds) keep their labels and never reach before_batch
     def before_fit(self):
         self.keep = None   # the training items the epochs draw from (None: all); `setup` may leave some out
-        self.setup(self.dls.train)
-        self.train_dl = indexed_dl(self.dls.train, self.keep)
+        dl = unwrap_dl(self.dls.train)   # under DDP, the whole loader: the tables cover every item, by dataset index
+        self.setup(dl)
+        self.train_dl = rewrap_dl(indexed_dl(dl, self.keep), self.dls.train)   # and sharded again like the original
     def setup(self, dl): "Build the per-item tensors from the training DataLoader `dl` (once per fit)"
     def before_train(self): self.learn.dl = self.train_dl
     def before_batch(self):

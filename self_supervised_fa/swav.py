@@ -11,6 +11,7 @@ from fastcore.basics import ifnone
 from .augment import ViewAugment
 from .multicrop import swav_augs, small_swav_augs, swav_preset
 from .views import MultiViewCallback, SiameseModel, create_mlp, float32_loss, check_views, unwrap, drop_grads
+from .dist import gather, rank_offset, world_size
 from .teacher import KeyQueue
 from .encoders import TimmEncoder, as_encoder, save_encoder, load_encoder
 
@@ -45,7 +46,9 @@ class SwAVLoss(nn.Module):
     $$L = \frac{1}{n_{global}} \sum_{i < n_{global}} \frac{1}{V-1} \sum_{v \ne i}
          -\frac{1}{B}\sum_b \sum_k q_{i,bk} \log \mathrm{softmax}(s_{v,b} / \tau)_k .$$
     With `queue_scores` (one `(Q, K)` tensor per global crop: the prototype scores of that crop's queued embeddings),
-    Sinkhorn runs on the batch and the queue together and the batch's codes are kept.
+    Sinkhorn runs on the batch and the queue together and the batch's codes are kept. In several processes (DDP)
+    Sinkhorn runs on the global batch (every process's scores, `dist.gather`) and each process returns its crops'
+    share of the loss: the mean over processes is the loss of the global batch.
 
     Shapes: `scores` a sequence of `V >= 2` tensors `(B, K)`; any float dtype (computed in float32 or float64).
 
@@ -58,9 +61,11 @@ class SwAVLoss(nn.Module):
         self.temperature, self.sinkhorn_iterations, self.epsilon = temperature, sinkhorn_iterations, epsilon
 
     def codes(self, scores:Tensor, queue_scores:Tensor|None=None) -> Tensor:
-        "Sinkhorn codes of the batch's `scores`, computed together with `queue_scores` if given"
-        s = scores.detach() if queue_scores is None else torch.cat([scores.detach(), queue_scores.detach()])
-        return sinkhorn(s, self.sinkhorn_iterations, self.epsilon)[:len(scores)]
+        "Sinkhorn codes of the batch's `scores`, computed over the global batch (every process's scores) and `queue_scores` if given"
+        off, _ = rank_offset(len(scores), scores.device)
+        s = gather(scores.detach())
+        if queue_scores is not None: s = torch.cat([s, queue_scores.detach()])
+        return sinkhorn(s, self.sinkhorn_iterations, self.epsilon)[off:off + len(scores)]
 
     @float32_loss
     def forward(self, scores, n_global:int=2, queue_scores=None):
@@ -69,10 +74,11 @@ class SwAVLoss(nn.Module):
         if queue_scores is not None and len(queue_scores) != n_global:
             raise ValueError(f"SwAVLoss: got {len(queue_scores)} queue scores for {n_global} global crops; pass one per global crop")
         logp = [F.log_softmax(s / self.temperature, dim=1) for s in scores]
+        w = world_size() / rank_offset(len(scores[0]), scores[0].device)[1]   # 1/B; in several processes W/N: the mean over them is global
         loss = 0.
         for i in range(n_global):
             q = self.codes(scores[i], None if queue_scores is None else queue_scores[i])
-            loss = loss + torch.stack([-(q * logp[v]).sum(1).mean() for v in range(len(scores)) if v != i]).mean()
+            loss = loss + torch.stack([-(q * logp[v]).sum() * w for v in range(len(scores)) if v != i]).mean()
         return loss / n_global
 
 # %% ../nbs/17_swav.ipynb #1dc2c220
@@ -97,8 +103,8 @@ class SwAVQueue(nn.Module):
         if len(embs) != len(self.queues):
             raise ValueError(f"the SwAV queue keeps {len(self.queues)} global crops but got {len(embs)}; build the model with "
                              f"create_swav_model(n_queues={len(embs)})")
-        for q, e in zip(self.queues, embs): q.push(e)
-        self.count.copy_(torch.clamp(self.count + len(embs[0]), max=self.queues[0].size))
+        n = [q.push(e) for q, e in zip(self.queues, embs)][0]   # the global batch's embeddings, in several processes
+        self.count.copy_(torch.clamp(self.count + n, max=self.queues[0].size))
 
 class SwAVModel(SiameseModel):
     "Encoder, projector to the unit sphere, prototypes (the predictor: unit rows, no bias) and an optional queue of embeddings"

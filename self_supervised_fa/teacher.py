@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy, math
 import torch, torch.nn.functional as F
 from torch import nn, Tensor
+from .dist import gather
 
 # %% auto #0
 __all__ = ['check_momentum', 'momentum_at', 'EMATeacher', 'KeyQueue']
@@ -57,13 +58,15 @@ class KeyQueue(nn.Module):
     def size(self) -> int: return self.keys.shape[0]
 
     @torch.no_grad()
-    def push(self, k:Tensor):
-        "Enqueue the keys `k` (B, dim), dropping the oldest `B`"
+    def push(self, k:Tensor) -> int:
+        "Enqueue the keys `k` (B, dim), dropping the oldest; in several processes every process's keys (rank order). Returns how many"
         if k.ndim != 2 or k.shape[1] != self.keys.shape[1]:
             raise ValueError(f"keys must be (batch, {self.keys.shape[1]}), got {tuple(k.shape)}")
+        k = gather(k.detach())   # the global batch's keys: the queue stays the same in every process
         if len(k) > self.size:
             raise ValueError(f"a batch of {len(k)} keys does not fit a queue of {self.size}: the batch would overwrite its own "
                              f"keys. Use a queue of at least the batch size (queue_size >= {len(k)}) or smaller batches")
         idx = (self.ptr + torch.arange(len(k), device=k.device)) % self.size
         self.keys.index_copy_(0, idx, k.detach().to(self.keys.dtype))
         self.ptr.copy_((self.ptr + len(k)) % self.size)
+        return len(k)

@@ -9,6 +9,7 @@ from torch import nn
 from fastcore.basics import ifnone
 from .augment import ViewAugment, simclr_augs, small_image_augs
 from .views import MultiViewCallback, SiameseModel, create_mlp, float32_loss, check_views
+from .dist import gather_views
 from .encoders import TimmEncoder, as_encoder, save_encoder, load_encoder
 
 # %% auto #0
@@ -28,6 +29,9 @@ class VICRegLoss(nn.Module):
     $\epsilon = 10^{-4}$) and $c(Z) = \frac1D \sum_{i \ne j} C(Z)_{ij}^2$ with $C(Z)$ the covariance matrix of the
     batch. The variance term is halved over the two views as in the authors' code.
 
+    In several processes (DDP) every term is over the global batch (`dist.gather_views`): every process returns the
+    same, global, loss.
+
     Shapes: `z_a`, `z_b` `(B, D)`, `B >= 2`, any float dtype (computed in float32 or float64); returns a scalar.
 
     Example: `VICRegLoss()(model(view_a), model(view_b))`."""
@@ -37,7 +41,7 @@ class VICRegLoss(nn.Module):
     @float32_loss
     def forward(self, *zs):
         check_views('VICRegLoss', zs, n=2)
-        za, zb = zs
+        za, zb = gather_views(zs)   # the global batch in several processes
         return (self.sim_weight * F.mse_loss(za, zb) + self.var_weight * (self.variance(za) + self.variance(zb)) / 2
                 + self.cov_weight * (self.covariance(za) + self.covariance(zb)))
 

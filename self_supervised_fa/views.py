@@ -15,10 +15,11 @@ from .batch import ReplaceBatchCallback, show_image_rows
 from .teacher import EMATeacher, KeyQueue, check_momentum, momentum_at
 from .encoders import TimmEncoder, as_encoder
 from .compat import deprecated_alias
+from .dist import unwrap
 
 # %% auto #0
-__all__ = ['get_encoder', 'create_mlp', 'size_groups', 'check_size_order', 'drop_grads', 'SiameseModel', 'float32_loss',
-           'check_views', 'view_pairs', 'unwrap', 'MultiViewCallback']
+__all__ = ['get_encoder', 'create_mlp', 'size_groups', 'check_size_order', 'drop_grads', 'SiameseModel', 'sync_head_bn',
+           'float32_loss', 'check_views', 'view_pairs', 'MultiViewCallback', 'unwrap']
 
 # %% ../nbs/03_views.ipynb #aeafc3ea
 def create_mlp(in_dim:int, hidden_size:int, out_dim:int, n_layers:int=2, bn:bool=True, last_bn:bool=False,
@@ -87,6 +88,16 @@ class SiameseModel(nn.Module):
 
 get_encoder = deprecated_alias(as_encoder, 'get_encoder')
 
+# %% ../nbs/03_views.ipynb #afda35df
+def sync_head_bn(model:nn.Module) -> nn.Module:
+    "`model` with the BatchNorm layers of its heads (projector, predictor, the teacher's projector) as `nn.SyncBatchNorm`"
+    m = unwrap(model)
+    for owner in (m, getattr(m, 'teacher', None)):
+        for name in ('projector', 'predictor'):
+            head = getattr(owner, name, None) if owner is not None else None
+            if isinstance(head, nn.Module): setattr(owner, name, nn.SyncBatchNorm.convert_sync_batchnorm(head))
+    return model
+
 # %% ../nbs/03_views.ipynb #abff1f6c
 def _upcast(t): return t.to(torch.promote_types(t.dtype, torch.float32)) if isinstance(t, Tensor) and t.is_floating_point() else t
 
@@ -120,9 +131,7 @@ def view_pairs(n_a:int, n_b:int) -> list:
     return [(i, j) for i in range(n_a) for j in range(n_b) if i != j]
 
 # %% ../nbs/03_views.ipynb #336ce4ed
-def unwrap(model:nn.Module) -> nn.Module:
-    "The model inside a `DistributedDataParallel` (or `DataParallel`) wrapper, or `model` itself"
-    return getattr(model, 'module', model)
+_all_ = ['unwrap']   # from `dist`, where it lives; kept here for the methods that import it from `views`
 
 _OUTPUT_NEEDS = {'pred': 'a predictor', 'target': 'a teacher (teacher=True)', 'proj': 'a projector'}
 
