@@ -12,13 +12,12 @@
 
     python benchmarks/bench_dino_speed.py [--arch resnet18] [--reps 5] [--bs 64] [--n-per-class 50] [--threads 2]
 """
-import argparse, copy, os, platform, statistics, time, warnings
+import argparse, copy, os, statistics, time, warnings
 from functools import partial
 import torch
 from fastai.learner import Learner
 from fastai.callback.core import Callback
 from fastai.optimizer import OptimWrapper
-import fastai.callback.schedule
 from self_supervised_fa.data import sample_dls, load_sample_df, get_norm_stats
 from self_supervised_fa.augment import normalize, denormalize
 from self_supervised_fa.multicrop import small_dino_augs
@@ -101,10 +100,8 @@ def lightly_steps(model, views, steps, lr):
 
 
 def machine(threads):
-    mem = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'
-    return (f"{os.cpu_count()}-core CPU, {mem:.0f} GiB, Python {platform.python_version()}, torch {torch.__version__}, {gpu}, "
-            f"{threads} torch thread(s); CPU shared with other jobs (load average {os.getloadavg()[0]:.1f} at the end)")
+    from bench_utils import hardware
+    return f"{hardware(threads)}; CPU shared with other jobs (load average {os.getloadavg()[0]:.1f} at the end)"
 
 
 def table(res, base):

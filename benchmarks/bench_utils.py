@@ -169,12 +169,15 @@ def md_table(rows, cols, names=None):
     return '\n'.join(out + ['| ' + ' | '.join(str(r.get(c, '')) for c in cols) + ' |' for r in rows])
 
 
-def machine(load0, threads):
+def hardware(threads) -> str:
+    "CPU cores, memory, Python, torch, GPU and torch threads of this run (every benchmark's machine line starts with it)"
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'
     mem = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30
     return (f"{os.cpu_count()}-core CPU, {mem:.0f} GiB, Python {platform.python_version()}, torch {torch.__version__}, {gpu}; "
-            f"{threads} torch thread(s); CPU shared with other jobs (load average {load0:.1f} at the start, "
-            f"{os.getloadavg()[0]:.1f} at the end)")
+            f"{threads} torch thread(s)")
+
+def machine(load0, threads):
+    return f"{hardware(threads)}; CPU shared with other jobs (load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end)"
 
 
 def pct(v): return f'{100*v:.1f}'

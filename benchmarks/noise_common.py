@@ -1,5 +1,5 @@
 """Shared by bench_noise_map.py and bench_suspects.py: the cached SimCLR encoder, JSON result cache, machine line."""
-import json, os, platform, time
+import json, os, time
 from pathlib import Path
 import torch
 
@@ -37,10 +37,8 @@ def cached(fn, compute):
 
 
 def machine(threads):
-    mem = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'
-    return (f"{os.cpu_count()}-core CPU, {mem:.0f} GiB, Python {platform.python_version()}, torch {torch.__version__}, {gpu}; "
-            f"{threads} torch thread(s); load average {os.getloadavg()[0]:.1f} when the table was written")
+    from bench_utils import hardware
+    return f"{hardware(threads)}; load average {os.getloadavg()[0]:.1f} when the table was written"
 
 
 def write_atomic(path, text):
@@ -85,7 +83,6 @@ def fit(learn, pretrained=True, epochs=EPOCHS):
 
 def test_acc(learn):
     "Accuracy on the 1,000 clean test digits"
-    import numpy as np
     tst = splits()[1]
     with learn.no_bar(): p, _ = learn.get_preds(dl=learn.dls.test_dl(tst))
     return float((p.argmax(1).numpy() == tst.label.values).mean())
