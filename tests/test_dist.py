@@ -17,7 +17,14 @@ def _free_port():
         s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 
-def run_processes(names, outdir, world=2, timeout=120):
+def run_processes(names, outdir, world=2, timeout=120, tries=3):
+    "`_run_processes`, tried again on a fresh port when a process fails (a port taken between `_free_port` and gloo's bind)"
+    for i in range(tries):
+        try: return _run_processes(names, outdir, world, timeout)
+        except AssertionError:
+            if i == tries - 1: raise
+
+def _run_processes(names, outdir, world=2, timeout=120):
     "Run `dist_cases.py` in `world` processes for the cases `names`; {(case, rank): dict of arrays}"
     port, env = _free_port(), {**os.environ, 'PYTHONPATH': os.path.dirname(HERE) + os.pathsep + os.environ.get('PYTHONPATH', ''),
                                'OMP_NUM_THREADS': '1'}
