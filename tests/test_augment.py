@@ -24,7 +24,7 @@ def test_views_differ_per_image_and_per_view_and_replay(photos):
     assert v1.shape == (6, 3, 32, 32)
     assert _per_image_diff(v1, v2).min() > 1e-3          # each call draws new parameters for every image
     assert _per_image_diff(v1[:3], v1[3:]).min() > 1e-3  # copies of one image get different views
-    crop = p1[0].data['src']
+    crop = p1['box']
     assert len({tuple(b.flatten().tolist()) for b in crop}) == len(x)  # a crop box per image
     torch.testing.assert_close(aug(x, params=p1), v1)    # replay gives the same views
     torch.testing.assert_close(aug(x, seed=3), aug(x, seed=3))
