@@ -77,7 +77,7 @@ def main(a):
         rows.append(dict(pipeline=k, epoch=f'{e:.2f}', ratio=f'{ratio:.2f}' + ('' if k != 'ours' else (' (met)' if ratio <= 0.95 else ' (**missed**)')),
                          views=f"{statistics.median(v['views']):.2f}", share=f'{100 * share:.0f} %'))
     cmd = f"python benchmarks/bench_simclr_epoch.py --rounds {a.rounds} --n-per-class {a.n_per_class} --bs {a.bs} --threads {a.threads}"
-    txt = (f"# A SimCLR epoch, ours against self_supervised 1.0.4\n\nMachine: {machine(load0, a.threads)}; {a.rounds} interleaved "
+    txt = (f"## A SimCLR epoch, ours against self_supervised 1.0.4\n\nMachine: {machine(load0, a.threads)}; {a.rounds} interleaved "
            f"rounds after a warm-up, medians (the ratio is the median of the per-round ratios).\n\nCommand: `{cmd}`\n\n"
            f"{n_batches} training batches of {a.bs} digits (RGB, {SIZE} px) per epoch, resnet18, projector 512 -> 128, 2 views, "
            "crop 0.2-1, flip 0.5, jitter 0.6 @0.3, grayscale 0.3, blur 0.3, temperature 0.07, fastai's Adam, `fit_one_cycle(1, 1e-3)`. "

@@ -75,7 +75,7 @@ def main(a):
         print('\n'.join(rows[-len(med):]), flush=True)
     import os
     load = os.getloadavg()[0]
-    txt = (f"# Views per batch ({a.bs} RGB images)\n\nMachine: {hardware(a.threads)}; load average {load:.1f} at the end "
+    txt = (f"## Views per batch ({a.bs} RGB images)\n\nMachine: {hardware(a.threads)}; load average {load:.1f} at the end "
            f"(the CPU is shared); {a.rounds} interleaved rounds, medians.\n\n"
            f"Command: `python benchmarks/bench_views.py --sizes {' '.join(map(str, a.sizes))} --rounds {a.rounds} --bs {a.bs} --threads {a.threads}{' --device ' + a.device if a.device != 'cpu' else ''}`\n\n"
            "Ops in every pipeline: random resized crop (global 0.2-1, local 0.05-0.2 of the area, local size 3/7 of the global), "

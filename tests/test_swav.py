@@ -169,14 +169,16 @@ def test_model_and_views_must_fit(dls):
 # --- training -----------------------------------------------------------------------------------------------------------
 
 def test_trains_without_collapse():
-    """8 epochs of multi-crop SwAV (2 global + 4 local crops) on 320 digits: the loss goes down (measured 4.32 -> 3.51), kNN
-    beats the random encoder (measured +0.10 over 0.31, 100 queries), the projections stay spread (std x sqrt(dim) 0.29;
-    collapsed: 0)"""
+    """8 epochs of multi-crop SwAV (2 global + 4 local crops) on 320 digits: the loss goes down (measured 4.29 -> 3.50), the
+    projections stay spread (std x sqrt(dim) 0.25-0.32 over seeds 0-2; collapsed: 0), and the encoder is no worse than
+    the random one on kNN. At this scale SwAV does not reliably *beat* the random encoder on kNN (100 queries; measured
+    with seeds 0, 1, 2: +0.06, +0.01, -0.04 with `test_resnet`, and no better with a queue of 256 from epoch 2), so the
+    kNN check only catches a broken encoder; `benchmarks/bench_label_efficiency.py` measures SwAV's transfer."""
     torch.manual_seed(0)
     model = create_swav_model('test_resnet', hidden_size=128, projection_size=32, n_prototypes=30, n_in=1)
     r = fit_and_probe(model, SwAVCallback(small_swav_augs(28, n_local=4, flip_p=0.)), epochs=8, lr=1e-2, n_per_class=32, bs=64)
     assert r['loss'][-1] < r['loss'][0] - 0.3, r
-    assert r['knn'] >= r['knn_random'] + 0.03, r
+    assert r['knn'] >= r['knn_random'] - 0.06, r
     assert r['std'] * math.sqrt(r['dim']) > 0.15, r
 
 
