@@ -138,6 +138,25 @@ class ViewAugment(nn.Module):
         out = apply_view(x, params, size, self.kernel(size), 'zeros' if self.rotate else 'border')
         return normalize(out, self.stats)
 
+    def settings(self) -> tuple:
+        "What decides a view's distribution: views of augmentations with equal settings can be drawn in one call (`many`)"
+        return (self.size, self.crop_scale, self.crop_ratio, self.flip_p, self.jitter, self.jitter_p, self.grayscale_p, self.blur_p,
+                self.blur_sigma, self.blur_kernel, self.rotate, self.rotate_p, self.solarize_p, str(self.stats), self.backend)
+
+    def many(self, x, k:int, check:bool=True) -> tuple:
+        "`k` views of `x` drawn and applied in one batched call: the list of views and the list of their `params`"
+        if self.backend == 'kornia' or k == 1:   # kornia's parameters do not split per view: one call per view
+            views, params = [], []
+            for _ in range(k): views.append(self(x, check=check)); params.append(self._params)
+            return views, params
+        if check: check_images(x, 'ViewAugment input')
+        x = x.as_subclass(torch.Tensor) if type(x) is not torch.Tensor else x
+        xs = x.repeat(k, 1, 1, 1)
+        views = self(xs, check=False).chunk(k)
+        n = len(x)
+        params = [{key: v if key == 'order' else v[i * n:(i + 1) * n] for key, v in self._params.items()} for i in range(k)]
+        return list(views), params
+
     def __repr__(self):
         return (f"ViewAugment(size={self.size}, crop_scale={self.crop_scale}, jitter={self.jitter_strength}@p{self.jitter_p}, "
                 f"grayscale_p={self.grayscale_p}, blur_p={self.blur_p}, rotate={self.rotate}, solarize_p={self.solarize_p}"

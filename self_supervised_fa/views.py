@@ -133,6 +133,11 @@ def view_pairs(n_a:int, n_b:int) -> list:
 # %% ../nbs/03_views.ipynb #336ce4ed
 _all_ = ['unwrap']   # from `dist`, where it lives; kept here for the methods that import it from `views`
 
+def _same(a, b) -> bool:
+    "Augmentations whose views can be drawn together: the same object, or `ViewAugment`s with equal settings"
+    if not (hasattr(a, 'many') and hasattr(b, 'many')): return False
+    return a is b or (type(a) is type(b) and a.settings() == b.settings())
+
 _OUTPUT_NEEDS = {'pred': 'a predictor', 'target': 'a teacher (teacher=True)', 'proj': 'a projector'}
 
 class MultiViewCallback(ReplaceBatchCallback):
@@ -190,10 +195,14 @@ class MultiViewCallback(ReplaceBatchCallback):
         x01 = self.denorm(x)
         check_images(x01, f"{type(self).__name__}: input batch" + (" after undoing the DataLoaders' Normalize" if self.stats is not None else
                           " (no Normalize found in the DataLoaders)"))
-        views, self.params = [], []
+        views, self.params, augs = [], [], self.augs_for(x)
         with (self.seeded(seed) if seed is not None else nullcontext()):
-            for aug in self.augs_for(x):
-                views.append(aug(x01, check=False)); self.params.append(aug._params)
+            i = 0
+            while i < len(augs):   # consecutive views with equal settings are drawn in one batched call
+                j = i + 1
+                while j < len(augs) and _same(augs[j], augs[i]): j += 1
+                vs, ps = augs[i].many(x01, j - i, check=False) if hasattr(augs[i], 'many') else ([augs[i](x01, check=False)], [augs[i]._params])
+                views += vs; self.params += ps; i = j
         self.group_lens = [len(g) for g in size_groups(views)]
         return views
 

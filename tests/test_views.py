@@ -90,3 +90,28 @@ def test_get_encoder():
     body = create_timm_body('test_resnet', n_in=1)
     assert as_encoder(body) is body and as_encoder('test_resnet', n_in=1).n_in == 1
     with pytest.raises(TypeError, match='TimmEncoder'): as_encoder(nn.Linear(2, 2))
+
+
+class _Shift(nn.Module):
+    "An augmentation of one's own (no `many`): a random brightness shift per call"
+    size, stats = None, None
+    def forward(self, x, check=True): self._params = torch.rand(1); return (x + self._params * 0.1).clamp(0, 1)
+
+
+def test_equal_settings_drawn_together_and_own_augs_one_by_one(dls, model):
+    x = dls.one_batch()[0]
+    a, b = small_image_augs(28), small_image_augs(28)                     # equal settings, two objects
+    calls = []
+    orig = type(a).many
+    def spy(self, x, k, check=True): calls.append(k); return orig(self, x, k, check)
+    type(a).many = spy
+    try:
+        cb = MultiViewCallback(NTXentLoss(), [a, b, small_image_augs(20)]); Learner(dls, model, cbs=cb)
+        v = cb.views(x)
+    finally: type(a).many = orig
+    assert calls == [2, 1] and [t.shape[-1] for t in v] == [28, 28, 20]
+    assert (v[0] - v[1]).abs().amax(dim=(1, 2, 3)).min() > 1e-3         # still two different views of every image
+    own = _Shift()
+    cb = MultiViewCallback(NTXentLoss(), [own, own]); Learner(dls, model, cbs=cb)
+    v = cb.views(x)
+    assert len(v) == 2 and len(cb.params) == 2 and not torch.equal(cb.params[0], cb.params[1])
