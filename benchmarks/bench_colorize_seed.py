@@ -47,12 +47,13 @@ def pretrain(a, variant, cells):
 
 def downstream(a, name, enc_path, seed, stage, cells):
     "`label_efficiency` at `a.labels` per class, the pretrained encoder (`enc_path()`: its file) against from scratch"
-    key = f'down/{a.arch}/{name}/b{a.budget}/ft{a.ft_epochs}/{stage}/s{seed}'
+    fz = f'fz{a.ft_freeze_epochs}m{a.ft_lr_mult:g}' if (a.ft_freeze_epochs, a.ft_lr_mult) != (0, 1) else ''
+    key = f'down/{a.arch}/{name}/b{a.budget}/ft{a.ft_epochs}{fz}/{stage}/s{seed}'
     if cells.get(key): return cells.get(key)
     enc = load_encoder(enc_path(), create_timm_body(a.arch, n_in=1))
     dls = colour_crops_dls(a.n_per_photo, 256, grey=True)
     df = label_efficiency({name: enc}, dls, budgets=[a.labels], methods=('linear', 'finetune'), ft_epochs=a.ft_epochs,
-                          ft_bs=16, seed=seed, stage=None if stage == 'embed' else stage, progress=False)
+                          ft_bs=16, ft_freeze_epochs=a.ft_freeze_epochs, ft_lr_mult=a.ft_lr_mult, seed=seed, stage=None if stage == 'embed' else stage, progress=False)
     return cells.put(key, df.to_dict('records'))
 
 
@@ -66,6 +67,8 @@ def main():
     p.add_argument('--lr', type=float, default=3e-3)
     p.add_argument('--labels', type=int, default=10, help='labels per class downstream')
     p.add_argument('--ft-epochs', type=int, default=20)
+    p.add_argument('--ft-freeze-epochs', type=int, default=0, help="fine_tune's head-only epochs first (pretrained; from scratch trains that many more epochs)")
+    p.add_argument('--ft-lr-mult', type=float, default=1, help="fine_tune's lr_mult (discriminative learning rates)")
     p.add_argument('--stages', default='embed,best')
     add_common_args(p, 'colorize_seed', seeds=True)
     a = p.parse_args()
@@ -102,6 +105,7 @@ def main():
                        ['variant', 'images', 'epochs', 'CPU s', 'wall s', 'pretext loss (before -> after)'])
             + f"\n\n### Downstream: test accuracy % at {a.labels} labels per class (mean ± sd over {len(seeds)} label draws)\n\n"
               f"`label_efficiency`: fine-tuning = the whole network with a fastai head, {a.ft_epochs} epochs of `fit_one_cycle` "
+              + (f"after {a.ft_freeze_epochs} head-only epochs (`fine_tune`, lr_mult {a.ft_lr_mult:g}; from scratch: {a.ft_epochs + a.ft_freeze_epochs} epochs) " if a.ft_freeze_epochs else '') +
               f"(lr 1e-3 pretrained, 2e-3 from scratch), batch 16; `embed`: the encoder as a whole; `best`: the stage chosen by "
               f"cross-validation on the labelled crops, the network cut there (stages: pretrained / from scratch, per draw). "
               f"Target: pretrained >= from scratch + 5 points.\n\n"
