@@ -19,37 +19,41 @@ import numpy as np, torch
 from fastai.learner import Learner
 from fastai.torch_core import set_seed
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_utils import add_common_args, start, command, colour_crops_dls, fit_cpu_budget, md_table, machine, write_text_atomic
-from self_supervised_fa.encoders import create_timm_body, save_encoder, load_encoder
+from bench_utils import add_common_args, start, command, colour_crops_dls, fit_cpu_budget, md_table, machine, write_text_atomic, pretrained_cell
+from self_supervised_fa.encoders import create_timm_body, load_encoder
 from self_supervised_fa.label_efficiency import label_efficiency
 from self_supervised_fa.pretext import MaskedMSELoss
 from self_supervised_fa.colorize import ColorizeCallback, create_colorize_model, ABBinLoss, ab_prior
 
 
 def pretrain(a, variant, cells):
-    key = f'pretext/{a.arch}/{variant}/b{a.budget}/s{a.seed}'
-    if cells.get(key): return cells.get(key)
-    set_seed(a.seed, reproducible=True)
-    dls = colour_crops_dls(a.n_per_photo, a.bs, all_train=True, seed=a.seed)
-    space = 'rgb' if variant == 'rgb' else 'lab'
-    if variant == 'bins':
-        loss = ABBinLoss(ab_prior(dls))
-        model = create_colorize_model(a.arch, space='lab', n_in=1, img_size=32, n_bins=loss.n_bins)
-    else: loss, model = MaskedMSELoss(), create_colorize_model(a.arch, space=space, n_in=1, img_size=32)
-    learn = Learner(dls, model, loss_func=loss, cbs=ColorizeCallback(space, grey_channels=1))
-    with learn.no_bar(), learn.no_logging(): before = float(learn.validate()[0])
-    spent = fit_cpu_budget(learn, a.budget, a.lr)
-    with learn.no_bar(), learn.no_logging(): after = float(learn.validate()[0])
-    path = save_encoder(model.encoder, Path(a.cache)/key.replace('/', '_'))
-    return cells.put(key, dict(encoder=str(path), loss_before=before, loss_after=after, images=len(dls.train_ds), **spent))
+    """The colorizer pretrained on every crop: its pretext losses and a function giving the encoder file (in the gitignored
+    cache; trained again when it is missing)"""
+    def train():
+        set_seed(a.seed, reproducible=True)
+        dls = colour_crops_dls(a.n_per_photo, a.bs, all_train=True, seed=a.seed)
+        space = 'rgb' if variant == 'rgb' else 'lab'
+        if variant == 'bins':
+            loss = ABBinLoss(ab_prior(dls))
+            model = create_colorize_model(a.arch, space='lab', n_in=1, img_size=32, n_bins=loss.n_bins)
+        else: loss, model = MaskedMSELoss(), create_colorize_model(a.arch, space=space, n_in=1, img_size=32)
+        learn = Learner(dls, model, loss_func=loss, cbs=ColorizeCallback(space, grey_channels=1))
+        with learn.no_bar(), learn.no_logging(): before = float(learn.validate()[0])
+        spent = fit_cpu_budget(learn, a.budget, a.lr)
+        with learn.no_bar(), learn.no_logging(): after = float(learn.validate()[0])
+        return model.encoder, dict(loss_before=before, loss_after=after, images=len(dls.train_ds), **spent)
+    return pretrained_cell(cells, f'pretext/{a.arch}/{variant}/b{a.budget}/s{a.seed}', a.cache, train)
 
 
-def downstream(a, name, enc, seed, stage, cells):
-    key = f'down/{a.arch}/{name}/b{a.budget}/ft{a.ft_epochs}/{stage}/s{seed}'
+def downstream(a, name, enc_path, seed, stage, cells):
+    "`label_efficiency` at `a.labels` per class, the pretrained encoder (`enc_path()`: its file) against from scratch"
+    fz = f'fz{a.ft_freeze_epochs}m{a.ft_lr_mult:g}' if (a.ft_freeze_epochs, a.ft_lr_mult) != (0, 1) else ''
+    key = f'down/{a.arch}/{name}/b{a.budget}/ft{a.ft_epochs}{fz}/{stage}/s{seed}'
     if cells.get(key): return cells.get(key)
+    enc = load_encoder(enc_path(), create_timm_body(a.arch, n_in=1))
     dls = colour_crops_dls(a.n_per_photo, 256, grey=True)
     df = label_efficiency({name: enc}, dls, budgets=[a.labels], methods=('linear', 'finetune'), ft_epochs=a.ft_epochs,
-                          ft_bs=16, seed=seed, stage=None if stage == 'embed' else stage, progress=False)
+                          ft_bs=16, ft_freeze_epochs=a.ft_freeze_epochs, ft_lr_mult=a.ft_lr_mult, seed=seed, stage=None if stage == 'embed' else stage, progress=False)
     return cells.put(key, df.to_dict('records'))
 
 
@@ -63,6 +67,8 @@ def main():
     p.add_argument('--lr', type=float, default=3e-3)
     p.add_argument('--labels', type=int, default=10, help='labels per class downstream')
     p.add_argument('--ft-epochs', type=int, default=20)
+    p.add_argument('--ft-freeze-epochs', type=int, default=0, help="fine_tune's head-only epochs first (pretrained; from scratch trains that many more epochs)")
+    p.add_argument('--ft-lr-mult', type=float, default=1, help="fine_tune's lr_mult (discriminative learning rates)")
     p.add_argument('--stages', default='embed,best')
     add_common_args(p, 'colorize_seed', seeds=True)
     a = p.parse_args()
@@ -70,12 +76,12 @@ def main():
     seeds = [int(s) for s in a.seeds.split(',')]
     rows, pre_rows = [], []
     for v in a.variants.split(','):
-        pre = pretrain(a, v, cells)
+        pre, enc_path = pretrain(a, v, cells)
         pre_rows.append(dict(variant=v, epochs=pre['epochs'], cpu=pre['cpu_s'], wall=pre['wall_s'], images=pre['images'],
                              loss=f"{pre['loss_before']:.3f} -> {pre['loss_after']:.3f}"))
         print(v, pre, flush=True)
         for stage in a.stages.split(','):
-            res = [downstream(a, v, load_encoder(pre['encoder'], create_timm_body(a.arch, n_in=1)), s, stage, cells) for s in seeds]
+            res = [downstream(a, v, enc_path, s, stage, cells) for s in seeds]
             get = lambda enc, col: [next(r[col] for r in rr if r['encoder'] == enc) for rr in res]
             st = lambda enc, col: ','.join(str(next(r.get(col, '-') for r in rr if r['encoder'] == enc)) for rr in res)
             pf, sf = get(v, 'finetune'), get('from scratch', 'finetune')
@@ -99,6 +105,7 @@ def main():
                        ['variant', 'images', 'epochs', 'CPU s', 'wall s', 'pretext loss (before -> after)'])
             + f"\n\n### Downstream: test accuracy % at {a.labels} labels per class (mean ± sd over {len(seeds)} label draws)\n\n"
               f"`label_efficiency`: fine-tuning = the whole network with a fastai head, {a.ft_epochs} epochs of `fit_one_cycle` "
+              + (f"after {a.ft_freeze_epochs} head-only epochs (`fine_tune`, lr_mult {a.ft_lr_mult:g}; from scratch: {a.ft_epochs + a.ft_freeze_epochs} epochs) " if a.ft_freeze_epochs else '') +
               f"(lr 1e-3 pretrained, 2e-3 from scratch), batch 16; `embed`: the encoder as a whole; `best`: the stage chosen by "
               f"cross-validation on the labelled crops, the network cut there (stages: pretrained / from scratch, per draw). "
               f"Target: pretrained >= from scratch + 5 points.\n\n"

@@ -140,14 +140,14 @@ def run_task(a, name, variant, cells):
     before, ref = pretext_scores(learn, t)
     spent = fit_cpu_budget(learn, a.budget, t['lr'])
     after, _ = pretext_scores(learn, t)
-    path = save_encoder(model.encoder, Path(a.cache)/key.replace('/', '_').replace(':', '-'))
+    save_encoder(model.encoder, Path(a.cache)/key.replace('/', '_').replace(':', '-'))
     for ev in {t['eval'], 'digits28'}:   # random init probed where this encoder is (colorization: also on digits)
         if not cells.get(f"random/{a.arch}/{ev}/s{a.seed}"):
             rnd = create_timm_body(a.arch, n_in=1); rnd.load_state_dict(init)
             cells.put(f"random/{a.arch}/{ev}/s{a.seed}", stage_probe(unzero_bn(rnd), eval_dls(a, ev)))
     res = dict(task=name, variant=variant, data=t['data'], eval=t['eval'], lr=t['lr'], bs=a.bs, train_images=len(t['dls'].train_ds),
                metric='accuracy' if t['metrics'] is not None else 'loss', before=before, after=after, reference=ref,
-               reference_name='chance' if t['metrics'] is not None else t['baseline_name'], encoder=str(path),
+               reference_name='chance' if t['metrics'] is not None else t['baseline_name'],
                probe=stage_probe(model.encoder, eval_dls(a, t['eval'])), **spent)
     if name == 'colorize': res['probe_digits28'] = stage_probe(model.encoder, eval_dls(a, 'digits28'))
     return cells.put(key, res)

@@ -27,9 +27,9 @@ from fastai.optimizer import OptimWrapper
 from fastai.torch_core import set_seed
 sys.path.insert(0, str(Path(__file__).parent))
 import seed_models   # registers mnist_cnn2 with timm
-from bench_utils import add_common_args, start, command, md_table, machine, write_text_atomic
+from bench_utils import add_common_args, start, command, md_table, machine, write_text_atomic, pretrained_cell
 from self_supervised_fa.data import sample_dls, load_sample_df
-from self_supervised_fa.encoders import create_timm_body, create_classifier, save_encoder, load_encoder
+from self_supervised_fa.encoders import create_timm_body, create_classifier, load_encoder
 from self_supervised_fa.evaluate import budget_indices
 from self_supervised_fa.label_efficiency import subset_dls, label_efficiency
 from self_supervised_fa.rotnet import RotNetCallback, create_rotnet_model
@@ -39,26 +39,27 @@ LINEAR = dict(lin_ftrs=[], ps=0., first_bn=False)   # fastai's create_head reduc
 
 
 def pretext(a, arch, recipe, cells):
-    "Train RotNet on the 4,000 training digits; the encoder file and the pretext accuracy (all 4 rotations of 256 test digits)"
-    key = f'pretext/{arch}/{recipe}/e{a.pretext_epochs}/s{a.seed}'
-    if cells.get(key): return cells.get(key)
-    set_seed(a.seed, reproducible=True)
-    dls = sample_dls(valid_df=load_sample_df('test').iloc[:256], bs=64, seed=a.seed)
-    lecture = recipe == 'lecture'
-    model = create_rotnet_model(arch, n_in=1, **(LINEAR if lecture or arch == 'mnist_cnn2' else {}))
-    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=accuracy,
-                    cbs=RotNetCallback(all_rotations=not lecture, valid_all=True), **(dict(opt_func=ADAM) if lecture else {}))
-    c0, w0 = time.process_time(), time.perf_counter()
-    with learn.no_bar(), learn.no_logging():
-        if lecture: learn.fit(a.pretext_epochs, a.lecture_lr)
-        else: learn.fit_one_cycle(a.pretext_epochs, a.lr)
-        acc = float(learn.validate()[1])
-    path = save_encoder(model.encoder, Path(a.cache)/key.replace('/', '_'))
-    return cells.put(key, dict(encoder=str(path), rotation_acc=acc, cpu_s=round(time.process_time() - c0), wall_s=round(time.perf_counter() - w0)))
+    """RotNet on the 4,000 training digits: the pretext accuracy (all 4 rotations of 256 test digits) and a function giving
+    the encoder file (in the gitignored cache; trained again when it is missing)"""
+    def train():
+        set_seed(a.seed, reproducible=True)
+        dls = sample_dls(valid_df=load_sample_df('test').iloc[:256], bs=64, seed=a.seed)
+        lecture = recipe == 'lecture'
+        model = create_rotnet_model(arch, n_in=1, **(LINEAR if lecture or arch == 'mnist_cnn2' else {}))
+        learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=accuracy,
+                        cbs=RotNetCallback(all_rotations=not lecture, valid_all=True), **(dict(opt_func=ADAM) if lecture else {}))
+        c0, w0 = time.process_time(), time.perf_counter()
+        with learn.no_bar(), learn.no_logging():
+            if lecture: learn.fit(a.pretext_epochs, a.lecture_lr)
+            else: learn.fit_one_cycle(a.pretext_epochs, a.lr)
+            acc = float(learn.validate()[1])
+        return model.encoder, dict(rotation_acc=acc, cpu_s=round(time.process_time() - c0), wall_s=round(time.perf_counter() - w0))
+    return pretrained_cell(cells, f'pretext/{arch}/{recipe}/e{a.pretext_epochs}/s{a.seed}', a.cache, train)
 
 
 def lecture_downstream(a, arch, enc_path, epochs, seed, cells, tag):
-    "The lecture's downstream: the whole network + a new last layer, plain Adam at a constant rate, `epochs` epochs, 100 labels per class"
+    """The lecture's downstream: the whole network + a new last layer, plain Adam at a constant rate, `epochs` epochs, 100
+    labels per class; `enc_path`: a function giving the pretrained encoder's file (None: random init)"""
     key = f'lecture/{arch}/{tag}/e{epochs}/s{seed}'
     if cells.get(key) is not None: return cells.get(key)
     set_seed(seed, reproducible=True)
@@ -68,7 +69,7 @@ def lecture_downstream(a, arch, enc_path, epochs, seed, cells, tag):
     test = sub.valid
     sub.valid = test.new(dataset=test.dataset[:64])   # validation during fit on a few digits only: the test comes once, at the end
     enc = create_timm_body(arch, n_in=1)
-    if enc_path: enc = load_encoder(enc_path, enc)
+    if enc_path: enc = load_encoder(enc_path(), enc)
     learn = Learner(sub, create_classifier(enc, 10, **LINEAR), loss_func=CrossEntropyLossFlat(), metrics=accuracy, opt_func=ADAM)
     with learn.no_bar(), learn.no_logging():
         learn.fit(epochs, a.lecture_lr)
@@ -76,10 +77,10 @@ def lecture_downstream(a, arch, enc_path, epochs, seed, cells, tag):
 
 
 def our_downstream(a, arch, enc_path, seed, cells):
-    "label_efficiency at 100 labels per class: linear probe and fine-tuning, pretrained and from scratch"
+    "label_efficiency at 100 labels per class: linear probe and fine-tuning, pretrained (`enc_path()`: its file) and from scratch"
     key = f'ours/{arch}/e{a.ft_epochs}/s{seed}'
     if cells.get(key): return cells.get(key)
-    enc = load_encoder(enc_path, create_timm_body(arch, n_in=1))
+    enc = load_encoder(enc_path(), create_timm_body(arch, n_in=1))
     stage = None if arch == 'mnist_cnn2' else 'best'   # the small CNN: its fc 1 embedding (the conv stages are read flat by fc 1)
     df = label_efficiency({'rotnet': enc}, sample_dls(bs=256, seed=seed), budgets=[100], methods=('linear', 'finetune'),
                           ft_epochs=a.ft_epochs, seed=seed, stage=stage, progress=False)
@@ -103,18 +104,19 @@ def main():
     seeds, eps = [int(s) for s in a.seeds.split(',')], [int(e) for e in a.lecture_epochs.split(',')]
     sections = []
     for arch in a.archs.split(','):
-        pre = {r: pretext(a, arch, r, cells) for r in ('lecture', 'ours')}
+        pre, encf = {}, {}
+        for r in ('lecture', 'ours'): pre[r], encf[r] = pretext(a, arch, r, cells)
         print(arch, pre, flush=True)
         rows = []
         for e in eps:
-            ssl = [lecture_downstream(a, arch, pre['lecture']['encoder'], e, s, cells, 'rotnet-lecture') for s in seeds]
-            ssl4 = [lecture_downstream(a, arch, pre['ours']['encoder'], e, s, cells, 'rotnet-ours') for s in seeds]
+            ssl = [lecture_downstream(a, arch, encf['lecture'], e, s, cells, 'rotnet-lecture') for s in seeds]
+            ssl4 = [lecture_downstream(a, arch, encf['ours'], e, s, cells, 'rotnet-ours') for s in seeds]
             sup = [lecture_downstream(a, arch, None, e, s, cells, 'supervised') for s in seeds]
             rows.append(dict(epochs=e, ssl=mean_sd(ssl), ssl4=mean_sd(ssl4), sup=mean_sd(sup),
                              holds='yes' if np.mean(ssl) >= np.mean(sup) else 'no', holds4='yes' if np.mean(ssl4) >= np.mean(sup) else 'no',
                              diff=f'{100*(np.mean(ssl) - np.mean(sup)):+.2f}', diff4=f'{100*(np.mean(ssl4) - np.mean(sup)):+.2f}'))
             print(arch, rows[-1], flush=True)
-        ours = [our_downstream(a, arch, pre['ours']['encoder'], s, cells) for s in seeds]
+        ours = [our_downstream(a, arch, encf['ours'], s, cells) for s in seeds]
         get = lambda enc, col: [next(r[col] for r in o if r['encoder'] == enc) for o in ours]
         stages = lambda enc, col: ','.join(str(next(r.get(col, '-') for r in o if r['encoder'] == enc)) for o in ours)
         orow = [dict(enc=enc, lin=mean_sd(get(enc, 'linear')), ft=mean_sd(get(enc, 'finetune')),

@@ -30,6 +30,24 @@ class Cells:
         return value
 
 
+def pretrained_cell(cells, key, cache, train):
+    """A pretraining cell whose result and encoder are kept apart: the result (no paths) goes to the committed cells file,
+    the encoder to a safetensors file in the gitignored `cache`. `train()` -> (encoder, result dict) runs when the cell is
+    not done, and again when a caller needs the encoder and its file is gone (a fresh checkout). Returns the result and a
+    function giving the encoder file's path, so finished downstream cells never need the file."""
+    from self_supervised_fa.encoders import save_encoder
+    path = Path(cache)/(key.replace('/', '_').replace(':', '-') + '.safetensors')
+    def run():
+        enc, res = train()
+        save_encoder(enc, path)
+        return cells.put(key, res)
+    res = cells.get(key) or run()
+    def encoder_path():
+        if not path.exists(): print(f'{path} missing: retraining {key}', flush=True); run()
+        return path
+    return {k: v for k, v in res.items() if k != 'encoder'}, encoder_path
+
+
 def write_text_atomic(path, text):
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.tmp-{uuid.uuid4().hex[:8]}')
@@ -147,7 +165,7 @@ def add_common_args(p, name, seeds=False):
     p.add_argument('--seed', type=int, default=0, help='pretraining seed')
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--cells', default=f'benchmarks/results/{name}_cells.json')
-    p.add_argument('--cache', default=f'scratch/bench_{name}')
+    p.add_argument('--cache', default=f'benchmarks/cache/{name}', help='encoder files (gitignored)')
     p.add_argument('--out', default=f'benchmarks/results/{name}.md')
 
 def start(a):
