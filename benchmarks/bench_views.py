@@ -22,8 +22,8 @@ GLOBAL, LOCAL = (0.2, 1.), (0.05, 0.2)
 
 
 def ours(size, backend):
-    "2 views, and 2 global + 6 local crops, of our `ViewAugment`, called as `MultiViewCallback` calls them (views with equal
-    settings drawn in one batched call, `ViewAugment.many`; kornia's backend: one call per view)"
+    """2 views, and 2 global + 6 local crops, of our `ViewAugment`, called as `MultiViewCallback` calls them (views with equal
+    settings drawn in one batched call, `ViewAugment.many`; kornia's backend: one call per view)"""
     g = ViewAugment(size, crop_scale=GLOBAL, backend=backend, **KW)
     l = ViewAugment(local_size_for(size), crop_scale=LOCAL, backend=backend, **KW)
     return [lambda x: g.many(x, 2, check=False)], [lambda x: g.many(x, 2, check=False), lambda x: l.many(x, 6, check=False)]
