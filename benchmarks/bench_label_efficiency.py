@@ -9,11 +9,14 @@ evaluates every encoder and a from-scratch twin:
 - fine-tuning of the whole network at `--labels` per class (`label_efficiency`'s defaults).
 Resumable: each encoder, its pretraining record and each evaluation are cached in `--cache` (delete a file to redo it).
 
-    python benchmarks/bench_label_efficiency.py [--methods simclr,byol] [--arch resnet10t] [--epochs 20] [--threads 1]
+    python benchmarks/bench_label_efficiency.py [--methods simclr,byol] [--arch resnet10t] [--epochs 20] [--threads 1] [--append]
 
 Writes a markdown report (tables and the issue targets) to `--out` and the accuracy table as CSV beside it.
+`--append` adds `--methods` to an earlier report without re-running its methods (whose cache may be gone): its rows, their
+numbers and its command and machine are kept as they are under their run number, the new rows get the next number, and the
+from-scratch baseline is the earlier run's (the same `--arch` and `--seed` give the same from-scratch network).
 """
-import argparse, json, os, platform, time
+import argparse, json, os, platform, re, time
 from pathlib import Path
 import pandas as pd, torch
 from fastai.torch_core import set_seed
@@ -112,6 +115,35 @@ def targets(acc, methods):
     return md_table(t) + '\n\n' + '\n'.join(lines)
 
 
+def read_md_table(text, heading):
+    "The first markdown table after the line `heading` of `text`, as a DataFrame of strings"
+    lines = text.split('\n')
+    i = next(i for i, l in enumerate(lines) if l.strip() == heading)
+    rows = []
+    for l in lines[i + 1:]:
+        if l.startswith('|'): rows.append([c.strip() for c in l.strip().strip('|').split('|')])
+        elif rows: break
+    return pd.DataFrame(rows[2:], columns=rows[0])
+
+
+def read_runs(text):
+    "The runs (machine, command) of an earlier report: `Run N: ...` lines, or the single `Machine:`/`Command:` pair of a one-run report"
+    runs = re.findall(r'^- run (\d+): (.*?); command `(.*)`$', text, flags=re.M)
+    if runs: return [dict(run=int(n), machine=mach, command=cmd) for n, mach, cmd in runs]
+    mach = re.search(r'^Machine: (.*?); the CPU was shared', text, flags=re.M).group(1)
+    return [dict(run=1, machine=mach, command=re.search(r'^Command: `(.*)`$', text, flags=re.M).group(1))]
+
+
+def earlier(out):
+    "The runs, pretraining table and accuracy table of the report `out` (and its CSV), every row marked with its run"
+    text = out.read_text()
+    runs, pre = read_runs(text), read_md_table(text, '### Pretraining (4,000 unlabelled images, the same body and epochs budget for every method)')
+    acc = pd.read_csv(out.with_suffix('.csv'), dtype={'labels': str})
+    for df in (pre, acc):
+        if 'run' not in df: df.insert(0, 'run', runs[0]['run'])
+    return runs, pre, acc
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--methods', default=','.join(SIAMESE + ['rotnet']))
@@ -125,30 +157,39 @@ def main():
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--cache', default='benchmarks/cache/label_efficiency')
     p.add_argument('--out', default='benchmarks/results/label_efficiency.md')
+    p.add_argument('--append', action='store_true', help="add --methods to --out's earlier report and CSV, keeping its rows")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     cache = Path(a.cache); cache.mkdir(parents=True, exist_ok=True)
     methods = [m for m in a.methods.split(',') if m]
+    out = Path(a.out); out.parent.mkdir(parents=True, exist_ok=True)
+    runs, pre0, acc0 = earlier(out) if a.append else ([], pd.DataFrame(), pd.DataFrame())
+    if a.append and (set(methods) & set(acc0.encoder)): raise SystemExit(f'--append: {sorted(set(methods) & set(acc0.encoder))} already in {out}')
+    run = max([r['run'] for r in runs], default=0) + 1
     encoders, pre = {}, []
     for m in methods:
-        encoders[m], row = pretrain(m, a, cache); pre.append(row); print(row, flush=True)
-    torch.manual_seed(a.seed)
-    encoders['from scratch'] = scratch_like(encoders[methods[0]], a.seed)
+        encoders[m], row = pretrain(m, a, cache); pre.append({'run': run, **row}); print(row, flush=True)
+    if not a.append:
+        torch.manual_seed(a.seed)
+        encoders['from scratch'] = scratch_like(encoders[methods[0]], a.seed)
     ref = encoders[methods[0]]
     acc = pd.DataFrame([r for name, enc in encoders.items()
-                        for r in evaluate(name, enc, a, cache, ref=ref if name == 'from scratch' else None)])
-    acc = acc[['encoder', 'labels', 'n_train', 'knn_top1', 'linear', 'finetune', 'eval_s']]
-    out = Path(a.out); out.parent.mkdir(parents=True, exist_ok=True)
+                        for r in evaluate(name, enc, a, cache, ref=ref if name == 'from scratch' else None)]).assign(run=run)
+    acc = pd.concat([acc0, acc[['run', 'encoder', 'labels', 'n_train', 'knn_top1', 'linear', 'finetune', 'eval_s']]], ignore_index=True)
+    pre = pd.concat([pre0, pd.DataFrame(pre).astype(str)], ignore_index=True)
     write_csv_atomic(acc, out.with_suffix('.csv'))
     pct = acc.copy()
     for c in ('knn_top1', 'linear', 'finetune'): pct[c] = (pct[c] * 100).map(lambda v: '' if pd.isna(v) else f'{v:.1f}')
     cmd = 'python benchmarks/bench_label_efficiency.py ' + ' '.join(
-        f'--{k.replace("_", "-")} {v}' for k, v in vars(a).items() if k not in ('out', 'cache') and v is not None)
-    siamese = [m for m in methods if METHODS[m].kind == 'siamese']
-    text = (f"## Label efficiency ({a.arch}, MNIST sample)\n\nMachine: {machine()}; the CPU was shared with other jobs "
-            f"(load average at the end of each pretraining in its row).\n\nCommand: `{cmd}`\n\n"
+        f'--{k.replace("_", "-")} {v}' for k, v in vars(a).items() if k not in ('out', 'cache', 'append') and v is not None)
+    runs = runs + [dict(run=run, machine=machine(), command=cmd + (' --append' if a.append else ''))]
+    done = list(dict.fromkeys(acc.encoder))
+    siamese = [m for m in done if m in METHODS and METHODS[m].kind == 'siamese']
+    run_lines = '\n'.join(f"- run {r['run']}: {r['machine']}; command `{r['command']}`" for r in runs)
+    text = (f"## Label efficiency ({a.arch}, MNIST sample)\n\nRuns (each row's run in its `run` column; the CPU was shared "
+            f"with other jobs, the load average at the end of each pretraining in its row):\n\n{run_lines}\n\n"
             f"### Pretraining (4,000 unlabelled images, the same body and epochs budget for every method)\n\n"
-            f"{md_table(pd.DataFrame(pre))}\n\n"
+            f"{md_table(pre)}\n\n"
             f"### Test accuracy (%) on the 1,000 test images\n\nlabels: per class (10, 100), a fraction of the 4,000 "
             f"training labels (1 %, 10 %; the Barlow Twins protocol) or all of them; fine-tuning at the per-class budgets.\n\n"
             f"{md_table(pct)}\n\n### Against the targets\n\n{targets(acc, siamese) if siamese else ''}\n")
