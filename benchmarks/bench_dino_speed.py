@@ -23,6 +23,7 @@ from self_supervised_fa.augment import normalize, denormalize
 from self_supervised_fa.multicrop import small_dino_augs
 from self_supervised_fa.teacher import momentum_at
 from self_supervised_fa.dino import create_dino_model, DINOCallback, DINOLoss
+from bench_utils import machine, write_text_atomic
 
 warnings.filterwarnings('ignore', message='ViewAugment: 1-channel')
 HEAD = dict(out_dim=4096, hidden_size=2048, bottleneck_size=256)
@@ -99,11 +100,6 @@ def lightly_steps(model, views, steps, lr):
     return time.perf_counter() - t
 
 
-def machine(threads):
-    from bench_utils import hardware
-    return f"{hardware(threads)}; CPU shared with other jobs (load average {os.getloadavg()[0]:.1f} at the end)"
-
-
 def table(res, base):
     med = {k: statistics.median(v) for k, v in res.items()}
     rows = [f"| {k} | {med[k]:.1f} | {max(v):.1f} | {', '.join(f'{x:.1f}' for x in v)} | {med[k] / med[base]:.3f} |" for k, v in res.items()]
@@ -122,6 +118,7 @@ def main():
     p.add_argument('--out', default='benchmarks/results/dino_speed.md')
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    load0 = os.getloadavg()[0]
     torch.manual_seed(0)
     dls = sample_dls(n_per_class=a.n_per_class, valid_df=load_sample_df('test').iloc[:a.bs], bs=a.bs)
     n_img = len(dls.train) * a.bs
@@ -147,15 +144,13 @@ def main():
     r2 = med2['ours: one forward per size group'] / med2["lightly's DINO example loop: one forward per crop"]
     cmd = 'python benchmarks/bench_dino_speed.py ' + ' '.join(f'--{k.replace("_", "-")} {v}' for k, v in vars(a).items() if k != 'out')
     text = (f"## DINO speed, 2 global (28 px) + 6 local (12 px) crops\n\n{a.arch} with a DINO head ({HEAD}) on grey digits, "
-            f"batch {a.bs}, {a.reps} interleaved rounds, medians.\n\nMachine: {machine(a.threads)}.\n\nCommand: `{cmd}`\n\n"
+            f"batch {a.bs}, {a.reps} interleaved rounds, medians.\n\nMachine: {machine(load0, a.threads)}.\n\nCommand: `{cmd}`\n\n"
             f"### 1. Training throughput (images/s), {n_img} images per epoch\n\n{t1}\n\n"
             f"### 2. Training steps on fixed crops (images/s), {a.steps} steps of {a.bs} images per round\n\n{t2}\n\n"
             f"### Against the targets (issue 11)\n\n| target | measured | |\n|---|---|---|\n"
             f"| fit_one_cycle >= 0.95x a bare PyTorch loop doing the same work | {r1:.3f}x | {'met' if r1 >= 0.95 else 'missed'} |\n"
             f"| multi-crop forward no slower than lightly's DINO example loop | {r2:.3f}x | {'met' if r2 >= 1 else 'missed'} |\n")
-    path = a.out; tmp = path + '.tmp'
-    with open(tmp, 'w') as f: f.write(text)
-    os.replace(tmp, path)
+    write_text_atomic(a.out, text)
     print(text)
 
 
