@@ -16,7 +16,7 @@ Writes a markdown report (tables and the issue targets) to `--out` and the accur
 numbers and its command and machine are kept as they are under their run number, the new rows get the next number, and the
 from-scratch baseline is the earlier run's (the same `--arch` and `--seed` give the same from-scratch network).
 """
-import argparse, json, os, platform, re, time
+import argparse, json, os, platform, re, shlex, time
 from pathlib import Path
 import pandas as pd, torch
 from fastai.torch_core import set_seed
@@ -54,19 +54,24 @@ def write_json(path, obj):
     tmp = path.with_name(path.name + '.tmp'); tmp.write_text(json.dumps(obj, indent=1)); os.replace(tmp, path)
 
 
+def row_name(m, a): "Method `m`'s name in the tables: with `--variant`'s tag if given"; return f'{m} ({a.variant})' if a.variant else m
+def method_of(name): "The method of a row name"; return name.split(' (')[0]
+
+
 def pretrain(m, a, cache):
     "The method's encoder and pretraining record, from the cache or trained now"
-    fn, rec = cache/f'encoder_{m}.safetensors', cache/f'pretrain_{m}.json'
+    key = row_name(m, a).replace(' ', '_')
+    fn, rec = cache/f'encoder_{key}.safetensors', cache/f'pretrain_{key}.json'
     if fn.exists() and rec.exists(): return load_encoder(fn), json.loads(rec.read_text())
     set_seed(a.seed, reproducible=True)
     dls = sample_dls(valid_df=load_sample_df('test').sample(256, random_state=a.seed), bs=a.bs, seed=a.seed)
-    learn = method_learner(m, dls, a.arch)
+    learn = method_learner(m, dls, a.arch, model_kwargs=json.loads(a.model_kwargs) if a.model_kwargs else None)
     mon = TimedKNNMonitor(knn_monitor_dls(seed=a.seed)); learn.add_cb(mon)
     epochs, lr = a.epochs or METHODS[m].epochs, a.lr or METHODS[m].lr
     start = time.time()
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
     secs = time.time() - start
-    row = dict(method=m, arch=a.arch, epochs=epochs, lr=lr, pretrain_s=round(secs), knn_monitor_s=round(mon.seconds, 1),
+    row = dict(method=row_name(m, a), arch=a.arch, epochs=epochs, lr=lr, pretrain_s=round(secs), knn_monitor_s=round(mon.seconds, 1),
                final_loss=round(float(learn.recorder.values[-1][0]), 4),
                knn_top1_per_epoch=' '.join(f'{v:.3f}' for v in mon.history), load_average=round(os.getloadavg()[0], 1))
     save_encoder(learn.model.encoder, fn, recipe=dict(method=m, epochs=epochs, lr=lr, bs=a.bs, seed=a.seed))
@@ -161,6 +166,8 @@ def main():
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--cache', default='benchmarks/cache/label_efficiency')
     p.add_argument('--out', default='benchmarks/results/label_efficiency.md')
+    p.add_argument('--variant', default=None, help="a tag for the rows of this run, 'method (tag)': e.g. other --model-kwargs")
+    p.add_argument('--model-kwargs', default=None, help='JSON: model settings over the registry\'s (e.g. \'{"n_prototypes": 30}\')')
     p.add_argument('--append', action='store_true', help="add --methods to --out's earlier report and CSV, keeping its rows")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -168,15 +175,16 @@ def main():
     methods = [m for m in a.methods.split(',') if m]
     out = Path(a.out); out.parent.mkdir(parents=True, exist_ok=True)
     runs, pre0, acc0 = earlier(out) if a.append else ([], pd.DataFrame(), pd.DataFrame())
-    if a.append and (set(methods) & set(acc0.encoder)): raise SystemExit(f'--append: {sorted(set(methods) & set(acc0.encoder))} already in {out}')
+    names = [row_name(m, a) for m in methods]
+    if a.append and (set(names) & set(acc0.encoder)): raise SystemExit(f'--append: {sorted(set(names) & set(acc0.encoder))} already in {out}')
     run = max([r['run'] for r in runs], default=0) + 1
     encoders, pre = {}, []
     for m in methods:
-        encoders[m], row = pretrain(m, a, cache); pre.append({'run': run, **row}); print(row, flush=True)
+        encoders[row_name(m, a)], row = pretrain(m, a, cache); pre.append({'run': run, **row}); print(row, flush=True)
     if not a.append:
         torch.manual_seed(a.seed)
-        encoders['from scratch'] = scratch_like(encoders[methods[0]], a.seed)
-    ref = encoders[methods[0]]
+        encoders['from scratch'] = scratch_like(encoders[names[0]], a.seed)
+    ref = encoders[names[0]]
     acc = pd.DataFrame([r for name, enc in encoders.items()
                         for r in evaluate(name, enc, a, cache, ref=ref if name == 'from scratch' else None)]).assign(run=run)
     acc = pd.concat([acc0, acc[['run', 'encoder', 'labels', 'n_train', 'knn_top1', 'linear', 'finetune', 'eval_s']]], ignore_index=True)
@@ -185,10 +193,10 @@ def main():
     pct = acc.copy()
     for c in ('knn_top1', 'linear', 'finetune'): pct[c] = (pct[c] * 100).map(lambda v: '' if pd.isna(v) else f'{v:.1f}')
     cmd = 'python benchmarks/bench_label_efficiency.py ' + ' '.join(
-        f'--{k.replace("_", "-")} {v}' for k, v in vars(a).items() if k not in ('out', 'cache', 'append') and v is not None)
+        f'--{k.replace("_", "-")} {shlex.quote(str(v))}' for k, v in vars(a).items() if k not in ('out', 'cache', 'append') and v is not None)
     runs = runs + [dict(run=run, machine=machine(), command=cmd + (' --append' if a.append else ''))]
     done = list(dict.fromkeys(acc.encoder))
-    siamese = [m for m in done if m in METHODS and METHODS[m].kind == 'siamese']
+    siamese = [m for m in done if method_of(m) in METHODS and METHODS[method_of(m)].kind == 'siamese']
     run_lines = '\n'.join(f"- run {r['run']}: {r['machine']}; command `{r['command']}`" for r in runs)
     text = (f"## Label efficiency ({a.arch}, MNIST sample)\n\nRuns (each row's run in its `run` column; the CPU was shared "
             f"with other jobs, the load average at the end of each pretraining in its row):\n\n{run_lines}\n\n"
