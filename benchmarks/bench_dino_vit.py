@@ -54,16 +54,18 @@ def main():
     scratch = create_timm_body(a.arch, n_in=1, **body_kw)
     acc = label_efficiency({'dino (ViT)': learn.model.encoder}, sample_dls(bs=256, seed=a.seed), budgets=[10, 100, None],
                            scratch=scratch, seed=a.seed, methods=('knn', 'linear'), progress=False)
+    cols = ['encoder', 'labels', 'n_train', 'knn_top1', 'linear']
+    acc = acc[cols]; print(acc, flush=True)
     cnn = Path('benchmarks/results/label_efficiency.csv')   # the CNN body's DINO row, for comparison
     if cnn.exists():
         c = pd.read_csv(cnn, dtype={'labels': str})
         c = c[(c.encoder == 'dino') & c.labels.isin(['10', '100', 'all'])]
-        acc = pd.concat([acc, c.assign(encoder='dino (resnet10t, 8 epochs; label_efficiency.csv)')[list(acc.columns)]], ignore_index=True)
+        acc = pd.concat([acc, c.assign(encoder='dino (resnet10t, 8 epochs; label_efficiency.csv)')[cols]], ignore_index=True)
     for c in ('knn_top1', 'linear'): acc[c] = (acc[c] * 100).map(lambda v: f'{v:.1f}')
     text = (f"## DINO with a ViT body on the 28-px digits\n\nMachine: {machine(load0, a.threads)}.\n\n"
             f"Command: `{command('bench_dino_vit.py', a)}`\n\n### Pretraining ({len(dls.train_ds):,} unlabelled images)\n\n"
             f"{md_table([pre], list(pre))}\n\n### Test accuracy (%) on the 1,000 test images (kNN and linear probe on the "
-            f"class token; labels per class or all)\n\n{md_table(acc.to_dict('records'), ['encoder', 'labels', 'n_train', 'knn_top1', 'linear'])}\n\n"
+            f"class token; labels per class or all)\n\n{md_table(acc.to_dict('records'), cols)}\n\n"
             f"### Why a ViT is hard here\n\nAt 28 px with {a.patch}-px patches a global crop is {pre['tokens_28px']} tokens and a "
             f"12-px local crop {pre['tokens_12px']} (a 224-px ImageNet crop with 16-px patches: 196); a ViT has no convolutional "
             f"prior (locality, translation equivariance) and must learn it from data, and DINO's ViTs train for 100-800 epochs on "
