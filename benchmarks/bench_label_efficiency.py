@@ -9,11 +9,14 @@ evaluates every encoder and a from-scratch twin:
 - fine-tuning of the whole network at `--labels` per class (`label_efficiency`'s defaults).
 Resumable: each encoder, its pretraining record and each evaluation are cached in `--cache` (delete a file to redo it).
 
-    python benchmarks/bench_label_efficiency.py [--methods simclr,byol] [--arch resnet10t] [--epochs 20] [--threads 1]
+    python benchmarks/bench_label_efficiency.py [--methods simclr,byol] [--arch resnet10t] [--epochs 20] [--threads 1] [--append]
 
 Writes a markdown report (tables and the issue targets) to `--out` and the accuracy table as CSV beside it.
+`--append` adds `--methods` to an earlier report without re-running its methods (whose cache may be gone): its rows, their
+numbers and its command and machine are kept as they are under their run number, the new rows get the next number, and the
+from-scratch baseline is the earlier run's (the same `--arch` and `--seed` give the same from-scratch network).
 """
-import argparse, json, os, platform, time
+import argparse, json, os, platform, re, shlex, time
 from pathlib import Path
 import pandas as pd, torch
 from fastai.torch_core import set_seed
@@ -51,19 +54,24 @@ def write_json(path, obj):
     tmp = path.with_name(path.name + '.tmp'); tmp.write_text(json.dumps(obj, indent=1)); os.replace(tmp, path)
 
 
+def row_name(m, a): "Method `m`'s name in the tables: with `--variant`'s tag if given"; return f'{m} ({a.variant})' if a.variant else m
+def method_of(name): "The method of a row name"; return name.split(' (')[0]
+
+
 def pretrain(m, a, cache):
     "The method's encoder and pretraining record, from the cache or trained now"
-    fn, rec = cache/f'encoder_{m}.safetensors', cache/f'pretrain_{m}.json'
+    key = row_name(m, a).replace(' ', '_')
+    fn, rec = cache/f'encoder_{key}.safetensors', cache/f'pretrain_{key}.json'
     if fn.exists() and rec.exists(): return load_encoder(fn), json.loads(rec.read_text())
     set_seed(a.seed, reproducible=True)
     dls = sample_dls(valid_df=load_sample_df('test').sample(256, random_state=a.seed), bs=a.bs, seed=a.seed)
-    learn = method_learner(m, dls, a.arch)
+    learn = method_learner(m, dls, a.arch, model_kwargs=json.loads(a.model_kwargs) if a.model_kwargs else None)
     mon = TimedKNNMonitor(knn_monitor_dls(seed=a.seed)); learn.add_cb(mon)
     epochs, lr = a.epochs or METHODS[m].epochs, a.lr or METHODS[m].lr
     start = time.time()
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
     secs = time.time() - start
-    row = dict(method=m, arch=a.arch, epochs=epochs, lr=lr, pretrain_s=round(secs), knn_monitor_s=round(mon.seconds, 1),
+    row = dict(method=row_name(m, a), arch=a.arch, epochs=epochs, lr=lr, pretrain_s=round(secs), knn_monitor_s=round(mon.seconds, 1),
                final_loss=round(float(learn.recorder.values[-1][0]), 4),
                knn_top1_per_epoch=' '.join(f'{v:.3f}' for v in mon.history), load_average=round(os.getloadavg()[0], 1))
     save_encoder(learn.model.encoder, fn, recipe=dict(method=m, epochs=epochs, lr=lr, bs=a.bs, seed=a.seed))
@@ -94,13 +102,15 @@ def targets(acc, methods):
         v = acc[(acc.encoder == enc) & (acc.labels.astype(str) == str(lab))][col]
         return v.iloc[0] * 100 if len(v) else float('nan')
     scratch10 = g('from scratch', 10, 'finetune')
+    random10 = max(g('from scratch', 10, c) for c in ('knn_top1', 'linear'))   # the random-weights encoder's best probe
     rows = []
     for m in methods:
         knn, lin10, ft100 = g(m, 'all', 'knn_top1'), g(m, 10, 'linear'), g(m, 100, 'finetune')
         best10 = max(g(m, 10, c) for c in ('knn_top1', 'linear', 'finetune'))
         rows.append(dict(method=m, knn_all=f'{knn:.1f}', knn_all_ge_95='met' if knn >= 95 else 'missed',
                          linear_10=f'{lin10:.1f}', finetune_100=f'{ft100:.1f}',
-                         best_at_10_minus_scratch=f'{best10 - scratch10:+.1f}', plus_15='met' if best10 - scratch10 >= 15 else 'missed'))
+                         best_at_10_minus_scratch=f'{best10 - scratch10:+.1f}', plus_15='met' if best10 - scratch10 >= 15 else 'missed',
+                         best_at_10_minus_random_probe=f'{best10 - random10:+.1f}'))
     t = pd.DataFrame(rows)
     best_lin = max(methods, key=lambda m: g(m, 10, 'linear')); best_ft = max(methods, key=lambda m: g(m, 100, 'finetune'))
     lines = [f"- best linear probe at 10 labels per class: {best_lin}, {g(best_lin, 10, 'linear'):.1f} % (target >= 92 %: "
@@ -108,8 +118,39 @@ def targets(acc, methods):
              f"- best fine-tuning at 100 labels per class: {best_ft}, {g(best_ft, 100, 'finetune'):.1f} % (target >= 98 %: "
              f"{'met' if g(best_ft, 100, 'finetune') >= 98 else 'missed'})",
              f"- from scratch, fine-tuned at 10 labels per class: {scratch10:.1f} % (the baseline of the +15 points column: each "
-             "method's best of kNN, linear probe and fine-tuning at 10 labels per class)"]
+             "method's best of kNN, linear probe and fine-tuning at 10 labels per class)",
+             f"- best_at_10_minus_random_probe (no target, a check): the same best against the from-scratch (random-weights) "
+             f"encoder's best kNN or linear probe at 10 labels per class, {random10:.1f} %: how much pretraining adds over random features"]
     return md_table(t) + '\n\n' + '\n'.join(lines)
+
+
+def read_md_table(text, heading):
+    "The first markdown table after the line `heading` of `text`, as a DataFrame of strings"
+    lines = text.split('\n')
+    i = next(i for i, l in enumerate(lines) if l.strip() == heading)
+    rows = []
+    for l in lines[i + 1:]:
+        if l.startswith('|'): rows.append([c.strip() for c in l.strip().strip('|').split('|')])
+        elif rows: break
+    return pd.DataFrame(rows[2:], columns=rows[0])
+
+
+def read_runs(text):
+    "The runs (machine, command) of an earlier report: `Run N: ...` lines, or the single `Machine:`/`Command:` pair of a one-run report"
+    runs = re.findall(r'^- run (\d+): (.*?); command `(.*)`$', text, flags=re.M)
+    if runs: return [dict(run=int(n), machine=mach, command=cmd) for n, mach, cmd in runs]
+    mach = re.search(r'^Machine: (.*?); the CPU was shared', text, flags=re.M).group(1)
+    return [dict(run=1, machine=mach, command=re.search(r'^Command: `(.*)`$', text, flags=re.M).group(1))]
+
+
+def earlier(out):
+    "The runs, pretraining table and accuracy table of the report `out` (and its CSV), every row marked with its run"
+    text = out.read_text()
+    runs, pre = read_runs(text), read_md_table(text, '### Pretraining (4,000 unlabelled images, the same body and epochs budget for every method)')
+    acc = pd.read_csv(out.with_suffix('.csv'), dtype={'labels': str})
+    for df in (pre, acc):
+        if 'run' not in df: df.insert(0, 'run', runs[0]['run'])
+    return runs, pre, acc
 
 
 def main():
@@ -125,30 +166,42 @@ def main():
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--cache', default='benchmarks/cache/label_efficiency')
     p.add_argument('--out', default='benchmarks/results/label_efficiency.md')
+    p.add_argument('--variant', default=None, help="a tag for the rows of this run, 'method (tag)': e.g. other --model-kwargs")
+    p.add_argument('--model-kwargs', default=None, help='JSON: model settings over the registry\'s (e.g. \'{"n_prototypes": 30}\')')
+    p.add_argument('--append', action='store_true', help="add --methods to --out's earlier report and CSV, keeping its rows")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     cache = Path(a.cache); cache.mkdir(parents=True, exist_ok=True)
     methods = [m for m in a.methods.split(',') if m]
+    out = Path(a.out); out.parent.mkdir(parents=True, exist_ok=True)
+    runs, pre0, acc0 = earlier(out) if a.append else ([], pd.DataFrame(), pd.DataFrame())
+    names = [row_name(m, a) for m in methods]
+    if a.append and (set(names) & set(acc0.encoder)): raise SystemExit(f'--append: {sorted(set(names) & set(acc0.encoder))} already in {out}')
+    run = max([r['run'] for r in runs], default=0) + 1
     encoders, pre = {}, []
     for m in methods:
-        encoders[m], row = pretrain(m, a, cache); pre.append(row); print(row, flush=True)
-    torch.manual_seed(a.seed)
-    encoders['from scratch'] = scratch_like(encoders[methods[0]], a.seed)
-    ref = encoders[methods[0]]
+        encoders[row_name(m, a)], row = pretrain(m, a, cache); pre.append({'run': run, **row}); print(row, flush=True)
+    if not a.append:
+        torch.manual_seed(a.seed)
+        encoders['from scratch'] = scratch_like(encoders[names[0]], a.seed)
+    ref = encoders[names[0]]
     acc = pd.DataFrame([r for name, enc in encoders.items()
-                        for r in evaluate(name, enc, a, cache, ref=ref if name == 'from scratch' else None)])
-    acc = acc[['encoder', 'labels', 'n_train', 'knn_top1', 'linear', 'finetune', 'eval_s']]
-    out = Path(a.out); out.parent.mkdir(parents=True, exist_ok=True)
+                        for r in evaluate(name, enc, a, cache, ref=ref if name == 'from scratch' else None)]).assign(run=run)
+    acc = pd.concat([acc0, acc[['run', 'encoder', 'labels', 'n_train', 'knn_top1', 'linear', 'finetune', 'eval_s']]], ignore_index=True)
+    pre = pd.concat([pre0, pd.DataFrame(pre).astype(str)], ignore_index=True)
     write_csv_atomic(acc, out.with_suffix('.csv'))
     pct = acc.copy()
     for c in ('knn_top1', 'linear', 'finetune'): pct[c] = (pct[c] * 100).map(lambda v: '' if pd.isna(v) else f'{v:.1f}')
     cmd = 'python benchmarks/bench_label_efficiency.py ' + ' '.join(
-        f'--{k.replace("_", "-")} {v}' for k, v in vars(a).items() if k not in ('out', 'cache') and v is not None)
-    siamese = [m for m in methods if METHODS[m].kind == 'siamese']
-    text = (f"## Label efficiency ({a.arch}, MNIST sample)\n\nMachine: {machine()}; the CPU was shared with other jobs "
-            f"(load average at the end of each pretraining in its row).\n\nCommand: `{cmd}`\n\n"
+        f'--{k.replace("_", "-")} {shlex.quote(str(v))}' for k, v in vars(a).items() if k not in ('out', 'cache', 'append') and v is not None)
+    runs = runs + [dict(run=run, machine=machine(), command=cmd + (' --append' if a.append else ''))]
+    done = list(dict.fromkeys(acc.encoder))
+    siamese = [m for m in done if method_of(m) in METHODS and METHODS[method_of(m)].kind == 'siamese']
+    run_lines = '\n'.join(f"- run {r['run']}: {r['machine']}; command `{r['command']}`" for r in runs)
+    text = (f"## Label efficiency ({a.arch}, MNIST sample)\n\nRuns (each row's run in its `run` column; the CPU was shared "
+            f"with other jobs, the load average at the end of each pretraining in its row):\n\n{run_lines}\n\n"
             f"### Pretraining (4,000 unlabelled images, the same body and epochs budget for every method)\n\n"
-            f"{md_table(pd.DataFrame(pre))}\n\n"
+            f"{md_table(pre)}\n\n"
             f"### Test accuracy (%) on the 1,000 test images\n\nlabels: per class (10, 100), a fraction of the 4,000 "
             f"training labels (1 %, 10 %; the Barlow Twins protocol) or all of them; fine-tuning at the per-class budgets.\n\n"
             f"{md_table(pct)}\n\n### Against the targets\n\n{targets(acc, siamese) if siamese else ''}\n")
