@@ -1,5 +1,5 @@
 """A SimCLR epoch through `Learner.fit_one_cycle`, ours against self_supervised 1.0.4's, with the same work: resnet18 body
-(3 channels, random init), a 2-layer projector 512 -> 128, batch 128, 2 views of every image with the same ops and
+(3 channels, random init), a 2-layer projector 512 -> 128 with BatchNorm, batch 128, 2 views of every image with the same ops and
 probabilities (crop 0.2-1, flip 0.5, colour jitter strength 0.6 @0.3, grayscale 0.3, blur 0.3; no normalisation),
 temperature 0.07, fastai's Adam, on the sample's digits as RGB (`--n-per-class` per class, 28 px). Three learners, one
 epoch each per round, interleaved: ours (the batched view ops), ours with `ViewAugment(backend='kornia')` (the
@@ -43,7 +43,7 @@ def theirs(dls):
     from self_supervised.vision.simclr import SimCLR, create_simclr_model as their_model
     augs = [get_batch_augs(SIZE, rotate=False, resize_scale=KW['crop_scale'], jitter_s=.6, jitter_p=.3, bw_p=.3, blur_p=.3,
                            stats=None, cuda=False) for _ in range(2)]
-    model = their_model(create_timm_encoder('resnet18', pretrained=False, n_in=3, pool_type='avg'), hidden_size=512, projection_size=128)
+    model = their_model(create_timm_encoder('resnet18', pretrained=False, n_in=3, pool_type='avg'), hidden_size=512, projection_size=128, bn=True)
     return Learner(dls, model, cbs=[SimCLR(augs, temp=0.07), TrainTimer()]), augs
 
 
@@ -79,7 +79,7 @@ def main(a):
     cmd = f"python benchmarks/bench_simclr_epoch.py --rounds {a.rounds} --n-per-class {a.n_per_class} --bs {a.bs} --threads {a.threads}"
     txt = (f"## A SimCLR epoch, ours against self_supervised 1.0.4\n\nMachine: {machine(load0, a.threads)}; {a.rounds} interleaved "
            f"rounds after a warm-up, medians (the ratio is the median of the per-round ratios).\n\nCommand: `{cmd}`\n\n"
-           f"{n_batches} training batches of {a.bs} digits (RGB, {SIZE} px) per epoch, resnet18, projector 512 -> 128, 2 views, "
+           f"{n_batches} training batches of {a.bs} digits (RGB, {SIZE} px) per epoch, resnet18, projector 512 -> 128 with BatchNorm, 2 views, "
            "crop 0.2-1, flip 0.5, jitter 0.6 @0.3, grayscale 0.3, blur 0.3, temperature 0.07, fastai's Adam, `fit_one_cycle(1, 1e-3)`. "
            "Target (issue 15): ours <= 0.95x self_supervised's epoch time.\n\n"
            + md_table(rows, ['pipeline', 'epoch', 'ratio', 'views', 'share'],
