@@ -130,7 +130,7 @@ def colour_maps(params:dict, n_ch:int) -> tuple:
     return M, t, K
 
 def apply_colour(x:torch.Tensor, params:dict) -> torch.Tensor:
-    "Jitter and grayscale the images of `x` that `params` selects, as one batched matrix product, clamped to [0,1]"
+    "Jitter and grayscale the images of `x` that `params` selects (one batched matrix product, clamped to [0,1]), in place"
     idx = torch.nonzero(params['jitter'] | params['gray'])[:, 0]
     if len(idx) == 0: return x
     sel = {k: (v if k == 'order' else v[idx]) for k, v in params.items()}
@@ -150,7 +150,7 @@ def gaussian_kernels(sigma:torch.Tensor, k:int) -> torch.Tensor:
     return w / w.sum(1, keepdim=True)
 
 def apply_blur(x:torch.Tensor, params:dict, k:int) -> torch.Tensor:
-    "Blur the images that `params['blur']` selects, each with its own sigma: one separable grouped convolution, reflect padding"
+    "Blur the images that `params['blur']` selects, each with its own sigma (one separable grouped convolution, reflect padding), in place"
     idx = torch.nonzero(params['blur'])[:, 0]
     if len(idx) == 0: return x
     n, C = len(idx), x.shape[1]
