@@ -38,12 +38,15 @@ def test_flip_rule_against_independent_formula():
     assert set(changed.item) == {i for i in range(300) if cb.labels[i] != given[i]} and flips >= set(zip(changed.item, cb.labels[changed.item.tolist()].tolist()))
 
 def test_corrected_labels_reach_next_epoch_and_validation_untouched():
+    # at 3e-3 the tiny CNN stayed near-uniform after the warm-up for 3 of 8 seeds (no correction at all); at 1e-2 every
+    # seed of 8 corrected labels in epoch 0 or 1, so the next epoch's batches can be checked
+    torch.manual_seed(0)
     trn = add_label_noise(subsample_per_class(load_sample_df('train'), 20), 0.3, seed=0)
     dls = sample_dls(trn, subsample_per_class(load_sample_df('test'), 4), bs=25)
     plc, spy = PLCCallback(warmup=1, theta=0.05, step=0.0, theta_min=0.05), BatchSpy()
     learn = Learner(dls, tiny_cnn(), loss_func=SoftTargetCrossEntropy(), cbs=[plc, spy])
     spy.plc = plc
-    with learn.no_bar(), learn.no_logging(): learn.fit(3, 3e-3)
+    with learn.no_bar(), learn.no_logging(): learn.fit(3, 1e-2)
     items = dls.train.items.reset_index(drop=True)
     seen = plc.given >= 0
     assert (plc.given[seen].cpu().numpy() == items.label.values[seen.cpu().numpy()]).all()  # given labels, by index
