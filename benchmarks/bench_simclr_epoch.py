@@ -66,9 +66,9 @@ def main(a):
     for r in range(a.rounds + 1):                   # round 0 warms up
         for k, (learn, augs) in learners.items():
             with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(1, 1e-3)
-            v = views_secs(augs, x, n_batches)
-            if r: res[k]['epoch'].append(learn.cbs.filter(lambda c: isinstance(c, TrainTimer))[0].secs); res[k]['views'].append(v)
-            print(r, k, f"{learn.cbs.filter(lambda c: isinstance(c, TrainTimer))[0].secs:.2f} s, views {v:.2f} s", flush=True)
+            v, e = views_secs(augs, x, n_batches), learn.train_timer.secs
+            if r: res[k]['epoch'].append(e); res[k]['views'].append(v)
+            print(r, k, f"{e:.2f} s, views {v:.2f} s", flush=True)
     ref = statistics.median(res['self_supervised 1.0.4']['epoch'])
     rows = []
     for k, v in res.items():

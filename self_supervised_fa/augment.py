@@ -104,7 +104,9 @@ class ViewAugment(nn.Module):
 
     def draw(self, x) -> dict:
         "New random parameters for the batch `x` (CPU tensors drawn from torch's global generator, one entry per image)"
-        n_ch, _ = self._check(x)
+        return self._draw(x, self._check(x)[0])
+
+    def _draw(self, x, n_ch:int) -> dict:
         return draw_view_params(len(x), tuple(x.shape[-2:]), n_ch, self.crop_scale, self.crop_ratio, self.flip_p,
                                 self.rotate, self.rotate_p, self.jitter, self.jitter_p, self.grayscale_p, self.blur_p,
                                 self.blur_sigma, self.solarize_p)
@@ -121,21 +123,16 @@ class ViewAugment(nn.Module):
         if check: check_images(x, 'ViewAugment input')
         x = x.as_subclass(torch.Tensor) if type(x) is not torch.Tensor else x
         n_ch, size = self._check(x)
-        if self.backend == 'kornia':
-            key = f'{n_ch}_{size[0]}_{size[1]}'
-            if key not in self.pipes: self.pipes[key] = self.build(n_ch, size).to(x.device)
-            pipe = self.pipes[key]
-            with (torch.random.fork_rng(devices=[x.device] if x.is_cuda else []) if seed is not None else nullcontext()):
-                if seed is not None: torch.manual_seed(seed)
-                out = pipe(x, params=params)
-            self._params = pipe._params
-            return normalize(out, self.stats)
-        if params is None:
-            with (torch.random.fork_rng(devices=[]) if seed is not None else nullcontext()):
-                if seed is not None: torch.manual_seed(seed)
-                params = self.draw(x)
-        self._params = self._replayable(params, x)
-        out = apply_view(x, params, size, self.kernel(size), 'zeros' if self.rotate else 'border')
+        kornia = self.backend == 'kornia'   # kornia draws on the batch's device; the fast ops draw on the CPU
+        with (torch.random.fork_rng(devices=[x.device] if kornia and x.is_cuda else []) if seed is not None else nullcontext()):
+            if seed is not None: torch.manual_seed(seed)
+            if kornia:
+                key = f'{n_ch}_{size[0]}_{size[1]}'
+                if key not in self.pipes: self.pipes[key] = self.build(n_ch, size).to(x.device)
+                out = self.pipes[key](x, params=params); self._params = self.pipes[key]._params
+            else:
+                self._params = params = self._replayable(params, x) if params is not None else self._draw(x, n_ch)
+                out = apply_view(x, params, size, self.kernel(size), 'zeros' if self.rotate else 'border')
         return normalize(out, self.stats)
 
     def settings(self) -> tuple:
@@ -150,9 +147,7 @@ class ViewAugment(nn.Module):
             for _ in range(k): views.append(self(x, check=check)); params.append(self._params)
             return views, params
         if check: check_images(x, 'ViewAugment input')
-        x = x.as_subclass(torch.Tensor) if type(x) is not torch.Tensor else x
-        xs = x.repeat(k, 1, 1, 1)
-        views = self(xs, check=False).chunk(k)
+        views = self(x.repeat(k, 1, 1, 1), check=False).chunk(k)
         n = len(x)
         params = [{key: v if key == 'order' else v[i * n:(i + 1) * n] for key, v in self._params.items()} for i in range(k)]
         return list(views), params

@@ -66,9 +66,8 @@ def view_affine(params:dict, in_size:tuple) -> torch.Tensor:
     a = torch.deg2rad(params['angle'].to(w))
     cos, sin = torch.cos(a), torch.sin(a)
     # source pixel = centre + R(angle) @ (f * xo * w/2, yo * h/2); normalised source = 2 * pixel / size - 1
-    th = torch.stack([torch.stack([cos * f * w / W, -sin * h / W, (2 * x0 + w) / W - 1], 1),
-                      torch.stack([sin * f * w / H, cos * h / H, (2 * y0 + h) / H - 1], 1)], 1)
-    return th
+    return torch.stack([torch.stack([cos * f * w / W, -sin * h / W, (2 * x0 + w) / W - 1], 1),
+                        torch.stack([sin * f * w / H, cos * h / H, (2 * y0 + h) / H - 1], 1)], 1)
 
 def _axis(start, length, n_in:int, n_out:int, flip=None) -> torch.Tensor:
     "(n, n_out) normalised source coordinates of the output pixels along one axis, kept inside the box's pixel centres"
@@ -105,6 +104,13 @@ def _hue_matrix(turns:torch.Tensor) -> torch.Tensor:
     return (torch.eye(3, dtype=torch.float64) + torch.sin(a)[:, None, None] * cross
             + (1 - torch.cos(a))[:, None, None] * (cross @ cross))
 
+def _on_selected(x:torch.Tensor, sel:torch.Tensor, fn) -> torch.Tensor:
+    "Replace the images of `x` that the CPU mask `sel` selects by `fn(those images, their CPU indices)`, in place"
+    idx = torch.nonzero(sel)[:, 0]
+    if len(idx) == 0: return x
+    dev_idx = idx.to(x.device, non_blocking=True)
+    return x.index_copy_(0, dev_idx, fn(x.index_select(0, dev_idx), idx))
+
 def colour_maps(params:dict, n_ch:int) -> tuple:
     "Per-image `(M, t, K)` such that the jitter (in `order`) then grayscale of a pixel `x` is `M @ x + t + K @ mean`, unclamped"
     n, C, f64 = len(params['jitter']), n_ch, torch.float64
@@ -131,16 +137,12 @@ def colour_maps(params:dict, n_ch:int) -> tuple:
 
 def apply_colour(x:torch.Tensor, params:dict) -> torch.Tensor:
     "Jitter and grayscale the images of `x` that `params` selects (one batched matrix product, clamped to [0,1]), in place"
-    idx = torch.nonzero(params['jitter'] | params['gray'])[:, 0]
-    if len(idx) == 0: return x
-    sel = {k: (v if k == 'order' else v[idx]) for k, v in params.items()}
-    to = dict(device=x.device, dtype=x.dtype, non_blocking=True)
-    M, t, K = (m.to(**to) for m in colour_maps(sel, x.shape[1]))
-    dev_idx = idx.to(x.device, non_blocking=True)
-    sub = x.index_select(0, dev_idx)
-    off = t + (K @ sub.mean((2, 3))[:, :, None])[:, :, 0]
-    out = torch.baddbmm(off[:, :, None], M, sub.flatten(2)).view_as(sub).clamp_(0, 1)
-    return x.index_copy_(0, dev_idx, out)
+    def colour(sub, idx):
+        sel = {k: (v if k == 'order' else v[idx]) for k, v in params.items()}
+        M, t, K = (m.to(device=x.device, dtype=x.dtype, non_blocking=True) for m in colour_maps(sel, x.shape[1]))
+        off = t + (K @ sub.mean((2, 3))[:, :, None])[:, :, 0]
+        return torch.baddbmm(off[:, :, None], M, sub.flatten(2)).view_as(sub).clamp_(0, 1)
+    return _on_selected(x, params['jitter'] | params['gray'], colour)
 
 # %% ../nbs/02c_viewops.ipynb #bed52dc6
 def gaussian_kernels(sigma:torch.Tensor, k:int) -> torch.Tensor:
@@ -151,15 +153,12 @@ def gaussian_kernels(sigma:torch.Tensor, k:int) -> torch.Tensor:
 
 def apply_blur(x:torch.Tensor, params:dict, k:int) -> torch.Tensor:
     "Blur the images that `params['blur']` selects, each with its own sigma (one separable grouped convolution, reflect padding), in place"
-    idx = torch.nonzero(params['blur'])[:, 0]
-    if len(idx) == 0: return x
-    n, C = len(idx), x.shape[1]
-    w = gaussian_kernels(params['sigma'][idx], k).repeat_interleave(C, 0).to(device=x.device, dtype=x.dtype, non_blocking=True)
-    dev_idx = idx.to(x.device, non_blocking=True)
-    sub = x.index_select(0, dev_idx).reshape(1, n * C, *x.shape[-2:])
-    sub = F.pad(sub, (k // 2,) * 4, mode='reflect')
-    sub = F.conv2d(F.conv2d(sub, w[:, None, :, None], groups=n * C), w[:, None, None, :], groups=n * C)
-    return x.index_copy_(0, dev_idx, sub.view(n, C, *x.shape[-2:]))
+    def blur(sub, idx):
+        nc = sub.shape[0] * sub.shape[1]
+        w = gaussian_kernels(params['sigma'][idx], k).repeat_interleave(sub.shape[1], 0).to(device=x.device, dtype=x.dtype, non_blocking=True)
+        out = F.pad(sub.reshape(1, nc, *sub.shape[-2:]), (k // 2,) * 4, mode='reflect')
+        return F.conv2d(F.conv2d(out, w[:, None, :, None], groups=nc), w[:, None, None, :], groups=nc).view_as(sub)
+    return _on_selected(x, params['blur'], blur)
 
 def apply_solarize(x:torch.Tensor, params:dict, threshold:float=0.5) -> torch.Tensor:
     "Solarise the selected images: pixels at or above `threshold` become `1 - x`"
