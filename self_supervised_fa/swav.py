@@ -4,7 +4,7 @@
 
 # %% ../nbs/17_swav.ipynb #69a43277
 from __future__ import annotations
-import math
+import math, warnings
 import torch, torch.nn.functional as F
 from torch import nn, Tensor
 from fastcore.basics import ifnone
@@ -141,9 +141,10 @@ class SwAVCallback(MultiViewCallback):
                  temperature:float=0.1, epsilon:float=0.05, sinkhorn_iterations:int=3,
                  freeze_prototypes:int|None=None, # training iterations with frozen prototypes; None: the first epoch
                  queue_start:int=15, # first epoch that fills the queue (models with one); it is used once full
+                 collapse_spread:float=0.3, # warn when the std of the logits over prototypes stays below this (`spreads`)
                  n_views:int|None=None, **kwargs):
         super().__init__(SwAVLoss(temperature, sinkhorn_iterations, epsilon), ifnone(aug, swav_preset), n_views=n_views, **kwargs)
-        self.freeze_prototypes, self.queue_start = freeze_prototypes, queue_start
+        self.freeze_prototypes, self.queue_start, self.collapse_spread = freeze_prototypes, queue_start, collapse_spread
 
     def before_fit(self):
         super().before_fit()
@@ -152,7 +153,9 @@ class SwAVCallback(MultiViewCallback):
             self._fail(ValueError(f"SwAVCallback needs a model with prototypes (a linear layer); build it with create_swav_model"))
         model.normalize_prototypes()
         self.freeze_iters = ifnone(self.freeze_prototypes, len(self.dls.train))
-        self.to_queue, self.queue_used = None, False
+        self.to_queue, self.queue_used, self.spreads, self.warned = None, False, [], False
+
+    def before_epoch(self): self._spread, self._n = 0., 0
 
     def queue_scores(self, model) -> list|None:
         "The prototype scores of the queued embeddings, one `(Q, K)` per global crop, once the queue is full"
@@ -169,6 +172,8 @@ class SwAVCallback(MultiViewCallback):
         self.queue_used = qs is not None
         if self.training and model.queue is not None and self.epoch >= self.queue_start:
             self.to_queue = [z.detach() for z in out['proj'][:g]]   # queued after the step
+        if self.training:   # how far from uniform the global crops' predictions are: a tensor, no host sync per batch
+            self._spread, self._n = self._spread + torch.stack([p.detach().float().std(1).mean() for p in out['pred'][:g]]).mean(), self._n + 1
         return self.loss_func(out['pred'], g, qs)
 
     def before_step(self):
@@ -179,3 +184,14 @@ class SwAVCallback(MultiViewCallback):
         model = unwrap(self.learn.model)
         model.normalize_prototypes()
         if self.to_queue is not None: model.queue.push(self.to_queue); self.to_queue = None
+
+    def after_train(self):
+        "Record the epoch's `spread`; warn once if the predictions stay near uniform from the third epoch on (collapse)"
+        if not self._n: return
+        self.spreads.append(float(self._spread / self._n) / self.loss_func.temperature)
+        if self.epoch >= 2 and self.spreads[-1] < self.collapse_spread and not self.warned:
+            self.warned = True
+            warnings.warn(f"SwAVCallback: the predictions are nearly uniform over the prototypes (std of the logits "
+                          f"{self.spreads[-1]:.2f} < {self.collapse_spread} in epoch {self.epoch}): the codes have collapsed and "
+                          f"the loss is stuck near ln K. Lower `epsilon` (e.g. SwAVCallback(epsilon=0.02)); fewer prototypes or a "
+                          f"larger batch also help (see the SwAV notebook)")
