@@ -16,10 +16,12 @@ Writes a markdown report (tables and the issue targets) to `--out` and the accur
 numbers and its command and machine are kept as they are under their run number, the new rows get the next number, and the
 from-scratch baseline is the earlier run's (the same `--arch` and `--seed` give the same from-scratch network).
 """
-import argparse, json, os, platform, re, shlex, time
+import argparse, json, os, platform, re, shlex, sys, time
 from pathlib import Path
 import pandas as pd, torch
 from fastai.torch_core import set_seed
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_utils import locked
 from self_supervised_fa.cli import knn_monitor_dls
 from self_supervised_fa.data import sample_dls, load_sample_df, write_csv_atomic
 from self_supervised_fa.encoders import save_encoder, load_encoder
@@ -174,19 +176,29 @@ def main():
     cache = Path(a.cache); cache.mkdir(parents=True, exist_ok=True)
     methods = [m for m in a.methods.split(',') if m]
     out = Path(a.out); out.parent.mkdir(parents=True, exist_ok=True)
-    runs, pre0, acc0 = earlier(out) if a.append else ([], pd.DataFrame(), pd.DataFrame())
     names = [row_name(m, a) for m in methods]
-    if a.append and (set(names) & set(acc0.encoder)): raise SystemExit(f'--append: {sorted(set(names) & set(acc0.encoder))} already in {out}')
-    run = max([r['run'] for r in runs], default=0) + 1
+    def read_earlier():   # the report so far; read again under the lock before writing: other --append runs may have added to it
+        runs, pre0, acc0 = earlier(out) if a.append else ([], pd.DataFrame(), pd.DataFrame())
+        if a.append and (set(names) & set(acc0.encoder)): raise SystemExit(f'--append: {sorted(set(names) & set(acc0.encoder))} already in {out}')
+        return runs, pre0, acc0
+    read_earlier()   # fail before pretraining
     encoders, pre = {}, []
     for m in methods:
-        encoders[row_name(m, a)], row = pretrain(m, a, cache); pre.append({'run': run, **row}); print(row, flush=True)
+        encoders[row_name(m, a)], row = pretrain(m, a, cache); pre.append(row); print(row, flush=True)
     if not a.append:
         torch.manual_seed(a.seed)
         encoders['from scratch'] = scratch_like(encoders[names[0]], a.seed)
     ref = encoders[names[0]]
     acc = pd.DataFrame([r for name, enc in encoders.items()
-                        for r in evaluate(name, enc, a, cache, ref=ref if name == 'from scratch' else None)]).assign(run=run)
+                        for r in evaluate(name, enc, a, cache, ref=ref if name == 'from scratch' else None)])
+    with locked(out):
+        write_report(out, a, *read_earlier(), pre, acc)
+
+
+def write_report(out, a, runs, pre0, acc0, pre, acc):
+    "Add this run's pretraining rows `pre` and accuracy rows `acc` to the earlier report's as run max + 1; write the CSV and the report"
+    run = max([r['run'] for r in runs], default=0) + 1
+    pre, acc = [{'run': run, **r} for r in pre], acc.assign(run=run)
     acc = pd.concat([acc0, acc[['run', 'encoder', 'labels', 'n_train', 'knn_top1', 'linear', 'finetune', 'eval_s']]], ignore_index=True)
     pre = pd.concat([pre0, pd.DataFrame(pre).astype(str)], ignore_index=True)
     write_csv_atomic(acc, out.with_suffix('.csv'))

@@ -1,12 +1,23 @@
 """Pieces the pretext benchmarks share: resumable JSON cells, a CPU-time training budget, the fair random-init
 baseline, best-stage probes on frozen features, markdown tables and a description of the machine."""
 import copy, json, os, platform, time, uuid
+from contextlib import contextmanager
 from pathlib import Path
 import numpy as np, torch
 from torch import nn
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.schedule import *   # fit_one_cycle
 from self_supervised_fa.evaluate import get_stage_embeddings, budget_indices, best_stage, knn_accuracy, linear_probe
+
+
+@contextmanager
+def locked(path):
+    "An exclusive lock on `.<name>.lock` beside `path`, held for one read-modify-write of `path` by one of several runs"
+    import fcntl
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f'.{path.name}.lock'), 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 # --- resumable cells: one JSON file per benchmark, rewritten atomically after every finished cell
@@ -18,10 +29,7 @@ class Cells:
     def _read(self): return json.loads(self.path.read_text()) if self.path.exists() else {}
     def get(self, key): return self.data.get(key)
     def put(self, key, value):
-        import fcntl
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(f'.{self.path.name}.lock'), 'w') as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)   # several runs may share the file: re-read under the lock, add, replace
+        with locked(self.path):   # several runs may share the file: re-read under the lock, add, replace
             self.data = {**self._read(), key: value}
             tmp = self.path.with_name(f'.{self.path.name}.tmp-{uuid.uuid4().hex[:8]}')
             try: tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True)); os.replace(tmp, self.path)
