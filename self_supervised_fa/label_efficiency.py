@@ -12,6 +12,7 @@ from fastai.data.core import DataLoaders
 from fastai.callback.schedule import *
 from fastai.torch_core import set_seed
 from .encoders import create_timm_body, classifier_learner
+from .pretext import AugmentBatchCallback
 from .evaluate import get_embeddings, get_stage_embeddings, budget_indices, knn_accuracy, linear_probe, best_stage
 
 # %% auto #0
@@ -40,10 +41,13 @@ def _quiet(learn, stack):
     stack.enter_context(learn.no_bar()); stack.enter_context(learn.no_logging())
 
 def finetune_accuracy(body, dls, epochs: int = 10, lr: float = 2e-3, pretrained: bool = True, freeze_epochs: int = 1,
-                      lr_mult: float = 10, seed: int = 0, show_progress: bool = False) -> float:
+                      lr_mult: float = 10, seed: int = 0, show_progress: bool = False,
+                      aug=None, # augment the training batches with this (e.g. a `ViewAugment`; pixels in [0,1] in and out)
+                     ) -> float:
     "Valid accuracy of `body` + a fastai head trained on `dls`: `fine_tune` when `pretrained`, else `fit_one_cycle`"
     set_seed(seed, reproducible=True)
-    learn = classifier_learner(dls, copy.deepcopy(body))   # never touch the caller's encoder
+    learn = classifier_learner(dls, copy.deepcopy(body),   # never touch the caller's encoder
+                               cbs=None if aug is None else AugmentBatchCallback(aug))
     with ExitStack() as stack:
         if not show_progress: _quiet(learn, stack)
         if pretrained: learn.fine_tune(epochs, lr, freeze_epochs=freeze_epochs, lr_mult=lr_mult)
@@ -85,6 +89,7 @@ def _finetune_body(enc, s, cut: bool):
 def label_efficiency(encoder, dls, budgets=(10, 100), scratch=True, methods=('knn', 'linear', 'finetune'),
                      k: int = 20, temperature: float = 0.1, ft_epochs: int = 10, ft_lr: float = 1e-3, ft_bs: int = 32,
                      ft_freeze_epochs: int = 0, ft_lr_mult: float = 1, # fine_tune's freeze_epochs and lr_mult
+                     ft_aug=None, # augmentation of the fine-tuning batches (`finetune_accuracy(aug=)`), pretrained and scratch alike
                      scratch_lr: float = 2e-3, seed: int = 0, progress: bool = True,
                      stage=None, # None: `encoder.embed`; an int: that stage; 'best': chosen per method on the labelled items
                      pool='avg', # how stage maps become vectors (`evaluate.pool_features`)
@@ -131,7 +136,7 @@ def label_efficiency(encoder, dls, budgets=(10, 100), scratch=True, methods=('kn
                 if stage is not None: row['finetune_stage'] = end
                 row['finetune'] = finetune_accuracy(body, subset_dls(dls, idx, ft_bs), epochs=ft_epochs,
                                                     lr=ft_lr if pre else scratch_lr, pretrained=pre, seed=seed,
-                                                    freeze_epochs=ft_freeze_epochs, lr_mult=ft_lr_mult)
+                                                    freeze_epochs=ft_freeze_epochs, lr_mult=ft_lr_mult, aug=ft_aug)
             rows.append(row)
             if progress: print({k_: (round(v, 4) if isinstance(v, float) else v) for k_, v in row.items()})
     return pd.DataFrame(rows)

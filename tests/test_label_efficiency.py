@@ -32,6 +32,28 @@ def test_finetune_leaves_encoder_untouched_and_learns(dls):
     assert acc > 0.3   # 150 labelled digits, 8 epochs (0.52-0.59 over 3 seeds): far above chance (10 %)
 
 
+class _Recorder:
+    "An augmentation that inverts the pixels and records the batches it saw (pixels in [0, 1] in and out)"
+    def __init__(self): self.seen = []
+    def __call__(self, x): self.seen.append(x.clone()); return 1 - x
+
+
+def test_finetune_aug_on_training_batches_only(dls):
+    """`aug` sees every training batch, in [0, 1] and never a validation image, and the network learns from what it
+    returns: trained on inverted digits, the classifier does worse on the untouched (upright) validation digits"""
+    sub = subset_dls(dls, np.arange(0, 300, 2), bs=32)
+    body = create_timm_body('test_resnet', n_in=1)
+    aug = _Recorder()
+    inv = finetune_accuracy(body, sub, epochs=8, lr=1e-2, pretrained=False, aug=aug)
+    plain = finetune_accuracy(body, sub, epochs=8, lr=1e-2, pretrained=False)
+    n_batches = len(sub.train) * 9   # epochs + freeze_epochs of fit_one_cycle
+    assert len(aug.seen) == n_batches and all(x.shape[0] == 32 for x in aug.seen), (len(aug.seen), n_batches)
+    assert min(float(x.min()) for x in aug.seen) >= 0 and max(float(x.max()) for x in aug.seen) <= 1
+    valid = torch.cat([x for x, _ in sub.valid])
+    assert not any(x.shape == valid[:len(x)].shape and torch.equal(x, valid[:len(x)]) for x in aug.seen)
+    assert plain > 0.3 and inv < plain - 0.2, (plain, inv)   # measured 0.52 vs 0.11 (chance)
+
+
 def test_label_efficiency_table_and_errors(dls):
     torch.manual_seed(0)
     a, b = create_timm_body('test_resnet', n_in=1), create_timm_body('test_resnet', n_in=1)
