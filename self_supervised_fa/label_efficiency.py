@@ -101,7 +101,8 @@ def label_efficiency(encoder, dls, budgets=(10, 100), scratch=True, methods=('kn
     if bad: raise ValueError(f"unknown methods {sorted(bad)}: choose from 'knn', 'linear', 'finetune'")
     _check_stage(stage)
     encoders = dict(encoder) if isinstance(encoder, dict) else {'pretrained': encoder}
-    if not encoders: raise ValueError("label_efficiency: no encoder given")
+    if not encoders and isinstance(scratch, bool):
+        raise ValueError("label_efficiency: no encoder given (pass one, or only a from-scratch network as scratch=)")
     if 'from scratch' in encoders: raise ValueError("'from scratch' is the name of the scratch twin: rename that encoder")
     if scratch is not False:
         encoders['from scratch'] = scratch_like(next(iter(encoders.values())), seed) if scratch is True else scratch

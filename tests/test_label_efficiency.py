@@ -63,4 +63,7 @@ def test_label_efficiency_table_and_errors(dls):
     assert list(df.knn_k) == [10, 20] * 3   # k capped at the number of labelled items
     assert df[['knn_top1', 'linear']].apply(lambda c: c.between(0, 1)).all().all()
     with pytest.raises(ValueError, match='unknown methods'): label_efficiency(a, dls, methods=('svm',))
+    with pytest.raises(ValueError, match='no encoder given'): label_efficiency({}, dls, progress=False)
+    alone = label_efficiency({}, dls, budgets=[1, 0.5], scratch=b, methods=('knn',), k=20, progress=False)   # a baseline by itself
+    assert list(alone.encoder) == ['from scratch'] * 2 and list(alone.knn_top1) == list(df.knn_top1[df.encoder == 'b'])
     with pytest.raises(ValueError, match='leaves class'): label_efficiency(a, dls, budgets=[0.01], methods=('knn',), progress=False)
