@@ -54,7 +54,7 @@ def main():
     bad = set(a.augs.split(',')) - set(AUGS)
     if bad: raise SystemExit(f'unknown --augs {sorted(bad)}: choose from {sorted(AUGS)}')
     budgets, epochs, seeds = ([int(v) for v in s.split(',')] for s in (a.labels, a.ft_epochs, a.seeds))
-    dls, rows = sample_dls(bs=256, seed=a.seed), []
+    dls, rows, secs = sample_dls(bs=256, seed=a.seed), [], []
     encs = {n: load_encoder(f) for n, f in files.items()}
     encs['from scratch'] = scratch_like(encs[names[0]], a.seed)   # the same random network label_efficiency uses
     for name, enc in encs.items():
@@ -70,11 +70,12 @@ def main():
                                               methods=('finetune',), seed=seed, ft_epochs=ep, ft_aug=AUGS[aug](), progress=False)
                         r = cells.put(key, dict(acc={str(b): float(v) for b, v in zip(df.labels, df.finetune)}, secs=round(time.time() - t)))
                         print(key, r, flush=True)
+                    secs.append(r['secs'])
                     rows += [dict(encoder=name, aug=aug, ft_epochs=ep, seed=seed, labels=int(b), acc=v) for b, v in r['acc'].items()]
-    write_report(a, pd.DataFrame(rows), names, load0, t0)
+    write_report(a, pd.DataFrame(rows), names, load0, t0, secs)
 
 
-def write_report(a, df, names, load0, t0):
+def write_report(a, df, names, load0, t0, secs):
     g = df.groupby(['encoder', 'aug', 'ft_epochs', 'labels'], sort=False).acc
     s = pd.DataFrame({'mean': g.mean() * 100, 'std': g.std(ddof=0) * 100, 'n': g.size()}).reset_index()
     s['test accuracy %'] = [f"{m:.2f} ± {d:.2f}" for m, d in zip(s['mean'], s['std'])]
@@ -84,11 +85,18 @@ def write_report(a, df, names, load0, t0):
                                                             if k not in ('cells', 'cache', 'out'))
     top = s[(s.labels == 100) & (s.encoder != 'from scratch')].sort_values('mean')
     best = top.iloc[-1] if len(top) else None
-    verdict = '' if best is None else (f"Best fine-tuning at 100 labels per class: {best.encoder}, aug {best.aug}, {best.ft_epochs} epochs, "
-               f"{best['mean']:.2f} % (label-efficiency target >= 98 %: {'met' if best['mean'] >= 98 else 'missed'}).")
+    gains = s[s.aug != 'none'].assign(gain=lambda d: [d_['mean'] - base[(d_.encoder, d_.ft_epochs, d_.labels)] for _, d_ in d.iterrows()])
+    readings = [f"- gain from augmenting, {enc}: {g.gain.min():+.2f} to {g.gain.max():+.2f} points over its {len(g)} settings"
+                for enc, g in gains.groupby('encoder', sort=False)]
+    sc = s[(s.encoder == 'from scratch') & (s.labels == 10)].sort_values('mean')
+    if len(sc): readings.append(f"- the strongest from-scratch fine-tuning at 10 labels per class: {sc.iloc[-1]['mean']:.2f} % "
+                                f"(aug {sc.iloc[-1].aug}, {sc.iloc[-1].ft_epochs} epochs)")
+    verdict = '\n'.join(readings) + '\n\n' + ('' if best is None else (f"Best fine-tuning at 100 labels per class: {best.encoder}, aug {best.aug}, {best.ft_epochs} epochs, "
+               f"{best['mean']:.2f} % (label-efficiency target >= 98 %: {'met' if best['mean'] >= 98 else 'missed'})."))
     text = (f"## Fine-tuning with augmented labelled batches\n\n"
-            f"Machine: {machine(load0, a.threads)}.\n\nCommand: `{cmd}` ({(time.perf_counter() - t0) / 60:.0f} min "
-            f"for the cells run this time; finished cells are cached in `{a.cells}`)\n\n"
+            f"Machine: {machine(load0, a.threads)}.\n\nCommand: `{cmd}` ({len(secs)} cells, {sum(secs) / 60:.0f} min of "
+            f"fine-tuning in all, summed over the cells; this invocation took {(time.perf_counter() - t0) / 60:.0f} min; finished cells "
+            f"are cached in `{a.cells}`, and the load averages above are this invocation's)\n\n"
             f"`label_efficiency`'s fine-tuning of each encoder (pretrained: {', '.join(names)}, from `{a.cache}`; `from scratch`: "
             f"the same random network as there), with its labels drawn per class from the sample's 4,000 training digits, "
             f"scored on the 1,000 test digits; mean ± std over label draws (seeds {a.seeds}). Augmentations: "
