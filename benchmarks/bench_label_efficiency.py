@@ -102,7 +102,7 @@ def targets(acc, methods):
     "The issue targets (siamese core: kNN >= 95 % with all labels; best linear@10 >= 92 %, best fine-tune@100 >= 98 %; +15 points)"
     def g(enc, lab, col):
         v = acc[(acc.encoder == enc) & (acc.labels.astype(str) == str(lab))][col]
-        return v.iloc[0] * 100 if len(v) else float('nan')
+        return round(float(v.iloc[0]) * 100, 2) if len(v) else float('nan')   # counts over 1,000 items: 950/1000 is 0.94999999 in float32
     scratch10 = g('from scratch', 10, 'finetune')
     random10 = max(g('from scratch', 10, c) for c in ('knn_top1', 'linear'))   # the random-weights encoder's best probe
     rows = []
@@ -171,6 +171,7 @@ def main():
     p.add_argument('--variant', default=None, help="a tag for the rows of this run, 'method (tag)': e.g. other --model-kwargs")
     p.add_argument('--model-kwargs', default=None, help='JSON: model settings over the registry\'s (e.g. \'{"n_prototypes": 30}\')')
     p.add_argument('--append', action='store_true', help="add --methods to --out's earlier report and CSV, keeping its rows")
+    p.add_argument('--report-only', action='store_true', help="write --out again from its CSV and tables, running nothing")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     cache = Path(a.cache); cache.mkdir(parents=True, exist_ok=True)
@@ -181,6 +182,9 @@ def main():
         runs, pre0, acc0 = earlier(out) if a.append else ([], pd.DataFrame(), pd.DataFrame())
         if a.append and (set(names) & set(acc0.encoder)): raise SystemExit(f'--append: {sorted(set(names) & set(acc0.encoder))} already in {out}')
         return runs, pre0, acc0
+    if a.report_only:   # the report written again from its CSV and tables (e.g. after a change to `targets`), no new run
+        with locked(out): write_report(out, a, *earlier(out), [], pd.DataFrame())
+        return
     read_earlier()   # fail before pretraining
     encoders, pre = {}, []
     for m in methods:
@@ -198,15 +202,17 @@ def main():
 def write_report(out, a, runs, pre0, acc0, pre, acc):
     "Add this run's pretraining rows `pre` and accuracy rows `acc` to the earlier report's as run max + 1; write the CSV and the report"
     run = max([r['run'] for r in runs], default=0) + 1
-    pre, acc = [{'run': run, **r} for r in pre], acc.assign(run=run)
-    acc = pd.concat([acc0, acc[['run', 'encoder', 'labels', 'n_train', 'knn_top1', 'linear', 'finetune', 'eval_s']]], ignore_index=True)
-    pre = pd.concat([pre0, pd.DataFrame(pre).astype(str)], ignore_index=True)
+    if len(acc):
+        pre, acc = [{'run': run, **r} for r in pre], acc.assign(run=run)
+        acc = pd.concat([acc0, acc[['run', 'encoder', 'labels', 'n_train', 'knn_top1', 'linear', 'finetune', 'eval_s']]], ignore_index=True)
+        pre = pd.concat([pre0, pd.DataFrame(pre).astype(str)], ignore_index=True)
+    else: pre, acc = pre0, acc0   # --report-only
     write_csv_atomic(acc, out.with_suffix('.csv'))
     pct = acc.copy()
     for c in ('knn_top1', 'linear', 'finetune'): pct[c] = (pct[c] * 100).map(lambda v: '' if pd.isna(v) else f'{v:.1f}')
     cmd = 'python benchmarks/bench_label_efficiency.py ' + ' '.join(
-        f'--{k.replace("_", "-")} {shlex.quote(str(v))}' for k, v in vars(a).items() if k not in ('out', 'cache', 'append') and v is not None)
-    runs = runs + [dict(run=run, machine=machine(), command=cmd + (' --append' if a.append else ''))]
+        f'--{k.replace("_", "-")} {shlex.quote(str(v))}' for k, v in vars(a).items() if k not in ('out', 'cache', 'append', 'report_only') and v is not None)
+    if len(acc) > len(acc0): runs = runs + [dict(run=run, machine=machine(), command=cmd + (' --append' if a.append else ''))]
     done = list(dict.fromkeys(acc.encoder))
     siamese = [m for m in done if method_of(m) in METHODS and METHODS[method_of(m)].kind == 'siamese']
     run_lines = '\n'.join(f"- run {r['run']}: {r['machine']}; command `{r['command']}`" for r in runs)
