@@ -181,8 +181,8 @@ def _fit_swav(epsilon, seed=0):
 
 def test_trains_without_collapse():
     """At epsilon 0.02 (the small-data recipe) the predictions stay spread over the prototypes (`spreads`, the std of
-    the logits: measured 0.40-0.54 from epoch 2 on, seeds 0-1; at 0.05 they fall to 0.13), no collapse warning, the loss
-    goes down, the projections stay spread (std x sqrt(dim) 0.35-0.38; collapsed: 0), and the encoder is no worse than the
+    the logits: measured 0.40-0.54 from epoch 2 on, seeds 0-1; at 0.05 they fall below 0.2), no collapse warning, the loss
+    goes down, the projections stay spread (std x sqrt(dim) 0.34-0.38; collapsed: 0), and the encoder is no worse than the
     random one on kNN. At this scale SwAV does not reliably *beat* the random encoder on kNN (100 queries), so that check
     only catches a broken encoder; `benchmarks/bench_label_efficiency.py` measures SwAV's transfer."""
     r, cb, warned = _fit_swav(0.02)
@@ -195,7 +195,7 @@ def test_trains_without_collapse():
 
 def test_collapse_is_reported():
     """At the paper's epsilon 0.05 the same run collapses (ImageNet's batches of 4,096 keep the codes sharp; 64 digits do
-    not): the predictions turn uniform over the prototypes (`spreads` 1.58 in epoch 0, 0.32 in epoch 2, 0.13 at the end),
+    not): the predictions turn uniform over the prototypes (`spreads` 1.58 in epoch 0, 0.32 in epoch 2, 0.14 in epoch 5),
     and the callback warns once, naming the fix"""
     _, cb, warned = _fit_swav(0.05)
     assert cb.spreads[0] > 1 and cb.spreads[-1] < 0.2, cb.spreads
