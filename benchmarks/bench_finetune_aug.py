@@ -11,7 +11,7 @@ run the label-efficiency command for a missing one first (this script says which
 """
 import argparse, shlex, sys, time
 from pathlib import Path
-import numpy as np, pandas as pd, torch
+import pandas as pd
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_utils import add_common_args, start, md_table, machine, write_text_atomic
 from self_supervised_fa.augment import ViewAugment

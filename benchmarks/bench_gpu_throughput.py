@@ -8,7 +8,7 @@ GPU); two views per image, SimCLR's default views for the size (`ViewAugment` on
 
     python benchmarks/bench_gpu_throughput.py [--arch resnet50] [--size 224] [--bs 128] [--batches 30] [--modes fp32,fp16,bf16]
 """
-import argparse, os, sys, time
+import argparse, sys, time
 from pathlib import Path
 import numpy as np, torch
 from fastai.callback.core import Callback
@@ -36,8 +36,8 @@ def crops_dls(n, size, bs, device, seed=0):
             xs.append(TensorImage(torch.from_numpy(np.asarray(crop.convert('RGB'))).permute(2, 0, 1).contiguous())); ys.append(TensorCategory(i))
     items = list(zip(xs, ys))[:n]
     tfms = [IntToFloatTensor(), Normalize.from_stats(*imagenet_stats)]
-    dl = lambda shuffle: TfmdDL(items, bs=bs, shuffle=shuffle, drop_last=shuffle, after_batch=tfms, device=device)
-    return DataLoaders(dl(True), dl(False), device=device)
+    dl = lambda its, shuffle: TfmdDL(its, bs=bs, shuffle=shuffle, drop_last=shuffle, after_batch=tfms, device=device)
+    return DataLoaders(dl(items, True), dl(items[:bs], False), device=device)   # validation (not timed): one batch
 
 
 class BatchTimer(Callback):
