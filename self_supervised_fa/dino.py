@@ -4,13 +4,14 @@
 
 # %% ../nbs/18_dino.ipynb #d5b88197
 from __future__ import annotations
+import math
 import torch, torch.nn.functional as F
 from torch import nn, Tensor
 from torch.nn.utils.parametrizations import weight_norm
 from fastcore.basics import ifnone
 from .augment import ViewAugment
 from .multicrop import dino_augs, small_dino_augs, dino_preset
-from .views import MultiViewCallback, SiameseModel, float32_loss, check_views, view_pairs, unwrap, drop_grads
+from .views import MultiViewCallback, SiameseModel, CollapseWatch, float32_loss, check_views, view_pairs, unwrap, drop_grads
 from .dist import all_reduce_mean, rank_offset, world_size
 from .encoders import TimmEncoder, as_encoder, save_encoder, load_encoder
 
@@ -114,7 +115,9 @@ class DINOCallback(MultiViewCallback):
                  warmup_pct:float=0.3, # ... rising linearly to `teacher_temp` over this fraction of training (30 of 100 epochs)
                  center_momentum:float=0.9,
                  freeze_last_layer:float=1., # epochs during which the head's last layer does not move
-                 momentum:float=0.996, momentum_end:float=1., n_views:int|None=None, **kwargs):
+                 momentum:float=0.996, momentum_end:float=1.,
+                 collapse_entropy:tuple=(0.1, 0.9), # warn when the teacher's entropy leaves this range, as fractions of ln(out_dim) (`entropies`)
+                 n_views:int|None=None, **kwargs):
         super().__init__(DINOLoss(student_temp), ifnone(aug, dino_preset), n_views=n_views, momentum=momentum,
                          momentum_end=momentum_end, **kwargs)
         if not 0 <= center_momentum <= 1: raise ValueError(f"DINOCallback: center_momentum must be in [0, 1], got {center_momentum}")
@@ -122,8 +125,10 @@ class DINOCallback(MultiViewCallback):
             raise ValueError(f"DINOCallback: temperatures must be positive and warmup_pct in [0, 1], got {teacher_temp}, "
                              f"{warmup_teacher_temp}, {warmup_pct}")
         self.teacher_temp, self.warmup_teacher_temp, self.warmup_pct = teacher_temp, warmup_teacher_temp, warmup_pct
-        self.center_momentum, self.freeze_last_layer = center_momentum, freeze_last_layer
-        self.teacher_entropy = None
+        lo, hi = collapse_entropy
+        if not 0 <= lo < hi <= 1: raise ValueError(f"DINOCallback: collapse_entropy must be (low, high) with 0 <= low < high <= 1, got {collapse_entropy}")
+        self.center_momentum, self.freeze_last_layer, self.collapse_entropy = center_momentum, freeze_last_layer, collapse_entropy
+        self.teacher_entropy, self.watch = None, CollapseWatch(start=2)
 
     def teacher_temp_at(self, pct:float) -> float:
         "The teacher's temperature at fraction `pct` of training: linear from `warmup_teacher_temp` to `teacher_temp`, then constant"
@@ -136,6 +141,10 @@ class DINOCallback(MultiViewCallback):
         center, head = getattr(model, 'center', None), model.projector
         if not isinstance(center, Tensor) or not isinstance(getattr(head, 'last_layer', None), nn.Module):
             self._fail(ValueError("DINOCallback needs a model with a DINO head and a centre buffer; build it with create_dino_model"))
+        self.watch, self.max_entropy = CollapseWatch(start=2), math.log(center.shape[-1])
+
+    @property
+    def entropies(self) -> list: "Per epoch, the mean entropy of the teacher's targets in nats (uniform: ln(out_dim); one-hot: 0)"; return self.watch.values
 
     def compute_loss(self, out, *yb):
         model = unwrap(self.learn.model)
@@ -145,8 +154,21 @@ class DINOCallback(MultiViewCallback):
             with torch.no_grad():
                 p = teacher_probs(out['target'][:1], model.center, self.teacher_temp_now).float()
                 self.teacher_entropy = -(p * p.clamp_min(1e-30).log()).sum(-1).mean()   # log(out_dim) when uniform
+            self.watch.add(self.teacher_entropy)
             model.update_center(out['target'], self.center_momentum)
         return loss
 
     def before_step(self):
         if self.epoch + self.iter / self.n_iter < self.freeze_last_layer: drop_grads(unwrap(self.learn.model).projector.last_layer)
+
+    def after_train(self):
+        "Record the epoch's mean teacher entropy (`entropies`); warn once if, from the third epoch on, it leaves `collapse_entropy`"
+        lo, hi = (f * self.max_entropy for f in self.collapse_entropy)
+        self.watch.end_epoch(self.epoch, lambda v: not lo <= v <= hi, lambda v: (
+            f"DINOCallback: the teacher's targets are nearly uniform (entropy {v:.2f} of ln(out_dim) = {self.max_entropy:.2f} in "
+            f"epoch {self.epoch}): the outputs no longer depend on the image and centring flattens them, so nothing is learnt. "
+            f"Put BatchNorm in the head (create_dino_model(bn=True)), use a slower teacher (momentum=0.996) and fewer outputs "
+            f"(out_dim=2048); see the DINO notebook" if v > hi else
+            f"DINOCallback: the teacher's targets sit on a few outputs (entropy {v:.2f} of ln(out_dim) = {self.max_entropy:.2f} in "
+            f"epoch {self.epoch}): one output dominates and centring does not keep up. Centre harder (a lower "
+            f"center_momentum, e.g. 0.8) or sharpen less (a higher teacher_temp); see the DINO notebook"))

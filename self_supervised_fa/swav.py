@@ -4,13 +4,13 @@
 
 # %% ../nbs/17_swav.ipynb #69a43277
 from __future__ import annotations
-import math, warnings
+import math
 import torch, torch.nn.functional as F
 from torch import nn, Tensor
 from fastcore.basics import ifnone
 from .augment import ViewAugment
 from .multicrop import swav_augs, small_swav_augs, swav_preset
-from .views import MultiViewCallback, SiameseModel, create_mlp, float32_loss, check_views, unwrap, drop_grads
+from .views import MultiViewCallback, SiameseModel, CollapseWatch, create_mlp, float32_loss, check_views, unwrap, drop_grads
 from .dist import gather, rank_offset, world_size
 from .teacher import KeyQueue
 from .encoders import TimmEncoder, as_encoder, save_encoder, load_encoder
@@ -150,12 +150,13 @@ class SwAVCallback(MultiViewCallback):
         super().before_fit()
         model = unwrap(self.learn.model)
         if not isinstance(getattr(model, 'prototypes', None), nn.Linear):
-            self._fail(ValueError(f"SwAVCallback needs a model with prototypes (a linear layer); build it with create_swav_model"))
+            self._fail(ValueError("SwAVCallback needs a model with prototypes (a linear layer); build it with create_swav_model"))
         model.normalize_prototypes()
         self.freeze_iters = ifnone(self.freeze_prototypes, len(self.dls.train))
-        self.to_queue, self.queue_used, self.spreads, self.warned = None, False, [], False
+        self.to_queue, self.queue_used, self.watch = None, False, CollapseWatch(start=2)
 
-    def before_epoch(self): self._spread, self._n = 0., 0
+    @property
+    def spreads(self) -> list: "Per epoch, the std of the global crops' logits over the prototypes (uniform predictions: 0)"; return self.watch.values
 
     def queue_scores(self, model) -> list|None:
         "The prototype scores of the queued embeddings, one `(Q, K)` per global crop, once the queue is full"
@@ -173,7 +174,7 @@ class SwAVCallback(MultiViewCallback):
         if self.training and model.queue is not None and self.epoch >= self.queue_start:
             self.to_queue = [z.detach() for z in out['proj'][:g]]   # queued after the step
         if self.training:   # how far from uniform the global crops' predictions are: a tensor, no host sync per batch
-            self._spread, self._n = self._spread + torch.stack([p.detach().float().std(1).mean() for p in out['pred'][:g]]).mean(), self._n + 1
+            self.watch.add(torch.stack([p.detach().float().std(1).mean() for p in out['pred'][:g]]).mean() / self.loss_func.temperature)
         return self.loss_func(out['pred'], g, qs)
 
     def before_step(self):
@@ -186,12 +187,8 @@ class SwAVCallback(MultiViewCallback):
         if self.to_queue is not None: model.queue.push(self.to_queue); self.to_queue = None
 
     def after_train(self):
-        "Record the epoch's `spread`; warn once if the predictions stay near uniform from the third epoch on (collapse)"
-        if not self._n: return
-        self.spreads.append(float(self._spread / self._n) / self.loss_func.temperature)
-        if self.epoch >= 2 and self.spreads[-1] < self.collapse_spread and not self.warned:
-            self.warned = True
-            warnings.warn(f"SwAVCallback: the predictions are nearly uniform over the prototypes (std of the logits "
-                          f"{self.spreads[-1]:.2f} < {self.collapse_spread} in epoch {self.epoch}): the codes have collapsed and "
-                          f"the loss is stuck near ln K. Lower `epsilon` (e.g. SwAVCallback(epsilon=0.02)); fewer prototypes or a "
-                          f"larger batch also help (see the SwAV notebook)")
+        "Record the epoch's spread (`spreads`); warn once if the predictions stay near uniform from the third epoch on (collapse)"
+        self.watch.end_epoch(self.epoch, lambda v: v < self.collapse_spread, lambda v:
+            f"SwAVCallback: the predictions are nearly uniform over the prototypes (std of the logits {v:.2f} < "
+            f"{self.collapse_spread} in epoch {self.epoch}): the codes have collapsed and the loss is stuck near ln K. Lower "
+            f"`epsilon` (e.g. SwAVCallback(epsilon=0.02)); fewer prototypes or a larger batch also help (see the SwAV notebook)")

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_views.ipynb #f4d3d3a8
 from __future__ import annotations
-import functools, inspect
+import functools, inspect, warnings
 from contextlib import nullcontext
 from typing import Callable
 import torch
@@ -18,8 +18,8 @@ from .compat import deprecated_alias
 from .dist import unwrap
 
 # %% auto #0
-__all__ = ['get_encoder', 'create_mlp', 'size_groups', 'check_size_order', 'drop_grads', 'SiameseModel', 'sync_head_bn',
-           'float32_loss', 'check_views', 'view_pairs', 'MultiViewCallback', 'unwrap']
+__all__ = ['get_encoder', 'create_mlp', 'size_groups', 'check_size_order', 'drop_grads', 'CollapseWatch', 'SiameseModel',
+           'sync_head_bn', 'float32_loss', 'check_views', 'view_pairs', 'MultiViewCallback', 'unwrap']
 
 # %% ../nbs/03_views.ipynb #aeafc3ea
 def create_mlp(in_dim:int, hidden_size:int, out_dim:int, n_layers:int=2, bn:bool=True, last_bn:bool=False,
@@ -52,6 +52,22 @@ def check_size_order(sizes, name:str='views'):
 def drop_grads(module:nn.Module):
     "Drop the gradients of `module`'s parameters: fastai's and torch's optimisers skip them in this step (weight decay too)"
     for p in module.parameters(): p.grad = None
+
+class CollapseWatch:
+    """Per-epoch means of a per-batch health number (summed on its device: no host sync per batch), and one warning
+    when an epoch's mean leaves the healthy range from epoch `start` on: the failure modes that do not show in the loss"""
+    def __init__(self, start:int=2): self.start, self.values, self.warned = start, [], False; self.reset()
+    def reset(self): self._sum, self._n = 0., 0
+    def add(self, v:Tensor): self._sum, self._n = self._sum + v.detach().float(), self._n + 1
+
+    def end_epoch(self, epoch:int, bad:Callable, message:Callable) -> float|None:
+        "Append the epoch's mean to `values`; warn with `message(mean)` the first time `bad(mean)` from epoch `start` on"
+        if not self._n: return None
+        v = float(self._sum / self._n); self.values.append(v); self.reset()
+        if epoch >= self.start and bad(v) and not self.warned:
+            self.warned = True
+            warnings.warn(message(v), stacklevel=2)
+        return v
 
 def _split(t:Tensor, n:int) -> tuple: return tuple(t.chunk(n))
 

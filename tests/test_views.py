@@ -5,7 +5,7 @@ from fastai.learner import Learner
 from self_supervised_fa.augment import ViewAugment, small_image_augs, normalize, denormalize
 from self_supervised_fa.data import sample_dls, load_sample_df, get_norm_stats
 from self_supervised_fa.encoders import create_timm_body
-from self_supervised_fa.views import MultiViewCallback, SiameseModel, create_mlp
+from self_supervised_fa.views import MultiViewCallback, SiameseModel, CollapseWatch, create_mlp
 from self_supervised_fa.encoders import as_encoder
 from self_supervised_fa.simclr import NTXentLoss
 
@@ -115,3 +115,16 @@ def test_equal_settings_drawn_together_and_own_augs_one_by_one(dls, model):
     cb = MultiViewCallback(NTXentLoss(), [own, own]); Learner(dls, model, cbs=cb)
     v = cb.views(x)
     assert len(v) == 2 and len(cb.params) == 2 and not torch.equal(cb.params[0], cb.params[1])
+
+
+def test_collapse_watch_means_per_epoch_and_warns_once():
+    "Per-epoch means of the batches' values; one warning, the first time an epoch from `start` on is bad, with its mean"
+    w = CollapseWatch(start=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        for epoch, batches in enumerate([[0., 1.], [0.2, 0.2], [3., 5.], [0.5], [0.1, 0.3], [0.]]):
+            for v in batches: w.add(torch.tensor(v))
+            w.end_epoch(epoch, lambda m: m < 0.4, lambda m: f'low {m:.2f} in epoch {epoch}')
+        assert w.end_epoch(6, lambda m: True, str) is None      # no batches in this epoch: nothing recorded
+    torch.testing.assert_close(w.values, [0.5, 0.2, 4., 0.5, 0.2, 0.])
+    assert [str(c.message) for c in caught] == ['low 0.20 in epoch 4'], caught   # epoch 1 is bad too but before `start`
