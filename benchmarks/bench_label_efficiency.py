@@ -67,7 +67,9 @@ def pretrain(m, a, cache):
     if fn.exists() and rec.exists(): return load_encoder(fn), json.loads(rec.read_text())
     set_seed(a.seed, reproducible=True)
     dls = sample_dls(valid_df=load_sample_df('test').sample(256, random_state=a.seed), bs=a.bs, seed=a.seed)
-    learn = method_learner(m, dls, a.arch, model_kwargs=json.loads(a.model_kwargs) if a.model_kwargs else None)
+    kw = {k: json.loads(v) for k, v in (('model_kwargs', a.model_kwargs), ('callback_kwargs', a.callback_kwargs),
+                                        ('views_kwargs', a.views_kwargs)) if v}
+    learn = method_learner(m, dls, a.arch, **kw)
     mon = TimedKNNMonitor(knn_monitor_dls(seed=a.seed)); learn.add_cb(mon)
     epochs, lr = a.epochs or METHODS[m].epochs, a.lr or METHODS[m].lr
     start = time.time()
@@ -170,6 +172,8 @@ def main():
     p.add_argument('--out', default='benchmarks/results/label_efficiency.md')
     p.add_argument('--variant', default=None, help="a tag for the rows of this run, 'method (tag)': e.g. other --model-kwargs")
     p.add_argument('--model-kwargs', default=None, help='JSON: model settings over the registry\'s (e.g. \'{"n_prototypes": 30}\')')
+    p.add_argument('--callback-kwargs', default=None, help='JSON: callback settings over the registry\'s (e.g. \'{"momentum": 0.996}\')')
+    p.add_argument('--views-kwargs', default=None, help='JSON: settings of a multi-crop method\'s view preset (e.g. \'{"n_local": 0}\')')
     p.add_argument('--append', action='store_true', help="add --methods to --out's earlier report and CSV, keeping its rows")
     p.add_argument('--report-only', action='store_true', help="write --out again from its CSV and tables, running nothing")
     a = p.parse_args()

@@ -24,6 +24,7 @@ class Method:
     lr: float = 2e-3
     kind: str = 'siamese'                # 'siamese' (views from `aug`) or 'pretext' (a classification pretext task)
     views: str|None = None               # multi-crop methods: the `multicrop` preset of their digit views (else `_digit_views`)
+    views_kwargs: dict = field(default_factory=dict)   # settings of that preset (e.g. `n_local`)
 
     def get(self, name:str): return getattr(importlib.import_module(f'self_supervised_fa.{self.module}'), name)
 
@@ -32,11 +33,11 @@ def _digit_views(size:int):
     from self_supervised_fa.augment import small_image_augs
     return small_image_augs(size, crop_scale=(0.4, 1.), flip_p=0.)
 
-def _default_views(m:Method, size:int):
+def _default_views(m:Method, size:int, views_kwargs:dict|None=None):
     "A method's views of `size`-px digits: its multi-crop preset without mirroring, or two `_digit_views`"
     if m.views is None: return _digit_views(size)
     from self_supervised_fa import multicrop
-    return getattr(multicrop, m.views)(size, flip_p=0.)
+    return getattr(multicrop, m.views)(size, **{'flip_p': 0., **m.views_kwargs, **(views_kwargs or {})})
 
 METHODS = {
     'simclr': Method('simclr', 'create_simclr_model', 'SimCLRCallback', callback_kwargs=dict(temperature=0.2), lr=5e-3),
@@ -53,22 +54,29 @@ METHODS = {
     'vicreg': Method('vicreg', 'create_vicreg_model', 'VICRegCallback', model_kwargs=dict(hidden_size=2048, projection_size=2048), lr=2e-3),
     'swav': Method('swav', 'create_swav_model', 'SwAVCallback', model_kwargs=dict(hidden_size=1024, projection_size=128, n_prototypes=300),
                    callback_kwargs=dict(epsilon=0.02), views='small_swav_augs', lr=3e-3),   # 0.05 collapses on small batches
-    'dino': Method('dino', 'create_dino_model', 'DINOCallback', model_kwargs=dict(out_dim=4096, hidden_size=1024, bottleneck_size=128),
-                   callback_kwargs=dict(momentum=0.99, warmup_teacher_temp=0.04, teacher_temp=0.04), views='small_dino_augs', lr=3e-3),
+    'dino': Method('dino', 'create_dino_model', 'DINOCallback',   # without bn the targets go uniform; 12-px local crops of digits hurt
+                   model_kwargs=dict(out_dim=2048, hidden_size=1024, bottleneck_size=128, bn=True),
+                   callback_kwargs=dict(momentum=0.996, warmup_teacher_temp=0.04, teacher_temp=0.04), views='small_dino_augs',
+                   views_kwargs=dict(n_local=0), lr=3e-3),
     'rotnet': Method('rotnet', 'create_rotnet_model', 'RotNetCallback', callback_kwargs=dict(valid_all=False), epochs=8, lr=3e-3, kind='pretext'),
 }
 
 def method_learner(name:str, dls, arch='resnet10t', n_in:int|None=None, aug=None, model_kwargs:dict|None=None,
-                   callback_kwargs:dict|None=None, **learner_kwargs) -> Learner:
+                   callback_kwargs:dict|None=None,
+                   views_kwargs:dict|None=None, # settings of a multi-crop method's view preset (e.g. `dict(n_local=0)`)
+                   **learner_kwargs) -> Learner:
     "A fastai `Learner` pretraining `arch` (a timm name or a `TimmEncoder`) with method `name` on `dls`"
     if name not in METHODS: raise ValueError(f"unknown method {name!r}: choose from {sorted(METHODS)}")
     m = METHODS[name]
+    if views_kwargs and (m.views is None or aug is not None):
+        raise ValueError(f"views_kwargs set the multi-crop preset of a method that has one; {name!r} "
+                         f"{'has none' if m.views is None else 'was given aug='}: pass the views as `aug` instead")
     x = dls.one_batch()[0]
     n_in = n_in if n_in is not None else x.shape[1]
     model = m.get(m.factory)(arch, n_in=n_in, **{**m.model_kwargs, **(model_kwargs or {})})
     ckw = {**m.callback_kwargs, **(callback_kwargs or {})}
     if m.kind == 'siamese':
-        cb = m.get(m.callback)(aug=aug if aug is not None else _default_views(m, x.shape[-1]), **ckw)
+        cb = m.get(m.callback)(aug=aug if aug is not None else _default_views(m, x.shape[-1], views_kwargs), **ckw)
         return Learner(dls, model, cbs=cb, **learner_kwargs)
     from fastai.losses import CrossEntropyLossFlat
     from fastai.metrics import accuracy
