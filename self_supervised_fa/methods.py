@@ -53,8 +53,9 @@ METHODS = {
                       callback_kwargs=dict(temperature=0.2, momentum=0.99), lr=3e-3),
     'vicreg': Method('vicreg', 'create_vicreg_model', 'VICRegCallback', model_kwargs=dict(hidden_size=2048, projection_size=2048), lr=2e-3),
     'swav': Method('swav', 'create_swav_model', 'SwAVCallback', model_kwargs=dict(hidden_size=1024, projection_size=128, n_prototypes=300),
-                   callback_kwargs=dict(epsilon=0.02), views='small_swav_augs', lr=3e-3),   # 0.05 collapses on small batches
-    'dino': Method('dino', 'create_dino_model', 'DINOCallback',   # without bn the targets go uniform; 12-px local crops of digits hurt
+                   callback_kwargs=dict(epsilon=0.02), views='small_swav_augs',   # 0.05 collapses on small batches
+                   views_kwargs=dict(n_local=0, global_scale=(0.4, 1.)), lr=3e-3),   # local crops of 28-px digits hurt
+    'dino': Method('dino', 'create_dino_model', 'DINOCallback',   # without bn the targets go uniform; local crops of digits hurt
                    model_kwargs=dict(out_dim=2048, hidden_size=1024, bottleneck_size=128, bn=True),
                    callback_kwargs=dict(momentum=0.996, warmup_teacher_temp=0.04, teacher_temp=0.04), views='small_dino_augs',
                    views_kwargs=dict(n_local=0), lr=3e-3),

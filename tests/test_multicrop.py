@@ -131,3 +131,16 @@ def test_simclr_and_byol_losses_over_all_crops(dls):
     ref = torch.stack([(2 - 2 * torch.cosine_similarity(p[i], t[j], dim=-1)).mean()
                        for i, j in [(0, 1), (1, 0), (2, 0), (2, 1), (3, 0), (3, 1)]]).mean()
     torch.testing.assert_close(cb.compute_loss(out), ref)
+
+
+def test_method_learner_views_kwargs():
+    "The registry's multi-crop settings reach the callback, `views_kwargs` override them, and a method without a preset refuses them"
+    from self_supervised_fa.methods import method_learner, METHODS
+    from self_supervised_fa.data import sample_dls
+    dls = sample_dls(n_per_class=2, bs=8)
+    x = dls.one_batch()[0]
+    n_views = lambda learn: len(learn.cbs[-1].augs_for(x))
+    assert n_views(method_learner('dino', dls, 'test_resnet')) == 2 + METHODS['dino'].views_kwargs.get('n_local', 6)
+    assert n_views(method_learner('dino', dls, 'test_resnet', views_kwargs=dict(n_local=3))) == 5
+    assert n_views(method_learner('swav', dls, 'test_resnet', views_kwargs=dict(n_local=6))) == 8   # SwAV's preset: 2 global + 6 local crops
+    with pytest.raises(ValueError, match="pass the views as `aug`"): method_learner('simclr', dls, 'test_resnet', views_kwargs=dict(n_local=0))
