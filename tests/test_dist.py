@@ -18,11 +18,16 @@ def _free_port():
 
 
 def run_processes(names, outdir, world=2, timeout=120, tries=3):
-    "`_run_processes`, tried again on a fresh port when a process fails (a port taken between `_free_port` and gloo's bind)"
+    """`_run_processes`, tried again on a fresh port when a process fails (a port taken between `_free_port` and gloo's
+    bind). Each try writes into a folder of its own: a case that resumes from files (k-fold's finished folds) must not
+    find a failed try's output"""
+    fails = []
     for i in range(tries):
-        try: return _run_processes(names, outdir, world, timeout)
-        except AssertionError:
-            if i == tries - 1: raise
+        d = os.path.join(str(outdir), f'try{i}'); os.makedirs(d)
+        try: return _run_processes(names, d, world, timeout)
+        except AssertionError as e:
+            fails.append(f'try {i}: {e}')
+            if i == tries - 1: raise AssertionError('\n\n'.join(fails)) from e
 
 def _run_processes(names, outdir, world=2, timeout=120):
     "Run `dist_cases.py` in `world` processes for the cases `names`; {(case, rank): dict of arrays}"
