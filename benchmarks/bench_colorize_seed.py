@@ -11,7 +11,10 @@ class rebalancing (`ABBinLoss`). Downstream, `label_efficiency` on the luminance
 (`stage=None`) and at the stage chosen on the labelled items (`stage='best'`, the network cut there), against the
 same architecture from scratch through the same procedure.
 
-    python benchmarks/bench_colorize_seed.py [--variants rgb,lab,bins] [--budget 600] [--threads 1]
+`--photos all` uses the nine photos of `photos.PHOTO_CLASSES` instead (adding scikit-learn's china and flower,
+matplotlib's grace_hopper and scikit-image's retina): 9 classes, a harder task from scratch.
+
+    python benchmarks/bench_colorize_seed.py [--variants rgb,lab,bins] [--budget 600] [--photos all] [--threads 1]
 """
 import argparse, os, sys, time
 from pathlib import Path
@@ -23,7 +26,18 @@ from bench_utils import add_common_args, start, command, colour_crops_dls, fit_c
 from self_supervised_fa.encoders import create_timm_body, load_encoder
 from self_supervised_fa.label_efficiency import label_efficiency
 from self_supervised_fa.pretext import MaskedMSELoss
-from self_supervised_fa.colorize import ColorizeCallback, create_colorize_model, ABBinLoss, ab_prior
+from self_supervised_fa.colorize import ColorizeCallback, create_colorize_model, ABBinLoss, ab_prior, COLOUR_PHOTOS
+from self_supervised_fa.photos import PHOTO_CLASSES
+
+
+def photo_list(a) -> tuple:
+    "The photos of `--photos`: 'five' (`colorize.COLOUR_PHOTOS`), 'all' (`photos.PHOTO_CLASSES`) or comma-separated names"
+    return {'five': COLOUR_PHOTOS, 'all': tuple(PHOTO_CLASSES)}.get(a.photos) or tuple(a.photos.split(','))
+
+def photo_tag(a) -> str:
+    "The part of a cell's key naming its photos ('' for the default five, so that earlier cells keep their keys)"
+    ps = photo_list(a)
+    return '' if ps == COLOUR_PHOTOS else f'/photos{len(ps)}' + ('' if a.photos == 'all' else '-' + a.photos)
 
 
 def pretrain(a, variant, cells):
@@ -31,7 +45,7 @@ def pretrain(a, variant, cells):
     cache; trained again when it is missing)"""
     def train():
         set_seed(a.seed, reproducible=True)
-        dls = colour_crops_dls(a.n_per_photo, a.bs, all_train=True, seed=a.seed)
+        dls = colour_crops_dls(a.n_per_photo, a.bs, all_train=True, seed=a.seed, photos=photo_list(a))
         space = 'rgb' if variant == 'rgb' else 'lab'
         if variant == 'bins':
             loss = ABBinLoss(ab_prior(dls))
@@ -42,16 +56,16 @@ def pretrain(a, variant, cells):
         spent = fit_cpu_budget(learn, a.budget, a.lr)
         with learn.no_bar(), learn.no_logging(): after = float(learn.validate()[0])
         return model.encoder, dict(loss_before=before, loss_after=after, images=len(dls.train_ds), **spent)
-    return pretrained_cell(cells, f'pretext/{a.arch}/{variant}/b{a.budget}/s{a.seed}', a.cache, train)
+    return pretrained_cell(cells, f'pretext/{a.arch}/{variant}{photo_tag(a)}/b{a.budget}/s{a.seed}', a.cache, train)
 
 
 def downstream(a, name, enc_path, seed, stage, cells):
     "`label_efficiency` at `a.labels` per class, the pretrained encoder (`enc_path()`: its file) against from scratch"
     fz = f'fz{a.ft_freeze_epochs}m{a.ft_lr_mult:g}' if (a.ft_freeze_epochs, a.ft_lr_mult) != (0, 1) else ''
-    key = f'down/{a.arch}/{name}/b{a.budget}/ft{a.ft_epochs}{fz}/{stage}/s{seed}'
+    key = f'down/{a.arch}/{name}{photo_tag(a)}/b{a.budget}/ft{a.ft_epochs}{fz}/{stage}/s{seed}'
     if cells.get(key): return cells.get(key)
     enc = load_encoder(enc_path(), create_timm_body(a.arch, n_in=1))
-    dls = colour_crops_dls(a.n_per_photo, 256, grey=True)
+    dls = colour_crops_dls(a.n_per_photo, 256, grey=True, photos=photo_list(a))
     df = label_efficiency({name: enc}, dls, budgets=[a.labels], methods=('linear', 'finetune'), ft_epochs=a.ft_epochs,
                           ft_bs=16, ft_freeze_epochs=a.ft_freeze_epochs, ft_lr_mult=a.ft_lr_mult, seed=seed, stage=None if stage == 'embed' else stage, progress=False)
     return cells.put(key, df.to_dict('records'))
@@ -70,8 +84,10 @@ def main():
     p.add_argument('--ft-freeze-epochs', type=int, default=0, help="fine_tune's head-only epochs first (pretrained; from scratch trains that many more epochs)")
     p.add_argument('--ft-lr-mult', type=float, default=1, help="fine_tune's lr_mult (discriminative learning rates)")
     p.add_argument('--stages', default='embed,best')
+    p.add_argument('--photos', default='five', help="'five' (get_colour_sample's default set), 'all' (the nine of photos.PHOTO_CLASSES) or names")
     add_common_args(p, 'colorize_seed', seeds=True)
     a = p.parse_args()
+    np_ = len(photo_list(a))
     load0, t0, cells = start(a)
     seeds = [int(s) for s in a.seeds.split(',')]
     rows, pre_rows = [], []
@@ -96,9 +112,9 @@ def main():
     text = (f"## Colorization as the colour write-up ran it: pretrain on all images, fine-tune with {a.labels} labels per class\n\n"
             f"Machine: {machine(load0, a.threads)}.\n\nCommand: `{cmd}` ({(time.perf_counter() - t0)/60:.0f} min for the "
             f"cells run this time; cells cached in `{a.cells}`)\n\n"
-            f"Data: {a.n_per_photo} crops of 32 px from each of scikit-image's 5 colour photos (`colorize.get_colour_sample`), "
-            f"labelled by photo; pretraining reads all {5*a.n_per_photo} without labels, downstream draws {a.labels} labels per "
-            f"class from the {a.n_per_photo*3//4*5} training crops and tests on the {a.n_per_photo//4*5} others (their luminance, "
+            f"Data: {a.n_per_photo} crops of 32 px from each of {np_} colour photos ({', '.join(photo_list(a))}; `colorize.get_colour_sample`), "
+            f"labelled by photo; pretraining reads all {np_*a.n_per_photo} without labels, downstream draws {a.labels} labels per "
+            f"class from the {a.n_per_photo*3//4*np_} training crops and tests on the {a.n_per_photo//4*np_} others (their luminance, "
             f"the colorizer's input). The write-up: CIFAR-10, 10 labels per class, 0.11 from scratch and 0.21 pretrained.\n\n"
             f"### Pretraining ({a.arch}, 1 input channel, {a.budget} CPU s of one thread, `fit_one_cycle` at {a.lr:g}, batch {a.bs})\n\n"
             + md_table(pre_rows, ['variant', 'images', 'epochs', 'cpu', 'wall', 'loss'],

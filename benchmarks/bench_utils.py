@@ -97,10 +97,11 @@ def fit_cpu_budget(learn, budget_s, lr, max_epochs=200) -> dict:
 
 
 # --- the colour crops (colorize.get_colour_sample), as RGB or as the luminance a colorizer's encoder reads
-def colour_crops_dls(n_per_photo=200, bs=64, grey=False, all_train=False, n_valid=100, seed=0):
+def colour_crops_dls(n_per_photo=200, bs=64, grey=False, all_train=False, n_valid=100, seed=0, photos=None):
     """DataLoaders of the colour crops labelled by photo: RGB normalised with ImageNet statistics, or (`grey`) their luminance
     (Rec. 601, as `ColorizeCallback` makes it) normalised by the luminance of those statistics. `all_train`: every crop in the
-    training set (labels unused: pretraining on all images) and `n_valid` of them again as the validation set"""
+    training set (labels unused: pretraining on all images) and `n_valid` of them again as the validation set. `photos`:
+    `get_colour_sample`'s (default: its five)"""
     import pandas as pd
     from fastai.data.block import DataBlock, CategoryBlock
     from fastai.data.transforms import ColReader, ColSplitter, Normalize
@@ -108,7 +109,7 @@ def colour_crops_dls(n_per_photo=200, bs=64, grey=False, all_train=False, n_vali
     from fastai.vision.core import PILImageBW, imagenet_stats
     from kornia.color import rgb_to_grayscale
     from self_supervised_fa.colorize import get_colour_sample
-    root = get_colour_sample(size=32, n_per_photo=n_per_photo)
+    root = get_colour_sample(size=32, n_per_photo=n_per_photo, photos=photos)
     df = pd.read_csv(root/'crops.csv')
     if all_train: df = pd.concat([df.assign(is_valid=False), df.sample(n_valid, random_state=seed).assign(is_valid=True)], ignore_index=True)
     luma = lambda v: rgb_to_grayscale(torch.tensor(v).view(1, 3, 1, 1)).flatten().tolist()

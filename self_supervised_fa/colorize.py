@@ -4,7 +4,7 @@
 
 # %% ../nbs/22_colorize.ipynb #8cb0a682
 from __future__ import annotations
-import functools, os, shutil, uuid, warnings
+import functools, hashlib, os, shutil, uuid, warnings
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from torch import nn, Tensor
@@ -16,43 +16,51 @@ from fastai.vision.data import ImageBlock
 from fastai.vision.augment import Normalize
 from fastai.vision.core import imagenet_stats
 from .data import sample_path, get_norm_stats
-from .photos import photo_crops
+from .photos import photo_crops, load_photo, PHOTO_CLASSES
 from .augment import denormalize
 from .pretext import PretextCallback, create_encoder_decoder, EncoderDecoder
 
 # %% auto #0
-__all__ = ['AB_SCALE', 'get_colour_sample', 'colour_sample_dls', 'ColorizeCallback', 'create_colorize_model', 'ab_bins',
-           'ab_prior', 'rebalance_weights', 'ABBinLoss']
+__all__ = ['COLOUR_PHOTOS', 'AB_SCALE', 'get_colour_sample', 'colour_sample_dls', 'ColorizeCallback', 'create_colorize_model',
+           'ab_bins', 'ab_prior', 'rebalance_weights', 'ABBinLoss']
 
 # %% ../nbs/22_colorize.ipynb #cbea02ec
-_PHOTOS = ('astronaut', 'chelsea', 'coffee', 'rocket', 'immunohistochemistry')
+COLOUR_PHOTOS = ('astronaut', 'chelsea', 'coffee', 'rocket', 'immunohistochemistry')   # the default set: scikit-image's
 _MARKER = '.complete'
 
-def _photos():
-    try: import skimage.data as skd
-    except ImportError: raise ImportError("the colour sample needs scikit-image: pip install scikit-image") from None
-    return {n: getattr(skd, n)() for n in _PHOTOS}
+def _check_photos(photos) -> tuple:
+    photos = COLOUR_PHOTOS if photos is None else (photos,) if isinstance(photos, str) else tuple(photos)
+    bad = [p for p in photos if p not in PHOTO_CLASSES]
+    if bad or len(set(photos)) < 2 or len(set(photos)) != len(photos):
+        raise ValueError(f"photos={photos!r}: give 2 or more different names from photos.PHOTO_CLASSES {PHOTO_CLASSES}"
+                         + (f" (unknown: {bad})" if bad else ''))
+    return photos
 
-def _write_crops(tmp:Path, size, n_per_photo, scale, valid_frac, seed):
+def _write_crops(tmp:Path, photos, size, n_per_photo, scale, valid_frac, seed, desc):
     rng = np.random.default_rng(seed)
     (tmp/'images').mkdir(parents=True)
     rows = []
-    for name, arr in _photos().items():
-        for i, (crop, _) in enumerate(photo_crops(arr, n_per_photo, rng, size=size, scale=scale)):
+    for name in photos:
+        for i, (crop, _) in enumerate(photo_crops(load_photo(name), n_per_photo, rng, size=size, scale=scale)):
             crop.save(tmp/'images'/f'{name}_{i:03d}.png')
             rows.append((f'{name}_{i:03d}', name, i >= n_per_photo * (1 - valid_frac)))
     pd.DataFrame(rows, columns=['image_id', 'label', 'is_valid']).to_csv(tmp/'crops.csv', index=False)
-    (tmp/_MARKER).write_text(f'size={size} n_per_photo={n_per_photo} scale={scale} seed={seed}\n')
+    (tmp/_MARKER).write_text(desc)
 
 def get_colour_sample(path=None, size:int=32, n_per_photo:int=40, scale:int=4, valid_frac:float=0.25, seed:int=0,
+                      photos=None, # names from `photos.PHOTO_CLASSES`; default `COLOUR_PHOTOS`
                       force:bool=False) -> Path:
-    "Folder of colour crops (images/, crops.csv) from scikit-image's photos; default: beside the MNIST sample"
-    dest = Path(path).expanduser() if path is not None else sample_path().parent/f'colour_crops_{size}px_{n_per_photo}'
-    if (dest/_MARKER).exists() and not force: return dest
+    "Folder of colour crops (images/, crops.csv) from the shipped photos; default: beside the MNIST sample"
+    photos = _check_photos(photos)
+    tag = '' if photos == COLOUR_PHOTOS else '_' + hashlib.sha1(','.join(photos).encode()).hexdigest()[:8]
+    dest = Path(path).expanduser() if path is not None else sample_path().parent/f'colour_crops_{size}px_{n_per_photo}{tag}'
+    desc = f'size={size} n_per_photo={n_per_photo} scale={scale} seed={seed}' + (f' photos={",".join(photos)}' if tag else '')
+    desc += f' valid_frac={valid_frac}\n' if valid_frac != 0.25 else '\n'
+    if (dest/_MARKER).exists() and not force and (dest/_MARKER).read_text() == desc: return dest   # other settings: written again
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent/f'.{dest.name}.tmp-{uuid.uuid4().hex[:8]}'
     try:
-        _write_crops(tmp, size, n_per_photo, scale, valid_frac, seed)
+        _write_crops(tmp, photos, size, n_per_photo, scale, valid_frac, seed, desc)
         if dest.exists(): shutil.rmtree(dest)
         try: os.replace(tmp, dest)
         except OSError:
@@ -60,9 +68,9 @@ def get_colour_sample(path=None, size:int=32, n_per_photo:int=40, scale:int=4, v
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
-def colour_sample_dls(path=None, size:int=32, n_per_photo:int=40, bs:int=32, normalize:bool=True, **kwargs):
+def colour_sample_dls(path=None, size:int=32, n_per_photo:int=40, bs:int=32, normalize:bool=True, photos=None, **kwargs):
     "fastai `DataLoaders` of the colour crops (label: the photo), normalised with ImageNet statistics"
-    root = get_colour_sample(path, size=size, n_per_photo=n_per_photo)
+    root = get_colour_sample(path, size=size, n_per_photo=n_per_photo, photos=photos)
     df = pd.read_csv(root/'crops.csv')
     dblock = DataBlock(blocks=(ImageBlock, CategoryBlock), get_x=ColReader('image_id', pref=root/'images', suff='.png'),
                        get_y=ColReader('label'), splitter=ColSplitter('is_valid'),

@@ -27,6 +27,26 @@ def test_colour_sample(dls):
     assert (px.amax(1) - px.amin(1)).mean() > 0.05, "the crops should be in colour"
 
 
+def test_colour_sample_other_photos(tmp_path):
+    "photos= picks the classes; crops match the photo they are named after; other settings write the folder again"
+    import pandas as pd
+    from PIL import Image
+    from self_supervised_fa.photos import load_photo
+    names = ('china', 'flower', 'grace_hopper')
+    root = get_colour_sample(tmp_path/'c', n_per_photo=4, photos=names)
+    df = pd.read_csv(root/'crops.csv')
+    assert sorted(df.label.unique()) == sorted(names) and len(df) == 12 and df.is_valid.sum() == 3
+    crop = np.asarray(Image.open(root/'images'/f"{df.image_id[0]}.png")).astype(float)
+    means = {n: np.abs(crop.mean((0, 1)) - load_photo(n)[..., :3].reshape(-1, 3).mean(0)).sum() for n in names}
+    assert crop.shape == (32, 32, 3) and min(means, key=means.get) == df.label[0], means   # closest in mean colour to its own photo
+    again = get_colour_sample(tmp_path/'c', n_per_photo=4, photos=names[:2])      # same path, other photos: not the stale folder
+    assert sorted(pd.read_csv(again/'crops.csv').label.unique()) == sorted(names[:2])
+    assert colour_sample_dls(tmp_path/'d', n_per_photo=4, photos=names, bs=4).vocab == sorted(names)
+    for bad in (['china', 'mnist'], ['china'], ['china', 'china']):
+        with pytest.raises(ValueError, match='PHOTO_CLASSES'): get_colour_sample(tmp_path/'e', photos=bad)
+    assert not (tmp_path/'e').exists()
+
+
 def test_rgb_input_is_luma_of_target(dls):
     cb = _attach(ColorizeCallback(), dls)
     x = dls.one_batch()[0]
