@@ -62,12 +62,13 @@ def pretrain(a, variant, cells):
 def downstream(a, name, enc_path, seed, stage, cells):
     "`label_efficiency` at `a.labels` per class, the pretrained encoder (`enc_path()`: its file) against from scratch"
     fz = f'fz{a.ft_freeze_epochs}m{a.ft_lr_mult:g}' if (a.ft_freeze_epochs, a.ft_lr_mult) != (0, 1) else ''
+    fz += '' if a.ft_head == 'fastai' else f'-{a.ft_head}'
     key = f'down/{a.arch}/{name}{photo_tag(a)}/b{a.budget}/ft{a.ft_epochs}{fz}/{stage}/s{seed}'
     if cells.get(key): return cells.get(key)
     enc = load_encoder(enc_path(), create_timm_body(a.arch, n_in=1))
     dls = colour_crops_dls(a.n_per_photo, 256, grey=True, photos=photo_list(a))
     df = label_efficiency({name: enc}, dls, budgets=[a.labels], methods=('linear', 'finetune'), ft_epochs=a.ft_epochs,
-                          ft_bs=16, ft_freeze_epochs=a.ft_freeze_epochs, ft_lr_mult=a.ft_lr_mult, seed=seed, stage=None if stage == 'embed' else stage, progress=False)
+                          ft_bs=16, ft_freeze_epochs=a.ft_freeze_epochs, ft_lr_mult=a.ft_lr_mult, ft_head=a.ft_head, seed=seed, stage=None if stage == 'embed' else stage, progress=False)
     return cells.put(key, df.to_dict('records'))
 
 
@@ -83,6 +84,7 @@ def main():
     p.add_argument('--ft-epochs', type=int, default=20)
     p.add_argument('--ft-freeze-epochs', type=int, default=0, help="fine_tune's head-only epochs first (pretrained; from scratch trains that many more epochs)")
     p.add_argument('--ft-lr-mult', type=float, default=1, help="fine_tune's lr_mult (discriminative learning rates)")
+    p.add_argument('--ft-head', default='fastai', choices=('fastai', 'probe'), help="pretrained encoders: a new fastai head, or LP-FT ('probe': the linear probe as the head, then the whole network)")
     p.add_argument('--stages', default='embed,best')
     p.add_argument('--photos', default='five', help="'five' (get_colour_sample's default set), 'all' (the nine of photos.PHOTO_CLASSES) or names")
     add_common_args(p, 'colorize_seed', seeds=True)
@@ -121,7 +123,9 @@ def main():
                        ['variant', 'images', 'epochs', 'CPU s', 'wall s', 'pretext loss (before -> after)'])
             + f"\n\n### Downstream: test accuracy % at {a.labels} labels per class (mean ± sd over {len(seeds)} label draws)\n\n"
               f"`label_efficiency`: fine-tuning = the whole network with a fastai head, {a.ft_epochs} epochs of `fit_one_cycle` "
-              + (f"after {a.ft_freeze_epochs} head-only epochs (`fine_tune`, lr_mult {a.ft_lr_mult:g}; from scratch: {a.ft_epochs + a.ft_freeze_epochs} epochs) " if a.ft_freeze_epochs else '') +
+              + (f"after {a.ft_freeze_epochs} head-only epochs (`fine_tune`, lr_mult {a.ft_lr_mult:g}; from scratch: {a.ft_epochs + a.ft_freeze_epochs} epochs) " if a.ft_freeze_epochs else '')
+              + ("with LP-FT for the pretrained encoders (`ft_head='probe'`: the head is one linear layer that starts as the "
+                 f"linear probe, then the whole network trains at lr/{a.ft_lr_mult:g} (body) .. lr (head); from scratch keeps the fastai head) " if a.ft_head == 'probe' else '') +
               f"(lr 1e-3 pretrained, 2e-3 from scratch), batch 16; `embed`: the encoder as a whole; `best`: the stage chosen by "
               f"cross-validation on the labelled crops, the network cut there (stages: pretrained / from scratch, per draw). "
               f"Target: pretrained >= from scratch + 5 points.\n\n"

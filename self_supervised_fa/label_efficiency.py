@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 from contextlib import ExitStack
 import numpy as np, pandas as pd, torch
+from torch import nn
 from fastcore.basics import GetAttr, ifnone
 from fastai.data.core import DataLoaders
 from fastai.callback.schedule import *
@@ -16,7 +17,7 @@ from .pretext import AugmentBatchCallback
 from .evaluate import get_embeddings, get_stage_embeddings, budget_indices, knn_accuracy, linear_probe, best_stage
 
 # %% auto #0
-__all__ = ['subset_dls', 'finetune_accuracy', 'scratch_like', 'label_efficiency', 'plot_label_efficiency']
+__all__ = ['subset_dls', 'probe_head', 'finetune_accuracy', 'scratch_like', 'label_efficiency', 'plot_label_efficiency']
 
 # %% ../nbs/31_label_efficiency.ipynb #5f418d1d
 class _Subset(GetAttr):
@@ -40,17 +41,44 @@ def subset_dls(dls, idxs, bs: int | None = None) -> DataLoaders:
 def _quiet(learn, stack):
     stack.enter_context(learn.no_bar()); stack.enter_context(learn.no_logging())
 
+def probe_head(body, dl, n_out: int, seed: int = 0, C: float = 1.0) -> nn.Linear:
+    """A `Linear` on `body.embed` that computes `linear_probe`'s logistic regression fitted on the items of `dl`, the
+    standardisation folded into its weights: the start of LP-FT (Kumar et al. 2022, linear probe, then fine-tuning)"""
+    feats, labels = get_embeddings(body, dl, progress=False)
+    if labels is None: raise ValueError("probe_head needs a labelled DataLoader (items with targets)")
+    missing = sorted(set(range(n_out)) - set(labels.unique().tolist()))
+    if missing: raise ValueError(f"probe_head: no labelled item of class(es) {missing[:10]} in the DataLoader; "
+                                 "label every class or use the fastai head (head='fastai')")
+    _, clf = linear_probe(feats, labels, feats[:1], labels[:1], seed=seed, C=C, return_model=True)
+    scaler, lr = clf[0], clf[-1]
+    w = torch.as_tensor(lr.coef_ / scaler.scale_, dtype=torch.float32)        # logits = coef (x - mean) / scale + b
+    b = torch.as_tensor(lr.intercept_, dtype=torch.float32) - w @ torch.as_tensor(scaler.mean_, dtype=torch.float32)
+    if len(w) == 1: w, b = torch.cat([torch.zeros_like(w), w]), torch.cat([torch.zeros_like(b), b])   # binary: logits [0, z]
+    head = nn.Linear(feats.shape[1], n_out).to(_device(body))
+    with torch.no_grad(): head.weight.copy_(w); head.bias.copy_(b)
+    return head
+
+def _device(m): return next(m.parameters()).device
+
 def finetune_accuracy(body, dls, epochs: int = 10, lr: float = 2e-3, pretrained: bool = True, freeze_epochs: int = 1,
                       lr_mult: float = 10, seed: int = 0, show_progress: bool = False,
                       aug=None, # augment the training batches with this (e.g. a `ViewAugment`; pixels in [0,1] in and out)
+                      head: str = 'fastai', # 'fastai': `create_head`, random; 'probe': one linear layer from `probe_head` (LP-FT)
                      ) -> float:
-    "Valid accuracy of `body` + a fastai head trained on `dls`: `fine_tune` when `pretrained`, else `fit_one_cycle`"
+    "Valid accuracy of `body` + a head trained on `dls`: `fine_tune` when `pretrained`, else `fit_one_cycle`"
+    if head not in ('fastai', 'probe'): raise ValueError(f"head={head!r}: use 'fastai' (a new fastai head) or 'probe' (LP-FT)")
+    if head == 'probe' and not pretrained: raise ValueError("head='probe' starts from a pretrained body's linear probe: use pretrained=True")
     set_seed(seed, reproducible=True)
     learn = classifier_learner(dls, copy.deepcopy(body),   # never touch the caller's encoder
+                               head_kwargs=dict(lin_ftrs=[], ps=0., first_bn=False) if head == 'probe' else None,
                                cbs=None if aug is None else AugmentBatchCallback(aug))
+    if head == 'probe': learn.model.head[0] = probe_head(learn.model.encoder, dls.train, learn.dls.c, seed)
     with ExitStack() as stack:
         if not show_progress: _quiet(learn, stack)
-        if pretrained: learn.fine_tune(epochs, lr, freeze_epochs=freeze_epochs, lr_mult=lr_mult)
+        if head == 'probe' and freeze_epochs == 0:   # the head is trained already: no head-only epochs
+            learn.unfreeze()
+            if epochs: learn.fit_one_cycle(epochs, slice(lr / lr_mult, lr))
+        elif pretrained: learn.fine_tune(epochs, lr, freeze_epochs=freeze_epochs, lr_mult=lr_mult)
         else: learn.fit_one_cycle(epochs + freeze_epochs, lr)
         return float(learn.validate()[1])
 
@@ -90,6 +118,7 @@ def label_efficiency(encoder, dls, budgets=(10, 100), scratch=True, methods=('kn
                      k: int = 20, temperature: float = 0.1, ft_epochs: int = 10, ft_lr: float = 1e-3, ft_bs: int = 32,
                      ft_freeze_epochs: int = 0, ft_lr_mult: float = 1, # fine_tune's freeze_epochs and lr_mult
                      ft_aug=None, # augmentation of the fine-tuning batches (`finetune_accuracy(aug=)`), pretrained and scratch alike
+                     ft_head: str = 'fastai', # `finetune_accuracy(head=)` of the pretrained encoders ('probe': LP-FT); from scratch: 'fastai'
                      scratch_lr: float = 2e-3, seed: int = 0, progress: bool = True,
                      stage=None, # None: `encoder.embed`; an int: that stage; 'best': chosen per method on the labelled items
                      pool='avg', # how stage maps become vectors (`evaluate.pool_features`)
@@ -99,6 +128,7 @@ def label_efficiency(encoder, dls, budgets=(10, 100), scratch=True, methods=('kn
     "kNN, linear-probe and fine-tuning valid accuracy of `encoder` (and of a from-scratch twin) at each label budget"
     bad = set(methods) - {'knn', 'linear', 'finetune'}
     if bad: raise ValueError(f"unknown methods {sorted(bad)}: choose from 'knn', 'linear', 'finetune'")
+    if ft_head not in ('fastai', 'probe'): raise ValueError(f"ft_head={ft_head!r}: use 'fastai' or 'probe' (LP-FT)")
     _check_stage(stage)
     encoders = dict(encoder) if isinstance(encoder, dict) else {'pretrained': encoder}
     if not encoders and isinstance(scratch, bool):
@@ -137,7 +167,8 @@ def label_efficiency(encoder, dls, budgets=(10, 100), scratch=True, methods=('kn
                 if stage is not None: row['finetune_stage'] = end
                 row['finetune'] = finetune_accuracy(body, subset_dls(dls, idx, ft_bs), epochs=ft_epochs,
                                                     lr=ft_lr if pre else scratch_lr, pretrained=pre, seed=seed,
-                                                    freeze_epochs=ft_freeze_epochs, lr_mult=ft_lr_mult, aug=ft_aug)
+                                                    freeze_epochs=ft_freeze_epochs, lr_mult=ft_lr_mult, aug=ft_aug,
+                                                    head=ft_head if pre else 'fastai')
             rows.append(row)
             if progress: print({k_: (round(v, 4) if isinstance(v, float) else v) for k_, v in row.items()})
     return pd.DataFrame(rows)

@@ -67,3 +67,27 @@ def test_label_efficiency_table_and_errors(dls):
     alone = label_efficiency({}, dls, budgets=[1, 0.5], scratch=b, methods=('knn',), k=20, progress=False)   # a baseline by itself
     assert list(alone.encoder) == ['from scratch'] * 2 and list(alone.knn_top1) == list(df.knn_top1[df.encoder == 'b'])
     with pytest.raises(ValueError, match='leaves class'): label_efficiency(a, dls, budgets=[0.01], methods=('knn',), progress=False)
+
+
+def test_probe_head_is_the_linear_probe_then_fine_tunes(dls):
+    """LP-FT: before any step, body + `probe_head` predicts what `linear_probe` predicts (same accuracy on the test
+    digits, up to one float32 tie); fine-tuning then changes the weights and the head starts trained, not random"""
+    from self_supervised_fa.evaluate import get_embeddings, linear_probe
+    torch.manual_seed(0)
+    body = create_timm_body('test_resnet', n_in=1)
+    sub = subset_dls(dls, np.arange(0, 300, 2), bs=32)
+    trf, trl = get_embeddings(body, sub.train, progress=False)
+    tef, tel = get_embeddings(body, sub.valid, progress=False)
+    probe = linear_probe(trf, trl, tef, tel)
+    start = finetune_accuracy(body, sub, epochs=0, pretrained=True, freeze_epochs=0, head='probe')
+    assert abs(start - probe) <= 1 / len(tel) + 1e-9 and probe > 0.3, (start, probe)
+    head = probe_head(body, sub.train, 10)
+    logits = head(tef)
+    assert logits.shape == (len(tel), 10) and (logits.argmax(1) == tel).float().mean() == pytest.approx(probe, abs=1 / len(tel) + 1e-9)
+    tuned = finetune_accuracy(body, sub, epochs=4, lr=1e-3, pretrained=True, freeze_epochs=0, head='probe')
+    assert tuned != start   # the body and head did train
+    with pytest.raises(ValueError, match="head='probe'"): finetune_accuracy(body, sub, pretrained=False, head='probe')
+    with pytest.raises(ValueError, match="'fastai'"): finetune_accuracy(body, sub, head='lpft')
+    with pytest.raises(ValueError, match='ft_head'): label_efficiency(body, dls, budgets=[5], ft_head='lpft', progress=False)
+    few = subset_dls(dls, np.flatnonzero(np.array([int(y) for _, y in dls.train_ds]) < 9), bs=32)   # no item of class 9
+    with pytest.raises(ValueError, match=r'class\(es\) \[9\]'): probe_head(body, few.train, 10)
