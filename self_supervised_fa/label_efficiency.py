@@ -69,6 +69,7 @@ def finetune_accuracy(body, dls, epochs: int = 10, lr: float = 2e-3, pretrained:
     if head not in ('fastai', 'probe'): raise ValueError(f"head={head!r}: use 'fastai' (a new fastai head) or 'probe' (LP-FT)")
     if head == 'probe' and not pretrained: raise ValueError("head='probe' starts from a pretrained body's linear probe: use pretrained=True")
     set_seed(seed, reproducible=True)
+    dls = DataLoaders(dls.train.new(), dls.valid, path=dls.path, device=dls.device)   # its shuffling seeded here, not by history
     learn = classifier_learner(dls, copy.deepcopy(body),   # never touch the caller's encoder
                                head_kwargs=dict(lin_ftrs=[], ps=0., first_bn=False) if head == 'probe' else None,
                                cbs=None if aug is None else AugmentBatchCallback(aug))

@@ -42,6 +42,7 @@ def test_finetune_aug_on_training_batches_only(dls):
     """`aug` sees every training batch, in [0, 1] and never a validation image, and the network learns from what it
     returns: trained on inverted digits, the classifier does worse on the untouched (upright) validation digits"""
     sub = subset_dls(dls, np.arange(0, 300, 2), bs=32)
+    torch.manual_seed(0)   # a fixed initialisation: unseeded, this tiny body reached 0.33-0.62 plain
     body = create_timm_body('test_resnet', n_in=1)
     aug = _Recorder()
     inv = finetune_accuracy(body, sub, epochs=8, lr=1e-2, pretrained=False, aug=aug)
@@ -91,3 +92,14 @@ def test_probe_head_is_the_linear_probe_then_fine_tunes(dls):
     with pytest.raises(ValueError, match='ft_head'): label_efficiency(body, dls, budgets=[5], ft_head='lpft', progress=False)
     few = subset_dls(dls, np.flatnonzero(np.array([int(y) for _, y in dls.train_ds]) < 9), bs=32)   # no item of class 9
     with pytest.raises(ValueError, match=r'class\(es\) \[9\]'): probe_head(body, few.train, 10)
+
+
+def test_finetune_does_not_depend_on_what_ran_before(dls):
+    "The same seed gives the same fine-tuning however much of the global random state earlier work used (loader shuffling included)"
+    import random
+    body, sub = create_timm_body('test_resnet', n_in=1), subset_dls(dls, np.arange(0, 300, 2), bs=32)
+    a = finetune_accuracy(body, sub, epochs=2, lr=1e-2, pretrained=False, seed=3)
+    for _ in range(7): random.random(); torch.rand(3); np.random.rand()
+    b = finetune_accuracy(body, sub, epochs=2, lr=1e-2, pretrained=False, seed=3)
+    c = finetune_accuracy(body, sub, epochs=2, lr=1e-2, pretrained=False, seed=4)
+    assert a == b and c != a, (a, b, c)
