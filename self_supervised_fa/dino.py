@@ -23,6 +23,8 @@ __all__ = ['teacher_probs', 'DINOLoss', 'DINOHead', 'DINOModel', 'create_dino_mo
 _all_ = ['dino_augs', 'small_dino_augs', 'save_encoder', 'load_encoder']  # re-exported: `import *` gives all a user needs
 
 # %% ../nbs/18_dino.ipynb #729e32b6
+def _entropy(p:Tensor) -> Tensor: "Entropy in nats of probabilities `p` over the last axis"; return -(p * p.clamp_min(1e-30).log()).sum(-1)
+
 def teacher_probs(teacher_out, center:Tensor|float=0., teacher_temp:float=0.04) -> Tensor:
     "The teacher's targets, `softmax((t - center) / teacher_temp)` of each global crop's logits, stacked `(G, B, K)`, no gradient"
     return F.softmax((torch.stack([t.detach() for t in teacher_out]) - center) / teacher_temp, dim=-1)
@@ -116,7 +118,7 @@ class DINOCallback(MultiViewCallback):
                  center_momentum:float=0.9,
                  freeze_last_layer:float=1., # epochs during which the head's last layer does not move
                  momentum:float=0.996, momentum_end:float=1.,
-                 collapse_entropy:tuple=(0.1, 0.9), # warn when the teacher's entropy leaves this range, as fractions of ln(out_dim) (`entropies`)
+                 collapse_entropy:tuple=(0.1, 0.9), # warn below low (`marginal_entropies`) or above high (`entropies`), fractions of ln(out_dim)
                  n_views:int|None=None, **kwargs):
         super().__init__(DINOLoss(student_temp), ifnone(aug, dino_preset), n_views=n_views, momentum=momentum,
                          momentum_end=momentum_end, **kwargs)
@@ -128,7 +130,7 @@ class DINOCallback(MultiViewCallback):
         lo, hi = collapse_entropy
         if not 0 <= lo < hi <= 1: raise ValueError(f"DINOCallback: collapse_entropy must be (low, high) with 0 <= low < high <= 1, got {collapse_entropy}")
         self.center_momentum, self.freeze_last_layer, self.collapse_entropy = center_momentum, freeze_last_layer, collapse_entropy
-        self.teacher_entropy, self.watch = None, CollapseWatch(start=2)
+        self.teacher_entropy, self.watch, self.marginal_watch = None, CollapseWatch(start=2), CollapseWatch(start=2)
 
     def teacher_temp_at(self, pct:float) -> float:
         "The teacher's temperature at fraction `pct` of training: linear from `warmup_teacher_temp` to `teacher_temp`, then constant"
@@ -141,10 +143,15 @@ class DINOCallback(MultiViewCallback):
         center, head = getattr(model, 'center', None), model.projector
         if not isinstance(center, Tensor) or not isinstance(getattr(head, 'last_layer', None), nn.Module):
             self._fail(ValueError("DINOCallback needs a model with a DINO head and a centre buffer; build it with create_dino_model"))
-        self.watch, self.max_entropy = CollapseWatch(start=2), math.log(center.shape[-1])
+        self.watch, self.marginal_watch, self.max_entropy = CollapseWatch(start=2), CollapseWatch(start=2), math.log(center.shape[-1])
 
     @property
-    def entropies(self) -> list: "Per epoch, the mean entropy of the teacher's targets in nats (uniform: ln(out_dim); one-hot: 0)"; return self.watch.values
+    def entropies(self) -> list: "Per epoch, the mean entropy of each image's teacher target in nats (uniform: ln(out_dim); one-hot: 0)"; return self.watch.values
+
+    @property
+    def marginal_entropies(self) -> list:
+        "Per epoch, the entropy of the batch's mean teacher target in nats: near 0 only when every image's target sits on the same few outputs"
+        return self.marginal_watch.values
 
     def compute_loss(self, out, *yb):
         model = unwrap(self.learn.model)
@@ -152,9 +159,10 @@ class DINOCallback(MultiViewCallback):
         loss = self.loss_func(out['proj'], out['target'], model.center, self.teacher_temp_now)
         if self.training:
             with torch.no_grad():
-                p = teacher_probs(out['target'][:1], model.center, self.teacher_temp_now).float()
-                self.teacher_entropy = -(p * p.clamp_min(1e-30).log()).sum(-1).mean()   # log(out_dim) when uniform
-            self.watch.add(self.teacher_entropy)
+                p = teacher_probs(out['target'][:1], model.center, self.teacher_temp_now).float()[0]   # (B, K)
+                self.teacher_entropy = _entropy(p).mean()   # log(out_dim) when uniform
+                self.marginal_entropy = _entropy(p.mean(0))   # 0 when every image picks the same output
+            self.watch.add(self.teacher_entropy); self.marginal_watch.add(self.marginal_entropy)
             model.update_center(out['target'], self.center_momentum)
         return loss
 
@@ -162,13 +170,14 @@ class DINOCallback(MultiViewCallback):
         if self.epoch + self.iter / self.n_iter < self.freeze_last_layer: drop_grads(unwrap(self.learn.model).projector.last_layer)
 
     def after_train(self):
-        "Record the epoch's mean teacher entropy (`entropies`); warn once if, from the third epoch on, it leaves `collapse_entropy`"
+        "Record the epoch's entropies; warn once (from the third epoch) on uniform targets or on one output for every image"
         lo, hi = (f * self.max_entropy for f in self.collapse_entropy)
-        self.watch.end_epoch(self.epoch, lambda v: not lo <= v <= hi, lambda v: (
-            f"DINOCallback: the teacher's targets are nearly uniform (entropy {v:.2f} of ln(out_dim) = {self.max_entropy:.2f} in "
+        self.watch.end_epoch(self.epoch, lambda v: v > hi, lambda v: (
+            f"DINOCallback: the teacher's targets are nearly uniform (entropy {v:.2f} nats, ln(out_dim) = {self.max_entropy:.2f}, in "
             f"epoch {self.epoch}): the outputs no longer depend on the image and centring flattens them, so nothing is learnt. "
             f"Put BatchNorm in the head (create_dino_model(bn=True)), use a slower teacher (momentum=0.996) and fewer outputs "
-            f"(out_dim=2048); see the DINO notebook" if v > hi else
-            f"DINOCallback: the teacher's targets sit on a few outputs (entropy {v:.2f} of ln(out_dim) = {self.max_entropy:.2f} in "
-            f"epoch {self.epoch}): one output dominates and centring does not keep up. Centre harder (a lower "
-            f"center_momentum, e.g. 0.8) or sharpen less (a higher teacher_temp); see the DINO notebook"))
+            f"(out_dim=2048); see the DINO notebook"))
+        self.marginal_watch.end_epoch(self.epoch, lambda v: v < lo, lambda v: (
+            f"DINOCallback: every image's target sits on the same few outputs (entropy of the batch's mean target {v:.2f} nats, "
+            f"ln(out_dim) = {self.max_entropy:.2f}, in epoch {self.epoch}): one output dominates and centring does not keep up. "
+            f"Centre harder (a lower center_momentum, e.g. 0.8) or sharpen less (a higher teacher_temp); see the DINO notebook"))
