@@ -88,6 +88,7 @@ def main():
     p.add_argument('--stages', default='embed,best')
     p.add_argument('--photos', default='five', help="'five' (get_colour_sample's default set), 'all' (the nine of photos.PHOTO_CLASSES) or names")
     add_common_args(p, 'colorize_seed', seeds=True)
+    p.set_defaults(seeds=','.join(map(str, range(10))))   # 10 paired draws: with 50 labels one run moves by points with its batch order
     a = p.parse_args()
     np_ = len(photo_list(a))
     load0, t0, cells = start(a)
@@ -103,9 +104,10 @@ def main():
             get = lambda enc, col: [next(r[col] for r in rr if r['encoder'] == enc) for rr in res]
             st = lambda enc, col: ','.join(str(next(r.get(col, '-') for r in rr if r['encoder'] == enc)) for rr in res)
             pf, sf = get(v, 'finetune'), get('from scratch', 'finetune')
-            gain = 100 * (np.mean(pf) - np.mean(sf))
+            gains = 100 * (np.array(pf) - np.array(sf))   # paired: the same label draw for both
+            gain = gains.mean()
             rows.append(dict(variant=v, stage=stage, pft=f'{100*np.mean(pf):.1f} ± {100*np.std(pf):.1f}',
-                             sft=f'{100*np.mean(sf):.1f} ± {100*np.std(sf):.1f}', gain=f'{gain:+.1f}',
+                             sft=f'{100*np.mean(sf):.1f} ± {100*np.std(sf):.1f}', gain=f'{gain:+.1f} ± {gains.std(ddof=1) / np.sqrt(len(gains)) if len(gains) > 1 else 0:.1f}',
                              target='met' if gain >= 5 else '**missed**', plin=f"{100*np.mean(get(v, 'linear')):.1f}",
                              slin=f"{100*np.mean(get('from scratch', 'linear')):.1f}",
                              stages=f"{st(v, 'finetune_stage')} / {st('from scratch', 'finetune_stage')}" if stage != 'embed' else '-'))
@@ -130,7 +132,7 @@ def main():
               f"cross-validation on the labelled crops, the network cut there (stages: pretrained / from scratch, per draw). "
               f"Target: pretrained >= from scratch + 5 points.\n\n"
             + md_table(rows, ['variant', 'stage', 'pft', 'sft', 'gain', 'target', 'plin', 'slin', 'stages'],
-                       ['pretext', 'features', 'fine-tuned, pretrained', 'fine-tuned, from scratch', 'gain (pts)', '>= +5',
+                       ['pretext', 'features', 'fine-tuned, pretrained', 'fine-tuned, from scratch', 'gain (pts, ± s.e. of the paired draws)', '>= +5',
                         'linear probe, pretrained', 'linear probe, from scratch', 'fine-tuned from stage']) + '\n')
     write_text_atomic(a.out, text)
     print(text)
