@@ -14,7 +14,7 @@ from fastai.callback.schedule import *
 from fastai.torch_core import set_seed
 from .encoders import create_timm_body, classifier_learner
 from .pretext import AugmentBatchCallback
-from .evaluate import get_embeddings, get_stage_embeddings, budget_indices, knn_accuracy, linear_probe, best_stage
+from .evaluate import get_embeddings, get_stage_embeddings, budget_indices, knn_accuracy, linear_probe, best_stage, _model_device
 
 # %% auto #0
 __all__ = ['subset_dls', 'probe_head', 'finetune_accuracy', 'scratch_like', 'label_efficiency', 'plot_label_efficiency']
@@ -54,11 +54,9 @@ def probe_head(body, dl, n_out: int, seed: int = 0, C: float = 1.0) -> nn.Linear
     w = torch.as_tensor(lr.coef_ / scaler.scale_, dtype=torch.float32)        # logits = coef (x - mean) / scale + b
     b = torch.as_tensor(lr.intercept_, dtype=torch.float32) - w @ torch.as_tensor(scaler.mean_, dtype=torch.float32)
     if len(w) == 1: w, b = torch.cat([torch.zeros_like(w), w]), torch.cat([torch.zeros_like(b), b])   # binary: logits [0, z]
-    head = nn.Linear(feats.shape[1], n_out).to(_device(body))
+    head = nn.Linear(feats.shape[1], n_out).to(_model_device(body))
     with torch.no_grad(): head.weight.copy_(w); head.bias.copy_(b)
     return head
-
-def _device(m): return next(m.parameters()).device
 
 def finetune_accuracy(body, dls, epochs: int = 10, lr: float = 2e-3, pretrained: bool = True, freeze_epochs: int = 1,
                       lr_mult: float = 10, seed: int = 0, show_progress: bool = False,
