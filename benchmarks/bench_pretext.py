@@ -84,6 +84,7 @@ def task_colorize(a, v):
 _PATCH = dict(base=dict(tile_norm=False), paper=dict(tile_norm=True), paperaug=dict(tile_norm=True))
 _AUG_NOTE = ', training images augmented first (crops of 50-100 %, brightness/contrast jitter)'
 def _augs(v, size): return [digit_augs(size)] if v.endswith('aug') else []   # '...aug' variants: `digit_augs` before the task
+def _aug_note(v): return _AUG_NOTE if v.endswith('aug') else ''
 
 def task_jigsaw(a, v):
     n_perms = dict(base=a.n_perms, paper=100, paperaug=100)[v]
@@ -91,26 +92,26 @@ def task_jigsaw(a, v):
                 cb=[JigsawCallback(n_perms=n_perms, jitter=2, gap_frac=0.125, **_PATCH[v])] + _augs(v, 64), loss=CrossEntropyLossFlat(),
                 metrics=accuracy, chance=1/n_perms, lr=a.lr, eval='digits64',
                 data=f"digits at 64 px, 3x3 tiles, gap 1/8 tile, jitter 2 px, {n_perms} permutations" +
-                     (", each tile normalised" if _PATCH[v]['tile_norm'] else '') + (_AUG_NOTE if _augs(v, 64) else ''))
+                     (", each tile normalised" if _PATCH[v]['tile_norm'] else '') + _aug_note(v))
 
 def task_context(a, v):
     return dict(dls=digits(a, size=64), model=create_context_model(a.arch, n_in=1),
                 cb=[ContextCallback(jitter=1, gap_frac=0.5, **_PATCH[v])] + _augs(v, 64), loss=CrossEntropyLossFlat(), metrics=accuracy,
                 chance=1/8, lr=a.lr_context, eval='digits64',
                 data="digits at 64 px, centre + 1 of 8 neighbours, gap 1/2 tile, jitter 1 px" +
-                     (", each patch normalised" if _PATCH[v]['tile_norm'] else '') + (_AUG_NOTE if _augs(v, 64) else ''))
+                     (", each patch normalised" if _PATCH[v]['tile_norm'] else '') + _aug_note(v))
 
 def task_inpaint(a, v):
     return dict(dls=digits(a, size=32), model=create_inpaint_model(a.arch, n_in=1, img_size=32), cb=[InpaintCallback('block')] + _augs(v, 32),
                 loss=MaskedMSELoss(), metrics=None, baseline=lambda: (Fn(lambda inp: inp), InpaintCallback('block')),
                 baseline_name='hole left at the mean pixel', lr=a.lr, eval='digits32',
-                data='digits at 32 px, a random block of half the side hidden, MSE on the hole' + (_AUG_NOTE if _augs(v, 32) else ''))
+                data='digits at 32 px, a random block of half the side hidden, MSE on the hole' + _aug_note(v))
 
 def task_superres(a, v):
     return dict(dls=digits(a, size=32), model=create_superres_model(a.arch, n_in=1, img_size=32), cb=[SuperResCallback(scale=2)] + _augs(v, 32),
                 loss=MaskedMSELoss(), metrics=None, baseline=lambda: (Fn(lambda inp: inp), SuperResCallback(scale=2)),
                 baseline_name='bilinear x2', lr=a.lr, eval='digits32',
-                data='digits at 32 px, shrunk x2 and enlarged back, MSE' + (_AUG_NOTE if _augs(v, 32) else ''))
+                data='digits at 32 px, shrunk x2 and enlarged back, MSE' + _aug_note(v))
 
 TASKS = dict(rotnet=(task_rotnet, ('one', 'all4', 'all4aug')), colorize=(task_colorize, tuple(_COLOUR)), jigsaw=(task_jigsaw, ('base', 'paper', 'paperaug')),
              context=(task_context, ('base', 'paper', 'paperaug')), inpaint=(task_inpaint, ('base', 'aug')), superres=(task_superres, ('base', 'aug')))

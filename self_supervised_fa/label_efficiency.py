@@ -58,13 +58,16 @@ def probe_head(body, dl, n_out: int, seed: int = 0, C: float = 1.0) -> nn.Linear
     with torch.no_grad(): head.weight.copy_(w); head.bias.copy_(b)
     return head
 
+def _check_head(head, arg='head'):
+    if head not in ('fastai', 'probe'): raise ValueError(f"{arg}={head!r}: use 'fastai' (a new fastai head) or 'probe' (LP-FT)")
+
 def finetune_accuracy(body, dls, epochs: int = 10, lr: float = 2e-3, pretrained: bool = True, freeze_epochs: int = 1,
                       lr_mult: float = 10, seed: int = 0, show_progress: bool = False,
                       aug=None, # augment the training batches with this (e.g. a `ViewAugment`; pixels in [0,1] in and out)
                       head: str = 'fastai', # 'fastai': `create_head`, random; 'probe': one linear layer from `probe_head` (LP-FT)
                      ) -> float:
     "Valid accuracy of `body` + a head trained on `dls`: `fine_tune` when `pretrained`, else `fit_one_cycle`"
-    if head not in ('fastai', 'probe'): raise ValueError(f"head={head!r}: use 'fastai' (a new fastai head) or 'probe' (LP-FT)")
+    _check_head(head)
     if head == 'probe' and not pretrained: raise ValueError("head='probe' starts from a pretrained body's linear probe: use pretrained=True")
     set_seed(seed, reproducible=True)
     dls = DataLoaders(dls.train.new(), dls.valid, path=dls.path, device=dls.device)   # its shuffling seeded here, not by history
@@ -127,7 +130,7 @@ def label_efficiency(encoder, dls, budgets=(10, 100), scratch=True, methods=('kn
     "kNN, linear-probe and fine-tuning valid accuracy of `encoder` (and of a from-scratch twin) at each label budget"
     bad = set(methods) - {'knn', 'linear', 'finetune'}
     if bad: raise ValueError(f"unknown methods {sorted(bad)}: choose from 'knn', 'linear', 'finetune'")
-    if ft_head not in ('fastai', 'probe'): raise ValueError(f"ft_head={ft_head!r}: use 'fastai' or 'probe' (LP-FT)")
+    _check_head(ft_head, 'ft_head')
     _check_stage(stage)
     encoders = dict(encoder) if isinstance(encoder, dict) else {'pretrained': encoder}
     if not encoders and isinstance(scratch, bool):
