@@ -23,11 +23,13 @@ from fastai.learner import Learner
 from fastai.torch_core import set_seed
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_utils import add_common_args, start, command, colour_crops_dls, fit_cpu_budget, md_table, machine, write_text_atomic, pretrained_cell
-from self_supervised_fa.encoders import create_timm_body, load_encoder
-from self_supervised_fa.label_efficiency import label_efficiency
-from self_supervised_fa.pretext import MaskedMSELoss
-from self_supervised_fa.colorize import ColorizeCallback, create_colorize_model, ABBinLoss, ab_prior, COLOUR_PHOTOS
-from self_supervised_fa.photos import PHOTO_CLASSES
+from self_supervised_fa.encoders.body import create_timm_body
+from self_supervised_fa.encoders.files import load_encoder
+from self_supervised_fa.evaluate.label_efficiency import label_efficiency
+from self_supervised_fa.pretext.pixel_loss import MaskedMSELoss
+from self_supervised_fa.pretext.colorize import ColorizeCallback, create_colorize_model, ABBinLoss, ab_prior
+from self_supervised_fa.data.colour import COLOUR_PHOTOS
+from self_supervised_fa.data.photos import PHOTO_CLASSES
 
 
 def photo_list(a) -> tuple:

@@ -18,11 +18,12 @@ import torch
 from fastai.learner import Learner
 from fastai.callback.core import Callback
 from fastai.optimizer import OptimWrapper
-from self_supervised_fa.data import sample_dls, load_sample_df, get_norm_stats
-from self_supervised_fa.augment import normalize, denormalize
-from self_supervised_fa.multicrop import small_dino_augs
-from self_supervised_fa.teacher import momentum_at
-from self_supervised_fa.dino import create_dino_model, DINOCallback, DINOLoss
+from self_supervised_fa.data.sample import sample_dls, load_sample_df
+from self_supervised_fa.core.pixels import get_norm_stats
+from self_supervised_fa.core.pixels import normalize, denormalize
+from self_supervised_fa.augment.multicrop import small_dino_augs
+from self_supervised_fa.siamese.teacher import momentum_at
+from self_supervised_fa.siamese.dino import create_dino_model, DINOCallback, DINOLoss
 from bench_utils import machine, write_text_atomic
 
 warnings.filterwarnings('ignore', message='ViewAugment: 1-channel')

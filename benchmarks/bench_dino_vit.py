@@ -13,12 +13,12 @@ import pandas as pd, torch
 from fastai.torch_core import set_seed
 from bench_utils import write_text_atomic, md_table, machine, command
 from bench_label_efficiency import TimedKNNMonitor
-from self_supervised_fa.cli import knn_monitor_dls
-from self_supervised_fa.data import sample_dls, load_sample_df
-from self_supervised_fa.encoders import create_timm_body
-from self_supervised_fa.label_efficiency import label_efficiency
-from self_supervised_fa.methods import METHODS, method_learner
-from self_supervised_fa.multicrop import small_dino_augs
+from self_supervised_fa.app.demo import knn_monitor_dls
+from self_supervised_fa.data.sample import sample_dls, load_sample_df
+from self_supervised_fa.encoders.body import create_timm_body
+from self_supervised_fa.evaluate.label_efficiency import label_efficiency
+from self_supervised_fa.app.registry import METHODS, method_learner
+from self_supervised_fa.augment.multicrop import small_dino_augs
 
 
 def main():

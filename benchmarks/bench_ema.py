@@ -6,7 +6,7 @@ the parameters), interleaved in one run, medians and bests of `--reps` updates e
 """
 import argparse, copy, os, platform, statistics, time
 import torch
-from self_supervised_fa.byol import create_byol_model
+from self_supervised_fa.siamese.byol import create_byol_model
 
 
 def main():

@@ -14,10 +14,10 @@ from pathlib import Path
 import pandas as pd
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_utils import add_common_args, start, md_table, machine, write_text_atomic
-from self_supervised_fa.augment import ViewAugment
-from self_supervised_fa.data import sample_dls
-from self_supervised_fa.encoders import load_encoder
-from self_supervised_fa.label_efficiency import label_efficiency, scratch_like
+from self_supervised_fa.augment.views import ViewAugment
+from self_supervised_fa.data.sample import sample_dls
+from self_supervised_fa.encoders.files import load_encoder
+from self_supervised_fa.evaluate.label_efficiency import label_efficiency, scratch_like
 
 AUGS = {'none': lambda: None,
         'crop+rotate': lambda: ViewAugment(28, crop_scale=(0.6, 1.), flip_p=0., jitter_p=0., grayscale_p=0., blur_p=0.,

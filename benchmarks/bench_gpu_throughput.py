@@ -22,15 +22,15 @@ from fastai.vision.core import imagenet_stats
 from fastai.data.transforms import IntToFloatTensor, Normalize
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_utils import hardware, write_text_atomic
-from self_supervised_fa.colorize import _photos
-from self_supervised_fa.photos import photo_crops
-from self_supervised_fa.simclr import create_simclr_model, SimCLRCallback
+from self_supervised_fa.data.colour import COLOUR_PHOTOS
+from self_supervised_fa.data.photos import photo_crops, load_photo
+from self_supervised_fa.siamese.simclr import create_simclr_model, SimCLRCallback
 
 
 def crops_dls(n, size, bs, device, seed=0):
     "Fastai DataLoaders of `n` colour crops (uint8 in memory; label: the photo), normalised with ImageNet statistics"
     rng, xs, ys = np.random.default_rng(seed), [], []
-    photos = _photos()
+    photos = {name: load_photo(name) for name in COLOUR_PHOTOS}
     for i, arr in enumerate(photos.values()):
         for crop, _ in photo_crops(arr, -(-n // len(photos)), rng, size=size, scale=1):
             xs.append(TensorImage(torch.from_numpy(np.asarray(crop.convert('RGB'))).permute(2, 0, 1).contiguous())); ys.append(TensorCategory(i))

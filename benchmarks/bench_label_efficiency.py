@@ -22,12 +22,13 @@ import pandas as pd, torch
 from fastai.torch_core import set_seed
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_utils import locked
-from self_supervised_fa.cli import knn_monitor_dls
-from self_supervised_fa.data import sample_dls, load_sample_df, write_csv_atomic
-from self_supervised_fa.encoders import save_encoder, load_encoder
-from self_supervised_fa.evaluate import KNNMonitorCallback
-from self_supervised_fa.label_efficiency import label_efficiency, scratch_like
-from self_supervised_fa.methods import METHODS, method_learner
+from self_supervised_fa.app.demo import knn_monitor_dls
+from self_supervised_fa.data.sample import sample_dls, load_sample_df
+from self_supervised_fa.core.io import write_csv_atomic
+from self_supervised_fa.encoders.files import save_encoder, load_encoder
+from self_supervised_fa.evaluate.monitor import KNNMonitorCallback
+from self_supervised_fa.evaluate.label_efficiency import label_efficiency, scratch_like
+from self_supervised_fa.app.registry import METHODS, method_learner
 
 SIAMESE = [m for m, v in METHODS.items() if v.kind == 'siamese']
 

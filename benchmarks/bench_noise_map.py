@@ -21,12 +21,14 @@ import numpy as np, pandas as pd, torch
 sys.path.insert(0, str(Path(__file__).parent))
 from noise_common import (WORK, setup, cached, machine, write_atomic, splits, make_learner, fit, test_acc, embeddings,
                           oof_probs, md_table)
-from self_supervised_fa.data import add_label_noise, subsample_per_class
-from self_supervised_fa.evaluate import linear_probe
-from self_supervised_fa.label_efficiency import scratch_like
-from self_supervised_fa.plc import PLCCallback
-from self_supervised_fa.review import rank_suspects, add_asymmetric_noise
-from self_supervised_fa.soft_label import SoftLabelCallback
+from self_supervised_fa.labels.noise import add_label_noise
+from self_supervised_fa.data.sample import subsample_per_class
+from self_supervised_fa.evaluate.probes import linear_probe
+from self_supervised_fa.evaluate.label_efficiency import scratch_like
+from self_supervised_fa.labels.plc import PLCCallback
+from self_supervised_fa.labels.suspects import rank_suspects
+from self_supervised_fa.labels.noise import add_asymmetric_noise
+from self_supervised_fa.labels.soft_label import SoftLabelCallback
 
 NOISES = {'sym0': ('symmetric', 0.0), 'sym20': ('symmetric', 0.2), 'sym40': ('symmetric', 0.4), 'asym40': ('asymmetric', 0.4)}
 BUDGETS = {'10': 10, '100': 100, 'all': None}

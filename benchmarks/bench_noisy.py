@@ -18,11 +18,12 @@ from fastai.data.block import DataBlock, CategoryBlock
 from fastai.data.transforms import ColReader, ColSplitter, Normalize
 from fastai.vision.data import ImageBlock
 from fastai.vision.core import PILImageBW
-from self_supervised_fa.data import load_sample_df, add_label_noise, get_sample_data, CLASSES, SAMPLE_STATS
-from self_supervised_fa.pseudo_label import kfold_pseudo_labels
-from self_supervised_fa.data import write_csv_atomic
-from self_supervised_fa.soft_label import SoftLabelCallback, SoftTargetCrossEntropy, soft_accuracy
-from self_supervised_fa.plc import PLCCallback
+from self_supervised_fa.data.sample import load_sample_df, get_sample_data, CLASSES, SAMPLE_STATS
+from self_supervised_fa.labels.noise import add_label_noise
+from self_supervised_fa.labels.pseudo_label import kfold_pseudo_labels
+from self_supervised_fa.core.io import write_csv_atomic
+from self_supervised_fa.labels.soft_label import SoftLabelCallback, SoftTargetCrossEntropy, soft_accuracy
+from self_supervised_fa.labels.plc import PLCCallback
 
 def small_cnn(n_out=10, widths=(16, 32, 64, 64)):
     "4 fastai ConvLayers (the last three stride 2), average pool, linear: 61 k parameters with the default widths"

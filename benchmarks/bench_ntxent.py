@@ -14,7 +14,7 @@ if os.environ.get('MALLOC_MMAP_THRESHOLD_') != '65536':
     os.environ['MALLOC_MMAP_THRESHOLD_'] = '65536'
     os.execv(sys.executable, [sys.executable] + sys.argv)
 import torch, torch.nn.functional as F
-from self_supervised_fa.simclr import NTXentLoss
+from self_supervised_fa.siamese.simclr import NTXentLoss
 
 
 def masking_ntxent(z0, z1, t=0.5):

@@ -15,7 +15,7 @@ def worker(rank, world, port, reps, out):
     import torch, torch.distributed as dist
     sys.path.insert(0, HERE)
     from bench_ntxent import interleaved
-    from self_supervised_fa.simclr import NTXentLoss
+    from self_supervised_fa.siamese.simclr import NTXentLoss
     from lightly.loss import NTXentLoss as LightlyNTXent
     torch.set_num_threads(1)
     if world > 1: dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=world)

@@ -19,9 +19,9 @@ import numpy as np, pandas as pd, torch
 from PIL import Image
 from fastai.callback.core import Callback, CancelFitException
 from fastai.vision.all import ImageDataLoaders, Resize, Normalize
-from self_supervised_fa.photos import load_photo, photo_crops, PHOTO_CLASSES
-from self_supervised_fa.loading import folder_dls, cache_images, image_stats
-from self_supervised_fa.workflow import folder_method_learner
+from self_supervised_fa.data.photos import load_photo, photo_crops, PHOTO_CLASSES
+from self_supervised_fa.data.loading import folder_dls, cache_images, image_stats
+from self_supervised_fa.app.workflow import folder_method_learner
 
 
 def make_folder(root:Path, n:int, seed:int=0) -> pd.DataFrame:

@@ -22,16 +22,18 @@ from fastai.metrics import accuracy
 from fastai.torch_core import set_seed
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_utils import add_common_args, start, command, colour_crops_dls, fit_cpu_budget, unzero_bn, pixel_probe, stage_probe, md_table, machine, pct, write_text_atomic
-from self_supervised_fa.data import sample_dls, load_sample_df
-from self_supervised_fa.encoders import create_timm_body, save_encoder, load_encoder
-from self_supervised_fa.pretext import MaskedMSELoss, AugmentBatchCallback
-from self_supervised_fa.augment import small_image_augs
-from self_supervised_fa.rotnet import RotNetCallback, create_rotnet_model
-from self_supervised_fa.colorize import ColorizeCallback, create_colorize_model, ABBinLoss, ab_prior
-from self_supervised_fa.jigsaw import JigsawCallback, create_jigsaw_model
-from self_supervised_fa.context import ContextCallback, create_context_model
-from self_supervised_fa.inpaint import InpaintCallback, create_inpaint_model
-from self_supervised_fa.superres import SuperResCallback, create_superres_model
+from self_supervised_fa.data.sample import sample_dls, load_sample_df
+from self_supervised_fa.encoders.body import create_timm_body
+from self_supervised_fa.encoders.files import save_encoder, load_encoder
+from self_supervised_fa.pretext.pixel_loss import MaskedMSELoss
+from self_supervised_fa.augment.batch import AugmentBatchCallback
+from self_supervised_fa.augment.views import small_image_augs
+from self_supervised_fa.pretext.rotnet import RotNetCallback, create_rotnet_model
+from self_supervised_fa.pretext.colorize import ColorizeCallback, create_colorize_model, ABBinLoss, ab_prior
+from self_supervised_fa.pretext.jigsaw import JigsawCallback, create_jigsaw_model
+from self_supervised_fa.pretext.context import ContextCallback, create_context_model
+from self_supervised_fa.pretext.inpaint import InpaintCallback, create_inpaint_model
+from self_supervised_fa.pretext.superres import SuperResCallback, create_superres_model
 
 
 class Fn(nn.Module):

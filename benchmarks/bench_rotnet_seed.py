@@ -28,11 +28,13 @@ from fastai.torch_core import set_seed
 sys.path.insert(0, str(Path(__file__).parent))
 import seed_models   # registers mnist_cnn2 with timm
 from bench_utils import add_common_args, start, command, md_table, machine, write_text_atomic, pretrained_cell
-from self_supervised_fa.data import sample_dls, load_sample_df
-from self_supervised_fa.encoders import create_timm_body, create_classifier, load_encoder
-from self_supervised_fa.evaluate import budget_indices
-from self_supervised_fa.label_efficiency import subset_dls, label_efficiency
-from self_supervised_fa.rotnet import RotNetCallback, create_rotnet_model
+from self_supervised_fa.data.sample import sample_dls, load_sample_df
+from self_supervised_fa.encoders.body import create_timm_body
+from self_supervised_fa.encoders.classifier import create_classifier
+from self_supervised_fa.encoders.files import load_encoder
+from self_supervised_fa.evaluate.probes import budget_indices
+from self_supervised_fa.evaluate.label_efficiency import subset_dls, label_efficiency
+from self_supervised_fa.pretext.rotnet import RotNetCallback, create_rotnet_model
 
 ADAM = partial(OptimWrapper, opt=torch.optim.Adam)   # plain PyTorch Adam, no weight decay: the lecture's optimiser
 LINEAR = dict(lin_ftrs=[], ps=0., first_bn=False)   # fastai's create_head reduced to one Linear layer

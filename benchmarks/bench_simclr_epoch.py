@@ -17,8 +17,9 @@ from fastai.learner import Learner
 from fastai.callback.core import Callback
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_utils import machine, write_text_atomic, md_table
-from self_supervised_fa.data import sample_dls, load_sample_df
-from self_supervised_fa.simclr import SimCLRCallback, create_simclr_model, ViewAugment
+from self_supervised_fa.data.sample import sample_dls, load_sample_df
+from self_supervised_fa.siamese.simclr import SimCLRCallback, create_simclr_model
+from self_supervised_fa.augment.views import ViewAugment
 
 KW = dict(crop_scale=(0.2, 1.), jitter_strength=0.6, jitter_p=0.3, grayscale_p=0.3, blur_p=0.3)
 SIZE = 28

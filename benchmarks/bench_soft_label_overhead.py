@@ -15,8 +15,8 @@ from fastai.data.load import DataLoader
 from fastai.learner import Learner
 from fastai.torch_core import TensorImageBW
 from fastai.vision.core import ToTensor
-from self_supervised_fa.data import load_sample_df, sample_dls
-from self_supervised_fa.soft_label import SoftLabelCallback, SoftTargetCrossEntropy, indexed_dl
+from self_supervised_fa.data.sample import load_sample_df, sample_dls
+from self_supervised_fa.labels.soft_label import SoftLabelCallback, SoftTargetCrossEntropy, indexed_dl
 
 def probs_for(df, seed=0):
     p = pd.DataFrame(np.random.default_rng(seed).dirichlet(np.ones(10), len(df)), columns=[f'prob_{c}' for c in range(10)])

@@ -19,9 +19,9 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).parent))
 from noise_common import (WORK, setup, cached, machine, write_atomic, splits, make_learner, fit, test_acc, embeddings,
                           oof_probs, md_table)
-from self_supervised_fa.data import add_label_noise
-from self_supervised_fa.review import rank_suspects, estimate_noise_rate
-from self_supervised_fa.soft_label import prob_columns
+from self_supervised_fa.labels.noise import add_label_noise
+from self_supervised_fa.labels.suspects import rank_suspects, estimate_noise_rate
+from self_supervised_fa.labels.soft_label import prob_columns
 
 
 def auc(table, noisy):

@@ -13,10 +13,11 @@ import torch
 from fastai.learner import Learner
 from fastai.callback.core import Callback
 from fastai.optimizer import OptimWrapper
-from self_supervised_fa.augment import small_image_augs
-from self_supervised_fa.data import sample_dls, load_sample_df, get_norm_stats
-from self_supervised_fa.methods import METHODS
-from self_supervised_fa.teacher import momentum_at
+from self_supervised_fa.augment.views import small_image_augs
+from self_supervised_fa.data.sample import sample_dls, load_sample_df
+from self_supervised_fa.core.pixels import get_norm_stats
+from self_supervised_fa.app.registry import METHODS
+from self_supervised_fa.siamese.teacher import momentum_at
 
 warnings.filterwarnings('ignore', message='ViewAugment: 1-channel')
 

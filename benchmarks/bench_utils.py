@@ -7,7 +7,8 @@ import numpy as np, torch
 from torch import nn
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.schedule import *   # fit_one_cycle
-from self_supervised_fa.evaluate import get_stage_embeddings, budget_indices, best_stage, knn_accuracy, linear_probe
+from self_supervised_fa.evaluate.embeddings import get_stage_embeddings
+from self_supervised_fa.evaluate.probes import budget_indices, best_stage, knn_accuracy, linear_probe
 
 
 @contextmanager
@@ -43,7 +44,7 @@ def pretrained_cell(cells, key, cache, train):
     the encoder to a safetensors file in the gitignored `cache`. `train()` -> (encoder, result dict) runs when the cell is
     not done, and again when a caller needs the encoder and its file is gone (a fresh checkout). Returns the result and a
     function giving the encoder file's path, so finished downstream cells never need the file."""
-    from self_supervised_fa.encoders import save_encoder
+    from self_supervised_fa.encoders.files import save_encoder
     path = Path(cache)/(key.replace('/', '_').replace(':', '-') + '.safetensors')
     def run():
         enc, res = train()
@@ -108,7 +109,7 @@ def colour_crops_dls(n_per_photo=200, bs=64, grey=False, all_train=False, n_vali
     from fastai.vision.data import ImageBlock
     from fastai.vision.core import PILImageBW, imagenet_stats
     from kornia.color import rgb_to_grayscale
-    from self_supervised_fa.colorize import get_colour_sample
+    from self_supervised_fa.data.colour import get_colour_sample
     root = get_colour_sample(size=32, n_per_photo=n_per_photo, photos=photos)
     df = pd.read_csv(root/'crops.csv')
     if all_train: df = pd.concat([df.assign(is_valid=False), df.sample(n_valid, random_state=seed).assign(is_valid=True)], ignore_index=True)

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_utils import hardware, write_text_atomic
-from self_supervised_fa.augment import ViewAugment
-from self_supervised_fa.multicrop import local_size_for
-from self_supervised_fa.viewops import draw_view_params, crop_resize, apply_colour, apply_blur
+from self_supervised_fa.augment.views import ViewAugment
+from self_supervised_fa.augment.multicrop import local_size_for
+from self_supervised_fa.augment.ops import draw_view_params, crop_resize, apply_colour, apply_blur
 
 KW = dict(jitter_strength=0.6, jitter_p=0.3, grayscale_p=0.3, blur_p=0.3)
 GLOBAL, LOCAL = (0.2, 1.), (0.05, 0.2)

@@ -8,8 +8,8 @@ WORK = Path(os.path.expanduser('~/.cache/self_supervised_fa/bench_noise'))
 
 def ssl_encoder(work=WORK, epochs=20, lr=5e-3, bs=128, seed=0, arch='resnet10t'):
     "SimCLR encoder pretrained once on the sample's 4,000 unlabelled training digits (the README's settings), cached"
-    from self_supervised_fa.cli import pretrain
-    from self_supervised_fa.encoders import save_encoder, load_encoder
+    from self_supervised_fa.app.demo import pretrain
+    from self_supervised_fa.encoders.files import save_encoder, load_encoder
     fn = Path(work)/f'simclr_{arch}_e{epochs}_lr{lr}_bs{bs}_s{seed}.safetensors'
     if fn.exists(): return load_encoder(fn), fn
     enc, _, secs = pretrain('simclr', arch, epochs=epochs, lr=lr, bs=bs, seed=seed, knn_monitor=False, show_progress=False)
@@ -54,7 +54,7 @@ _SPLITS = {}
 def splits():
     "(train, test, valid): the sample's 4,000 training and 1,000 test digits; valid = 20 test digits, only for the epoch log"
     if not _SPLITS:
-        from self_supervised_fa.data import load_sample_df
+        from self_supervised_fa.data.sample import load_sample_df
         tst = load_sample_df('test')
         _SPLITS.update(train=load_sample_df('train'), test=tst, valid=tst.iloc[:20])
     return _SPLITS['train'], _SPLITS['test'], _SPLITS['valid']
@@ -64,9 +64,9 @@ def make_learner(trn, body, cbs=(), seed=0, valid=None):
     "fastai classifier over a copy of `body` on `trn` (SoftTargetCrossEntropy: the same loss for hard and soft targets)"
     import copy
     from fastai.torch_core import set_seed
-    from self_supervised_fa.data import sample_dls
-    from self_supervised_fa.encoders import classifier_learner
-    from self_supervised_fa.soft_label import SoftTargetCrossEntropy
+    from self_supervised_fa.data.sample import sample_dls
+    from self_supervised_fa.encoders.classifier import classifier_learner
+    from self_supervised_fa.labels.soft_label import SoftTargetCrossEntropy
     set_seed(seed, reproducible=True)
     bs = 32 if len(trn) <= 1000 else 64
     dls = sample_dls(trn, splits()[2] if valid is None else valid, bs=min(bs, len(trn) // 2), seed=seed)
@@ -91,8 +91,8 @@ def test_acc(learn):
 def embeddings(enc, work=WORK, name='emb'):
     "SSL embeddings of every train and test digit, keyed by image_id (cached as .npy, rebuilt if missing)"
     import numpy as np, pandas as pd
-    from self_supervised_fa.data import sample_dls
-    from self_supervised_fa.evaluate import get_embeddings
+    from self_supervised_fa.data.sample import sample_dls
+    from self_supervised_fa.evaluate.embeddings import get_embeddings
     fn = Path(work)/f'{name}.npy'
     trn, tst, _ = splits()
     ids = pd.concat([trn.image_id, tst.image_id]).tolist()
@@ -106,7 +106,7 @@ def embeddings(enc, work=WORK, name='emb'):
 
 def oof_probs(trn, enc, out_dir, seed=0, n_folds=4):
     "Out-of-fold probabilities of the SSL fine-tuning recipe (`kfold_pseudo_labels`, one fold model per fold; resumable)"
-    from self_supervised_fa.pseudo_label import kfold_pseudo_labels
+    from self_supervised_fa.labels.pseudo_label import kfold_pseudo_labels
     n_folds = int(min(n_folds, trn.label.value_counts().min()))   # a small noisy budget can leave a class with fewer items
     return kfold_pseudo_labels(trn, out_dir, n_folds=n_folds, seed=seed,
                                learner_fn=lambda t, v: make_learner(t, enc, seed=seed, valid=v.iloc[:20]),

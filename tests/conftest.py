@@ -9,7 +9,7 @@ torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 @pytest.fixture(scope='session', autouse=True)
 def _sample_data():
     "Materialise the MNIST sample once (into $SSFA_DATA or the user cache) before any test reads it"
-    from self_supervised_fa.data import get_sample_data
+    from self_supervised_fa.data.sample import get_sample_data
     return get_sample_data()
 
 
@@ -34,5 +34,5 @@ def one_torch_thread():
 @pytest.fixture(scope='session')
 def small_colour_competition(tmp_path_factory):
     "A small colour competition folder (9 classes x 12 train + 4 test crops); do not modify it: copy it first"
-    from self_supervised_fa.photos import get_colour_competition
+    from self_supervised_fa.data.photos import get_colour_competition
     return get_colour_competition(tmp_path_factory.mktemp('colour')/'comp', n_train=12, n_test=4)

@@ -5,7 +5,7 @@ processes and the parameter gradients after DDP's averaging. Run as a script, it
 import os, sys
 import numpy as np, torch, torch.nn.functional as F
 from torch import nn
-from self_supervised_fa.dist import rank, world_size, all_reduce_mean
+from self_supervised_fa.core.dist import rank, world_size, all_reduce_mean
 
 B = 8   # global batch
 
@@ -44,25 +44,25 @@ def run_views(loss_fn, n_views=2, sizes=None, d_out=5, **extra):
 
 
 def case_ntxent():
-    from self_supervised_fa.simclr import NTXentLoss
+    from self_supervised_fa.siamese.simclr import NTXentLoss
     return run_views(lambda zs: NTXentLoss(0.5)(*zs))
 
 def case_ntxent_3views():
-    from self_supervised_fa.simclr import NTXentLoss
+    from self_supervised_fa.siamese.simclr import NTXentLoss
     return run_views(lambda zs: NTXentLoss(0.2)(*zs), n_views=3)
 
 def case_ntxent_uneven():
     "Slices of 5 and 3 images: the loss is weighted by the slice, so the mean over processes is still the global loss"
-    from self_supervised_fa.simclr import NTXentLoss
+    from self_supervised_fa.siamese.simclr import NTXentLoss
     return run_views(lambda zs: NTXentLoss(0.5)(*zs), sizes=[5, 3] if world_size() == 2 else None)
 
 def case_barlow_twins():
     "Global statistics: the same loss in every process, equal to the single-process loss"
-    from self_supervised_fa.barlow_twins import BarlowTwinsLoss
+    from self_supervised_fa.siamese.barlow_twins import BarlowTwinsLoss
     return run_views(lambda zs: BarlowTwinsLoss(0.05)(*zs))
 
 def case_vicreg():
-    from self_supervised_fa.vicreg import VICRegLoss
+    from self_supervised_fa.siamese.vicreg import VICRegLoss
     return run_views(lambda zs: VICRegLoss()(*zs))
 
 def _keys(n_views=2, d_out=5):
@@ -71,8 +71,8 @@ def _keys(n_views=2, d_out=5):
 
 def case_moco_v2():
     "Queue negatives; then the keys of every process are queued (twice: the queue of 12 wraps around)"
-    from self_supervised_fa.moco import InfoNCELoss
-    from self_supervised_fa.teacher import KeyQueue
+    from self_supervised_fa.siamese.moco import InfoNCELoss
+    from self_supervised_fa.siamese.teacher import KeyQueue
     torch.manual_seed(2); queue, k, f = KeyQueue(12, 5).double(), _keys(), InfoNCELoss(0.2)
     res = run_views(lambda zs: (f(zs[0], k[1], queue.keys) + f(zs[1], k[0], queue.keys)) / 2)
     for key in k: queue.push(F.normalize(key, dim=1))
@@ -80,18 +80,18 @@ def case_moco_v2():
 
 def case_moco_v3():
     "The other keys of the global batch as negatives"
-    from self_supervised_fa.moco import InfoNCELoss
+    from self_supervised_fa.siamese.moco import InfoNCELoss
     k, f = _keys(), InfoNCELoss(0.2)
     return run_views(lambda zs: 0.4 * (f(zs[0], k[1]) + f(zs[1], k[0])))
 
 def case_swav():
     "Sinkhorn over the global batch; 2 global crops and 1 more crop"
-    from self_supervised_fa.swav import SwAVLoss
+    from self_supervised_fa.siamese.swav import SwAVLoss
     return run_views(lambda zs: SwAVLoss(0.1)(zs, n_global=2), n_views=3, d_out=6)
 
 def case_swav_queue():
     "Sinkhorn over the global batch and a queue's scores (the same in every process); the global embeddings are queued"
-    from self_supervised_fa.swav import SwAVLoss, SwAVQueue
+    from self_supervised_fa.siamese.swav import SwAVLoss, SwAVQueue
     g = torch.Generator().manual_seed(4)
     qs = [torch.randn(4, 6, generator=g, dtype=torch.float64) for _ in range(2)]
     res = run_views(lambda zs: SwAVLoss(0.1)(zs, n_global=2, queue_scores=qs), n_views=3, d_out=6)
@@ -101,7 +101,7 @@ def case_swav_queue():
 
 def case_dino():
     "Student on 3 crops against the teacher on 2; then the centre is updated with the global batch's mean"
-    from self_supervised_fa.dino import DINOLoss, DINOModel
+    from self_supervised_fa.siamese.dino import DINOLoss, DINOModel
     t, center = _keys(), torch.linspace(-0.1, 0.1, 5, dtype=torch.float64)[None]
     res = run_views(lambda zs: DINOLoss(0.1)(zs, t, center, 0.04), n_views=3)
     holder = nn.Module(); holder.register_buffer('center', center.clone())
@@ -110,12 +110,12 @@ def case_dino():
 
 def case_byol():
     "A per-image loss: the local mean is already right under DDP's average (equal slices); checked all the same"
-    from self_supervised_fa.byol import BYOLLoss
+    from self_supervised_fa.siamese.byol import BYOLLoss
     k = _keys()
     return run_views(lambda zs: BYOLLoss()(zs, k))
 
 def case_simsiam():
-    from self_supervised_fa.simsiam import NegativeCosineLoss
+    from self_supervised_fa.siamese.simsiam import NegativeCosineLoss
     return run_views(lambda zs: NegativeCosineLoss()(zs, zs))
 
 class _Encoder(nn.Module):
@@ -132,7 +132,8 @@ def case_embeddings():
     from types import SimpleNamespace
     from fastai.data.load import DataLoader
     from fastai.data.core import DataLoaders
-    from self_supervised_fa.evaluate import get_embeddings, KNNMonitorCallback, _get_encoder
+    from self_supervised_fa.evaluate.embeddings import get_embeddings
+    from self_supervised_fa.evaluate.monitor import KNNMonitorCallback, _get_encoder
     g = torch.Generator().manual_seed(7)
     items = lambda n: [(torch.randn(6, generator=g), int(i % 3)) for i in range(n)]
     dls = DataLoaders(DataLoader(items(11), bs=4, shuffle=True, drop_last=True), DataLoader(items(7), bs=4))
@@ -156,7 +157,7 @@ class SeededFoldLearner:
     def __call__(self, trn, val):
         from fastai.learner import Learner
         from fastai.torch_core import set_seed
-        from self_supervised_fa.data import sample_dls
+        from self_supervised_fa.data.sample import sample_dls
         set_seed(int(val.index.min()))
         self.held.append(sorted(val.image_id))
         model = nn.Sequential(nn.Conv2d(1, 4, 3, 2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
@@ -168,8 +169,8 @@ class SeededFoldLearner:
 
 def kfold_run(out_dir):
     "4 folds of 40 sample digits into `out_dir`: the table and the held-out items of the folds this process trained"
-    from self_supervised_fa.data import load_sample_df, subsample_per_class
-    from self_supervised_fa.pseudo_label import kfold_pseudo_labels
+    from self_supervised_fa.data.sample import load_sample_df, subsample_per_class
+    from self_supervised_fa.labels.pseudo_label import kfold_pseudo_labels
     df, rec = subsample_per_class(load_sample_df('train'), 4), SeededFoldLearner()
     oof = kfold_pseudo_labels(df, out_dir, 4, learner_fn=rec, fit_fn=rec.fit, progress=False)
     return oof, rec.held

@@ -8,14 +8,15 @@ import numpy as np, torch
 from fastai.learner import Learner
 from fastai.torch_core import set_seed
 import fastai.callback.schedule
-from self_supervised_fa.data import sample_dls, load_sample_df
-from self_supervised_fa.dist import distrib_ctx, is_main, rank
-from self_supervised_fa.encoders import save_encoder
-from self_supervised_fa.checkpoint import CheckpointCallback
-from self_supervised_fa.simclr import SimCLRCallback, create_simclr_model, small_image_augs
-from self_supervised_fa.moco import MoCoV2Callback, create_moco_v2_model
-from self_supervised_fa.byol import BYOLCallback, create_byol_model
-from self_supervised_fa.soft_label import SoftLabelCallback, SoftTargetCrossEntropy, item_labels
+from self_supervised_fa.data.sample import sample_dls, load_sample_df
+from self_supervised_fa.core.dist import distrib_ctx, is_main, rank
+from self_supervised_fa.encoders.files import save_encoder
+from self_supervised_fa.core.checkpoint import CheckpointCallback
+from self_supervised_fa.siamese.simclr import SimCLRCallback, create_simclr_model
+from self_supervised_fa.augment.views import small_image_augs
+from self_supervised_fa.siamese.moco import MoCoV2Callback, create_moco_v2_model
+from self_supervised_fa.siamese.byol import BYOLCallback, create_byol_model
+from self_supervised_fa.labels.soft_label import SoftLabelCallback, SoftTargetCrossEntropy, item_labels
 from fastai.callback.core import Callback
 from torch import nn
 
@@ -67,7 +68,7 @@ def soft_label(outdir, epochs=2):
 
 def plc(outdir, epochs=2):
     "Progressive label correction on the sample's 40 items, 4 batches of 5 per process and epoch"
-    from self_supervised_fa.plc import PLCCallback
+    from self_supervised_fa.labels.plc import PLCCallback
     torch.manual_seed(0)
     dls = sample_dls(n_per_class=4, n_in=1, valid_df=load_sample_df('test').iloc[:16], bs=5, seed=0)
     cb = PLCCallback(warmup=1, theta=0.05, theta_min=0.0)

@@ -10,9 +10,10 @@ def train(outdir):
     from fastai.learner import Learner
     from fastai.torch_core import set_seed
     import fastai.callback.schedule
-    from self_supervised_fa.data import sample_dls, load_sample_df
-    from self_supervised_fa.dist import distrib_ctx, rank, world_size
-    from self_supervised_fa.simclr import SimCLRCallback, create_simclr_model, small_image_augs
+    from self_supervised_fa.data.sample import sample_dls, load_sample_df
+    from self_supervised_fa.core.dist import distrib_ctx, rank, world_size
+    from self_supervised_fa.siamese.simclr import SimCLRCallback, create_simclr_model
+    from self_supervised_fa.augment.views import small_image_augs
     set_seed(0)
     dls = sample_dls(n_per_class=4, n_in=1, valid_df=load_sample_df('test').iloc[:16], bs=8, seed=0)
     learn = Learner(dls, create_simclr_model('test_resnet', hidden_size=32, projection_size=16, n_in=1),

@@ -28,8 +28,9 @@ def fit_and_probe(model, cb, n_in:int=1, epochs:int=4, lr:float=3e-3, n_per_clas
     import copy, torch.nn.functional as F
     from fastai.learner import Learner
     import fastai.callback.schedule, fastai.callback.progress
-    from self_supervised_fa.data import sample_dls, load_sample_df, subsample_per_class
-    from self_supervised_fa.evaluate import get_embeddings, knn_accuracy
+    from self_supervised_fa.data.sample import sample_dls, load_sample_df, subsample_per_class
+    from self_supervised_fa.evaluate.embeddings import get_embeddings
+    from self_supervised_fa.evaluate.probes import knn_accuracy
     dls = sample_dls(n_per_class=n_per_class, n_in=n_in, valid_df=load_sample_df('test').iloc[:32], bs=bs, seed=seed)
     probe = sample_dls(n_per_class=10, n_in=n_in, valid_df=subsample_per_class(load_sample_df('test'), 10, seed), bs=100,
                        shuffle=False, seed=seed)

@@ -1,7 +1,8 @@
 import warnings
 import numpy as np, pytest, torch
 from skimage import data as skdata
-from self_supervised_fa.augment import ViewAugment, check_images, simclr_augs, small_image_augs, normalize, denormalize
+from self_supervised_fa.augment.views import ViewAugment, simclr_augs, small_image_augs
+from self_supervised_fa.core.pixels import check_images, normalize, denormalize
 
 
 @pytest.fixture(scope='module')

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 sys.path.insert(0, str(Path(__file__).parents[1]/'benchmarks'))
 from bench_utils import Cells, pretrained_cell
-from self_supervised_fa.encoders import load_encoder
+from self_supervised_fa.encoders.files import load_encoder
 
 
 def test_pretrained_cell_results_only_and_retrains_missing_encoder(tmp_path):

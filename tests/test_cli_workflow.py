@@ -3,11 +3,12 @@ import json, os, shutil
 import numpy as np, pandas as pd, pytest, torch
 from fastai.callback.core import Callback
 from safetensors.torch import load_file
-import self_supervised_fa.workflow as W
-from self_supervised_fa.cli import main, build_parser, PRETRAIN_METHODS, SUBCOMMANDS
-from self_supervised_fa.encoders import read_encoder_metadata
-from self_supervised_fa.checkpoint import CheckpointCallback, checkpoint_epoch
-from self_supervised_fa.photos import get_colour_competition, PHOTO_CLASSES
+import self_supervised_fa.app.workflow as W
+from self_supervised_fa.app.cli import main, build_parser, SUBCOMMANDS
+from self_supervised_fa.app.demo import PRETRAIN_METHODS
+from self_supervised_fa.encoders.files import read_encoder_metadata
+from self_supervised_fa.core.checkpoint import CheckpointCallback, checkpoint_epoch
+from self_supervised_fa.data.photos import get_colour_competition, PHOTO_CLASSES
 
 TINY = ['--size', '16', '--bs', '32', '--quiet', '--seed', '0']
 
@@ -75,7 +76,7 @@ def test_workflow_end_to_end(comp, tmp_path):
     rev = out/'review'
     table = pd.read_csv(rev/'suspects.csv', dtype={'image_id': str})
     assert sorted(table.image_id) == sorted(items.image_id) and table.score.is_monotonic_decreasing
-    from self_supervised_fa.review import rank_suspects
+    from self_supervised_fa.labels.suspects import rank_suspects
     feats = W._embed_items(W.prepare(comp, progress=False, group_col='region'), W.settings(W.prepare(comp, progress=False), encoder=enc),
                            enc, 64, 0, False)
     ref = rank_suspects(items, probs=pd.read_csv(out/'oof.csv', dtype={'image_id': str}), feats=feats, classes=PHOTO_CLASSES)

@@ -3,7 +3,7 @@ import warnings, numpy as np, pytest, torch
 from fastai.learner import Learner
 from fastai.torch_core import set_seed
 from self_supervised_fa.colorize import *
-from self_supervised_fa.pretext import MaskedMSELoss
+from self_supervised_fa.pretext.pixel_loss import MaskedMSELoss
 from test_pretext import PRECISIONS, tiny_dls, pretrain_and_transfer
 
 skimage = pytest.importorskip('skimage')
@@ -31,7 +31,7 @@ def test_colour_sample_other_photos(tmp_path):
     "photos= picks the classes; crops match the photo they are named after; other settings write the folder again"
     import pandas as pd
     from PIL import Image
-    from self_supervised_fa.photos import load_photo
+    from self_supervised_fa.data.photos import load_photo
     names = ('china', 'flower', 'grace_hopper')
     root = get_colour_sample(tmp_path/'c', n_per_photo=4, photos=names)
     df = pd.read_csv(root/'crops.csv')

@@ -3,7 +3,7 @@ import pytest, torch
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
 from self_supervised_fa.context import *
-from self_supervised_fa.patches import NEIGHBOUR_OFFSETS, NEIGHBOUR_NAMES
+from self_supervised_fa.pretext.patches import NEIGHBOUR_OFFSETS, NEIGHBOUR_NAMES
 from test_pretext import PRECISIONS, tiny_dls, pretrain_and_transfer
 
 # independent table: label -> (rows, cols) offset of the neighbour from the centre, in grid steps

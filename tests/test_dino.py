@@ -5,9 +5,10 @@ import pytest, torch, torch.nn.functional as F
 from fastai.learner import Learner
 from fastai.callback.core import Callback
 import fastai.callback.schedule, fastai.callback.progress
-from self_supervised_fa.data import sample_dls, load_sample_df
-from self_supervised_fa.augment import small_image_augs
-from self_supervised_fa.dino import DINOLoss, DINOHead, teacher_probs, create_dino_model, DINOCallback, small_dino_augs
+from self_supervised_fa.data.sample import sample_dls, load_sample_df
+from self_supervised_fa.augment.views import small_image_augs
+from self_supervised_fa.siamese.dino import DINOLoss, DINOHead, teacher_probs, create_dino_model, DINOCallback
+from self_supervised_fa.augment.multicrop import small_dino_augs
 from helpers import fit_and_probe
 
 pytestmark = pytest.mark.filterwarnings('ignore:ViewAugment. 1-channel')
@@ -131,7 +132,7 @@ def test_state_in_the_model_saved_and_loaded(dls, tmp_path):
 
 
 def test_model_must_fit(dls):
-    from self_supervised_fa.byol import create_byol_model
+    from self_supervised_fa.siamese.byol import create_byol_model
     learn = Learner(dls, create_byol_model('test_resnet', hidden_size=32, projection_size=16, n_in=1), cbs=DINOCallback(small_image_augs(28)))
     with pytest.raises(ValueError, match='create_dino_model'), learn.no_bar(): learn.fit(1)
 
@@ -142,7 +143,7 @@ class _KLTrace(DINOCallback):
     "DINOCallback that records, per training batch, KL(teacher || student) = the loss minus the teacher targets' entropy"
     def __init__(self, *args, **kwargs): super().__init__(*args, **kwargs); self.kl = []
     def compute_loss(self, out, *yb):
-        from self_supervised_fa.views import unwrap
+        from self_supervised_fa.core.dist import unwrap
         center = unwrap(self.learn.model).center.clone()          # the centre the loss uses (updated inside compute_loss)
         loss = super().compute_loss(out, *yb)
         if self.training:

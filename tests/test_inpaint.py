@@ -4,7 +4,7 @@ import torch, torch.nn.functional as F
 from fastai.torch_core import set_seed
 from fastai.learner import Learner
 from self_supervised_fa.inpaint import *
-from self_supervised_fa.pretext import MaskedMSELoss
+from self_supervised_fa.pretext.pixel_loss import MaskedMSELoss
 from test_pretext import PRECISIONS, tiny_dls, pretrain_and_transfer
 
 

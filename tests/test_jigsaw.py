@@ -3,7 +3,7 @@ import itertools, math, numpy as np, pytest, torch
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
 from self_supervised_fa.jigsaw import *
-from self_supervised_fa.patches import cut_patches, patch_set_splitter
+from self_supervised_fa.pretext.patches import cut_patches, patch_set_splitter
 from test_pretext import PRECISIONS, tiny_dls, pretrain_and_transfer
 
 

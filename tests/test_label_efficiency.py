@@ -1,8 +1,8 @@
 "Label-efficiency helpers on real MNIST sample digits, with a tiny timm body"
 import numpy as np, pytest, torch
-from self_supervised_fa.data import sample_dls, load_sample_df, subsample_per_class
-from self_supervised_fa.encoders import create_timm_body
-from self_supervised_fa.label_efficiency import *
+from self_supervised_fa.data.sample import sample_dls, load_sample_df, subsample_per_class
+from self_supervised_fa.encoders.body import create_timm_body
+from self_supervised_fa.evaluate.label_efficiency import *
 
 
 @pytest.fixture(scope='module')
@@ -73,7 +73,8 @@ def test_label_efficiency_table_and_errors(dls):
 def test_probe_head_is_the_linear_probe_then_fine_tunes(dls):
     """LP-FT: before any step, body + `probe_head` predicts what `linear_probe` predicts (same accuracy on the test
     digits, up to one float32 tie); fine-tuning then changes the weights and the head starts trained, not random"""
-    from self_supervised_fa.evaluate import get_embeddings, linear_probe
+    from self_supervised_fa.evaluate.embeddings import get_embeddings
+    from self_supervised_fa.evaluate.probes import linear_probe
     torch.manual_seed(0)
     body = create_timm_body('test_resnet', n_in=1)
     sub = subset_dls(dls, np.arange(0, 300, 2), bs=32)

@@ -7,13 +7,15 @@ from torch import nn
 from fastai.learner import Learner
 from fastai.callback.core import Callback
 import fastai.callback.schedule, fastai.callback.progress
-from self_supervised_fa.data import sample_dls, load_sample_df, get_norm_stats
-from self_supervised_fa.augment import ViewAugment, small_image_augs, normalize, denormalize
-from self_supervised_fa.multicrop import multi_crop_augs, dino_augs, swav_augs, small_dino_augs, small_swav_augs, local_size_for
-from self_supervised_fa.views import MultiViewCallback
-from self_supervised_fa.simclr import NTXentLoss, create_simclr_model, SimCLRCallback
-from self_supervised_fa.byol import BYOLLoss, create_byol_model, BYOLCallback
-from self_supervised_fa.dino import create_dino_model, DINOCallback
+from self_supervised_fa.data.sample import sample_dls, load_sample_df
+from self_supervised_fa.core.pixels import get_norm_stats
+from self_supervised_fa.augment.views import ViewAugment, small_image_augs
+from self_supervised_fa.core.pixels import normalize, denormalize
+from self_supervised_fa.augment.multicrop import multi_crop_augs, dino_augs, swav_augs, small_dino_augs, small_swav_augs, local_size_for
+from self_supervised_fa.siamese.callback import MultiViewCallback
+from self_supervised_fa.siamese.simclr import NTXentLoss, create_simclr_model, SimCLRCallback
+from self_supervised_fa.siamese.byol import BYOLLoss, create_byol_model, BYOLCallback
+from self_supervised_fa.siamese.dino import create_dino_model, DINOCallback
 
 pytestmark = pytest.mark.filterwarnings('ignore:ViewAugment. 1-channel')
 SMALL = dict(hidden_size=32, projection_size=16, n_in=1)
@@ -135,8 +137,8 @@ def test_simclr_and_byol_losses_over_all_crops(dls):
 
 def test_method_learner_views_kwargs():
     "The registry's multi-crop settings reach the callback, `views_kwargs` override them, and a method without a preset refuses them"
-    from self_supervised_fa.methods import method_learner, METHODS
-    from self_supervised_fa.data import sample_dls
+    from self_supervised_fa.app.registry import method_learner, METHODS
+    from self_supervised_fa.data.sample import sample_dls
     dls = sample_dls(n_per_class=2, bs=8)
     x = dls.one_batch()[0]
     n_views = lambda learn: len(learn.cbs[-1].augs_for(x))

@@ -6,8 +6,8 @@ resnet10t from random weights at 32 px; pseudo-label: 5 folds x 15 epochs (with 
 final models: 30 epochs without augmentation (a schedule that memorises wrong labels), on the noisy labels or on
 `0.5 * label + 0.5 * OOF`; scored on the clean test labels (162 images)."""
 import pandas as pd, pytest
-from self_supervised_fa.cli import main
-from self_supervised_fa.photos import get_colour_competition, PHOTO_CLASSES
+from self_supervised_fa.app.cli import main
+from self_supervised_fa.data.photos import get_colour_competition, PHOTO_CLASSES
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures('one_torch_thread')]
 

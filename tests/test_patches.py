@@ -1,7 +1,7 @@
 "Patch cutting shared by jigsaw and context prediction: geometry, one-gather cutting, sizes and the context-free network"
 import itertools, numpy as np, pytest, torch
 from fastai.torch_core import TensorImage
-from self_supervised_fa.patches import *
+from self_supervised_fa.pretext.patches import *
 
 
 def test_cut_patches_equals_slicing():

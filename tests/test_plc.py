@@ -3,9 +3,10 @@ import numpy as np, pytest, torch
 from fastai.learner import Learner
 from fastai.callback.core import Callback
 import fastai.callback.progress  # no_bar
-from self_supervised_fa.data import load_sample_df, subsample_per_class, sample_dls, add_label_noise
-from self_supervised_fa.soft_label import SoftTargetCrossEntropy
-from self_supervised_fa.plc import PLCCallback
+from self_supervised_fa.data.sample import load_sample_df, subsample_per_class, sample_dls
+from self_supervised_fa.labels.noise import add_label_noise
+from self_supervised_fa.labels.soft_label import SoftTargetCrossEntropy
+from self_supervised_fa.labels.plc import PLCCallback
 from test_soft_label import tiny_cnn
 
 

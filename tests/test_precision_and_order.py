@@ -6,15 +6,16 @@ import numpy as np, pytest, torch, torch.nn as nn, torch.nn.functional as F
 from fastai.learner import Learner, CastToTensor
 from fastai.callback.fp16 import MixedPrecision
 import fastai.callback.schedule, fastai.callback.progress
-from self_supervised_fa.data import sample_dls, load_sample_df, subsample_per_class, add_label_noise
-from self_supervised_fa.augment import small_image_augs
-from self_supervised_fa.batch import ReplaceBatchCallback
-from self_supervised_fa.simclr import SimCLRCallback, create_simclr_model
-from self_supervised_fa.rotnet import RotNetCallback, create_rotnet_model
-from self_supervised_fa.inpaint import InpaintCallback
-from self_supervised_fa.pretext import MaskedMSELoss, MaskedL1Loss
-from self_supervised_fa.soft_label import SoftLabelCallback, SoftTargetCrossEntropy, ItemTargetCallback
-from self_supervised_fa.plc import PLCCallback
+from self_supervised_fa.data.sample import sample_dls, load_sample_df, subsample_per_class
+from self_supervised_fa.labels.noise import add_label_noise
+from self_supervised_fa.augment.views import small_image_augs
+from self_supervised_fa.core.callback import ReplaceBatchCallback
+from self_supervised_fa.siamese.simclr import SimCLRCallback, create_simclr_model
+from self_supervised_fa.pretext.rotnet import RotNetCallback, create_rotnet_model
+from self_supervised_fa.pretext.inpaint import InpaintCallback
+from self_supervised_fa.pretext.pixel_loss import MaskedMSELoss, MaskedL1Loss
+from self_supervised_fa.labels.soft_label import SoftLabelCallback, SoftTargetCrossEntropy, ItemTargetCallback
+from self_supervised_fa.labels.plc import PLCCallback
 from helpers import CPUBf16Callback, grad_agreement
 
 pytestmark = pytest.mark.filterwarnings('ignore:ViewAugment. 1-channel', 'ignore:.*CUDA is not available')

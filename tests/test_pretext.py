@@ -3,9 +3,14 @@ import pytest, torch, torch.nn.functional as F
 from torch import nn
 from fastai.learner import Learner
 from fastai.torch_core import set_seed
-from self_supervised_fa.data import sample_dls, load_sample_df, SAMPLE_STATS
-from self_supervised_fa.encoders import create_timm_body, save_encoder, classifier_learner, create_classifier, encoder_splitter
-from self_supervised_fa.pretext import *
+from self_supervised_fa.data.sample import sample_dls, load_sample_df, SAMPLE_STATS
+from self_supervised_fa.encoders.body import create_timm_body
+from self_supervised_fa.encoders.files import save_encoder
+from self_supervised_fa.encoders.classifier import classifier_learner, create_classifier, encoder_splitter
+from self_supervised_fa.pretext.core import *
+from self_supervised_fa.augment.batch import *
+from self_supervised_fa.pretext.decoder import *
+from self_supervised_fa.pretext.pixel_loss import *
 from helpers import CPUBf16Callback
 
 PRECISIONS = pytest.mark.parametrize('precision', ['fp32', 'bf16'])

@@ -3,9 +3,9 @@ import numpy as np, pandas as pd, pytest, torch, torch.nn as nn, torch.nn.functi
 from fastai.learner import Learner
 from fastai.callback.core import Callback
 import fastai.callback.progress  # no_bar
-from self_supervised_fa.data import load_sample_df, subsample_per_class, sample_dls, ONEHOT_COLS, CLASSES
-from self_supervised_fa.relabel import *
-from self_supervised_fa.soft_label import SoftLabelCallback, SoftTargetCrossEntropy, blend_targets
+from self_supervised_fa.data.sample import load_sample_df, subsample_per_class, sample_dls, ONEHOT_COLS, CLASSES
+from self_supervised_fa.labels.relabel import *
+from self_supervised_fa.labels.soft_label import SoftLabelCallback, SoftTargetCrossEntropy, blend_targets
 
 
 def tiny_cnn(n_out=10):

@@ -7,10 +7,14 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
-from self_supervised_fa.data import load_sample_df, get_sample_data, subsample_per_class, add_label_noise
-from self_supervised_fa.evaluate import knn_scores
-from self_supervised_fa.pseudo_label import assign_folds
-from self_supervised_fa.review import *
+from self_supervised_fa.data.sample import load_sample_df, get_sample_data, subsample_per_class
+from self_supervised_fa.labels.noise import add_label_noise
+from self_supervised_fa.evaluate.probes import knn_scores
+from self_supervised_fa.labels.pseudo_label import assign_folds
+from self_supervised_fa.labels.noise import *
+from self_supervised_fa.labels.suspects import *
+from self_supervised_fa.labels.sheets import *
+from self_supervised_fa.labels.duplicates import *
 
 
 def pixels(ids):
@@ -100,7 +104,7 @@ def test_rank_suspects_combines_the_stated_way_and_aligns_by_id():
     s = rank_suspects(d.assign(label=d.label.map(lambda v: f'digit_{v}')), oof.rename(columns=lambda c: c.replace('prob_', 'prob_digit_')))
     np.testing.assert_allclose(s.score, rank_suspects(d, oof).score)
     assert s.suggested.iloc[0].startswith('digit_')
-    from self_supervised_fa.data import ONEHOT_COLS   # one-hot label columns, named like the probability columns
+    from self_supervised_fa.data.sample import ONEHOT_COLS  # one-hot label columns, named like the probability columns
     h = rank_suspects(d, oof.rename(columns=lambda c: c.replace('prob_', 'prob_digit_')), label=ONEHOT_COLS)
     pd.testing.assert_frame_equal(h, s)
     with pytest.raises(ValueError, match='pass probs'): rank_suspects(d)
@@ -131,8 +135,8 @@ def test_oof_probabilities_used_come_from_models_that_did_not_train_on_the_item(
     import torch.nn as nn
     from fastai.learner import Learner
     from fastai.losses import CrossEntropyLossFlat
-    from self_supervised_fa.data import sample_dls
-    from self_supervised_fa.pseudo_label import kfold_pseudo_labels
+    from self_supervised_fa.data.sample import sample_dls
+    from self_supervised_fa.labels.pseudo_label import kfold_pseudo_labels
     d = noisy_sample(4)
     def learner(trn, val):
         model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))

@@ -6,18 +6,18 @@ from torch import nn
 from fastai.learner import Learner
 from fastai.callback.core import Callback
 import fastai.callback.schedule, fastai.callback.progress
-from self_supervised_fa.data import sample_dls, load_sample_df
-from self_supervised_fa.augment import small_image_augs
-from self_supervised_fa.teacher import momentum_at
-from self_supervised_fa.views import SiameseModel
-from self_supervised_fa.simclr import NTXentLoss, create_simclr_model, SimCLRCallback
-from self_supervised_fa.barlow_twins import BarlowTwinsLoss, create_barlow_twins_model, BarlowTwinsCallback
-from self_supervised_fa.byol import BYOLLoss, create_byol_model, BYOLCallback
-from self_supervised_fa.simsiam import NegativeCosineLoss, create_simsiam_model, SimSiamCallback
-from self_supervised_fa.moco import InfoNCELoss, create_moco_v2_model, MoCoV2Callback, create_moco_v3_model, MoCoV3Callback
-from self_supervised_fa.vicreg import VICRegLoss, create_vicreg_model, VICRegCallback
-from self_supervised_fa.swav import SwAVLoss, create_swav_model, SwAVCallback
-from self_supervised_fa.dino import DINOLoss, create_dino_model, DINOCallback
+from self_supervised_fa.data.sample import sample_dls, load_sample_df
+from self_supervised_fa.augment.views import small_image_augs
+from self_supervised_fa.siamese.teacher import momentum_at
+from self_supervised_fa.siamese.model import SiameseModel
+from self_supervised_fa.siamese.simclr import NTXentLoss, create_simclr_model, SimCLRCallback
+from self_supervised_fa.siamese.barlow_twins import BarlowTwinsLoss, create_barlow_twins_model, BarlowTwinsCallback
+from self_supervised_fa.siamese.byol import BYOLLoss, create_byol_model, BYOLCallback
+from self_supervised_fa.siamese.simsiam import NegativeCosineLoss, create_simsiam_model, SimSiamCallback
+from self_supervised_fa.siamese.moco import InfoNCELoss, create_moco_v2_model, MoCoV2Callback, create_moco_v3_model, MoCoV3Callback
+from self_supervised_fa.siamese.vicreg import VICRegLoss, create_vicreg_model, VICRegCallback
+from self_supervised_fa.siamese.swav import SwAVLoss, create_swav_model, SwAVCallback
+from self_supervised_fa.siamese.dino import DINOLoss, create_dino_model, DINOCallback
 from helpers import CPUBf16Callback, grad_agreement
 
 pytestmark = pytest.mark.filterwarnings('ignore:ViewAugment. 1-channel')
@@ -169,7 +169,8 @@ def test_trains_beats_random_and_transfers(name, tmp_path):
     +0.00 to +0.12, not separable from the probe's noise at this size: their kNN rise is measured on the whole sample by
     `benchmarks/bench_label_efficiency.py` (kNN per epoch, and against the same network from scratch)"""
     from helpers import fit_and_probe
-    from self_supervised_fa.encoders import save_encoder, classifier_learner
+    from self_supervised_fa.encoders.files import save_encoder
+    from self_supervised_fa.encoders.classifier import classifier_learner
     torch.manual_seed(0)
     make, Cb, mk, ck = METHODS[name]
     model = make('test_resnet', **{k: v for k, v in {**SMALL, **mk}.items() if v is not None})

@@ -2,7 +2,7 @@ import warnings
 import pytest, torch, torch.nn.functional as F
 from fastai.learner import Learner
 from self_supervised_fa.simclr import *
-from self_supervised_fa.data import sample_dls, load_sample_df
+from self_supervised_fa.data.sample import sample_dls, load_sample_df
 
 pytestmark = pytest.mark.filterwarnings('ignore:ViewAugment. 1-channel')
 

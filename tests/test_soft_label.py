@@ -5,8 +5,8 @@ from fastai.learner import Learner
 from fastai.callback.core import Callback
 from fastai.callback.tracker import SaveModelCallback
 import fastai.callback.schedule, fastai.callback.progress  # fit_one_cycle, fine_tune, no_bar
-from self_supervised_fa.data import load_sample_df, subsample_per_class, sample_dls
-from self_supervised_fa.soft_label import *
+from self_supervised_fa.data.sample import load_sample_df, subsample_per_class, sample_dls
+from self_supervised_fa.labels.soft_label import *
 
 
 def tiny_cnn(n_out=10):
@@ -86,7 +86,7 @@ def test_trains_on_blend_validates_on_given_labels():
     assert len(learn.recorder.values[-1]) == 4              # train loss, valid loss, accuracy, AUC
 
 def test_fine_tune_savemodel_get_preds(tmp_path):
-    from self_supervised_fa.encoders import classifier_learner
+    from self_supervised_fa.encoders.classifier import classifier_learner
     trn, dls = small_dls(n_train=6, n_valid=3, bs=16)
     spy = TargetSpy()
     learn = classifier_learner(dls, 'test_resnet', loss_func=SoftTargetCrossEntropy(), metrics=soft_accuracy,

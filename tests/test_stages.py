@@ -4,12 +4,14 @@ import numpy as np, pytest, torch, timm
 import torch.nn.functional as F
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
-from self_supervised_fa.data import sample_dls, load_sample_df, subsample_per_class
-from self_supervised_fa.encoders import create_timm_body, save_encoder, load_encoder, read_encoder_metadata
-from self_supervised_fa.evaluate import (get_stage_embeddings, get_embeddings, pool_features, best_stage, cv_accuracy,
-                                         knn_accuracy, linear_probe, KNNMonitorCallback)
-from self_supervised_fa import label_efficiency as le
-from self_supervised_fa.rotnet import RotNetCallback, create_rotnet_model
+from self_supervised_fa.data.sample import sample_dls, load_sample_df, subsample_per_class
+from self_supervised_fa.encoders.body import create_timm_body
+from self_supervised_fa.encoders.files import save_encoder, load_encoder, read_encoder_metadata
+from self_supervised_fa.evaluate.embeddings import get_stage_embeddings, get_embeddings, pool_features
+from self_supervised_fa.evaluate.probes import best_stage, cv_accuracy, knn_accuracy, linear_probe
+from self_supervised_fa.evaluate.monitor import KNNMonitorCallback
+from self_supervised_fa.evaluate import label_efficiency as le
+from self_supervised_fa.pretext.rotnet import RotNetCallback, create_rotnet_model
 
 
 @pytest.mark.parametrize('arch', ['resnet10t', 'test_resnet', 'test_efficientnet', 'test_convnext', 'mobilenetv3_small_050'])
@@ -111,7 +113,7 @@ def test_best_stage_never_reads_test_labels(small):
     other = (chosen + 2) % enc.n_stages
     trf, trl = get_embeddings(enc, dls.train, stage=other, progress=False)
     tef, _ = get_embeddings(enc, dls.valid, stage=other, progress=False)
-    from self_supervised_fa.evaluate import budget_indices
+    from self_supervised_fa.evaluate.probes import budget_indices
     idx = budget_indices(trl, 10, 0, classes=np.arange(10))
     _, clf = linear_probe(trf[idx], trl[idx], tef, torch.zeros(len(tef)), seed=0, return_model=True)
     poisoned = test_df.assign(label=clf.predict(tef.numpy()))
@@ -146,7 +148,7 @@ def test_label_efficiency_best_stage_and_cut(small, monkeypatch):
 
 
 def test_knn_monitor_reads_its_stage():
-    from self_supervised_fa.cli import knn_monitor_dls
+    from self_supervised_fa.app.demo import knn_monitor_dls
     kd = knn_monitor_dls(n_per_class=5, n_valid=5)
     dls = sample_dls(n_per_class=3, bs=16, valid_df=load_sample_df('test').iloc[:16])
     torch.manual_seed(0)

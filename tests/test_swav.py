@@ -5,9 +5,10 @@ import numpy as np, pytest, torch, torch.nn.functional as F
 from fastai.learner import Learner
 from fastai.callback.core import Callback
 import fastai.callback.schedule, fastai.callback.progress
-from self_supervised_fa.data import sample_dls, load_sample_df
-from self_supervised_fa.augment import small_image_augs
-from self_supervised_fa.swav import sinkhorn, SwAVLoss, create_swav_model, SwAVCallback, small_swav_augs
+from self_supervised_fa.data.sample import sample_dls, load_sample_df
+from self_supervised_fa.augment.views import small_image_augs
+from self_supervised_fa.siamese.swav import sinkhorn, SwAVLoss, create_swav_model, SwAVCallback
+from self_supervised_fa.augment.multicrop import small_swav_augs
 from helpers import fit_and_probe
 
 pytestmark = pytest.mark.filterwarnings('ignore:ViewAugment. 1-channel')
@@ -159,7 +160,7 @@ def test_state_in_the_model_saved_and_loaded(dls, tmp_path):
 
 
 def test_model_and_views_must_fit(dls):
-    from self_supervised_fa.simclr import create_simclr_model
+    from self_supervised_fa.siamese.simclr import create_simclr_model
     learn = Learner(dls, create_simclr_model('test_resnet', hidden_size=32, projection_size=16, n_in=1), cbs=SwAVCallback(small_image_augs(28)))
     with pytest.raises(ValueError, match='create_swav_model'), learn.no_bar(): learn.fit(1)
     learn = Learner(dls, create_swav_model('test_resnet', **SMALL, queue_size=32, n_queues=3), cbs=SwAVCallback(small_image_augs(28)))

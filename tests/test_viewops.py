@@ -6,9 +6,8 @@ import kornia, kornia.augmentation as K
 from scipy import stats as sps
 from scipy.spatial.transform import Rotation
 from skimage import data as skdata
-from self_supervised_fa.viewops import (draw_crops, draw_view_params, crop_resize, apply_colour, apply_blur,
-                                        apply_solarize, colour_maps)
-from self_supervised_fa.augment import ViewAugment
+from self_supervised_fa.augment.ops import draw_crops, draw_view_params, crop_resize, apply_colour, apply_blur, apply_solarize, colour_maps
+from self_supervised_fa.augment.views import ViewAugment
 
 
 @pytest.fixture(scope='module')

@@ -2,12 +2,16 @@ import warnings
 import pytest, torch
 from torch import nn
 from fastai.learner import Learner
-from self_supervised_fa.augment import ViewAugment, small_image_augs, normalize, denormalize
-from self_supervised_fa.data import sample_dls, load_sample_df, get_norm_stats
-from self_supervised_fa.encoders import create_timm_body
-from self_supervised_fa.views import MultiViewCallback, SiameseModel, CollapseWatch, create_mlp
-from self_supervised_fa.encoders import as_encoder
-from self_supervised_fa.simclr import NTXentLoss
+from self_supervised_fa.augment.views import ViewAugment, small_image_augs
+from self_supervised_fa.core.pixels import normalize, denormalize
+from self_supervised_fa.data.sample import sample_dls, load_sample_df
+from self_supervised_fa.core.pixels import get_norm_stats
+from self_supervised_fa.encoders.body import create_timm_body
+from self_supervised_fa.siamese.callback import MultiViewCallback, CollapseWatch
+from self_supervised_fa.siamese.model import SiameseModel
+from self_supervised_fa.encoders.heads import create_mlp
+from self_supervised_fa.encoders.body import as_encoder
+from self_supervised_fa.siamese.simclr import NTXentLoss
 
 pytestmark = pytest.mark.filterwarnings('ignore:ViewAugment. 1-channel')
 IDENTITY = dict(crop_scale=(1., 1.), crop_ratio=(1., 1.), flip_p=0, jitter_p=0, grayscale_p=0, blur_p=0)
