@@ -1,6 +1,13 @@
-"Shared test helpers: CPU bf16 autocast for fit (fastai's MixedPrecision autocasts on CUDA only), small sample loaders"
-import torch
+"Shared test helpers (no test file imports another): CPU bf16 autocast for fit, small sample loaders and networks, a pretext run"
+import pytest, torch
+from torch import nn
 from fastai.callback.core import Callback
+from fastai.learner import Learner
+from fastai.torch_core import set_seed
+import fastai.callback.schedule, fastai.callback.progress  # noqa: F401 (fit_one_cycle, no_bar)
+from self_supervised_fa.data.sample import sample_dls, load_sample_df
+from self_supervised_fa.encoders.files import save_encoder
+from self_supervised_fa.encoders.classifier import classifier_learner
 
 
 class CPUBf16Callback(Callback):
@@ -44,3 +51,40 @@ def fit_and_probe(model, cb, n_in:int=1, epochs:int=4, lr:float=3e-3, n_per_clas
     with torch.no_grad(): z = F.normalize(project(model.eval(), emb).float(), dim=1)
     return dict(loss=[round(v[0], 4) for v in learn.recorder.values], knn=knn1, knn_random=knn0, std=z.std(0).mean().item(),
                 dim=z.shape[1], learn=learn)
+
+
+PRECISIONS = pytest.mark.parametrize('precision', ['fp32', 'bf16'])
+
+
+def tiny_dls(n_per_class=5, bs=16, **kwargs):
+    "50 training digits, 64 validation digits: enough to see a pretext loss go down in seconds"
+    set_seed(0)  # the DataLoaders' shuffling RNG is drawn when they are created
+    return sample_dls(n_per_class=n_per_class, bs=bs, valid_df=load_sample_df('test').iloc[:64], **kwargs)
+
+
+def pretrain_and_transfer(dls, model, cb, loss_func, tmp_path, cls_dls=None, epochs=2, lr=3e-3, metrics=None, precision='fp32'):
+    "Train a pretext task with fit_one_cycle (`precision='bf16'`: under CPU bf16 autocast), check the (seeded) validation loss went down and the encoder transfers"
+    set_seed(0)
+    learn = Learner(dls, model, loss_func=loss_func, cbs=[cb] + ([CPUBf16Callback()] if precision == 'bf16' else []), metrics=metrics)
+    with learn.no_bar(), learn.no_logging():
+        before = learn.validate()
+        learn.fit_one_cycle(epochs, lr)
+        after = learn.validate()
+    assert after[0] < before[0], f"validation loss did not go down: {before[0]:.4f} -> {after[0]:.4f}"
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    if precision == 'bf16': return before, after   # the transfer to a classifier is checked in float32
+    path = save_encoder(model.encoder, tmp_path/'encoder')
+    cls_dls = cls_dls or dls
+    clf = classifier_learner(cls_dls, model.encoder.arch, n_in=model.encoder.n_in, encoder_path=path)
+    x = cls_dls.one_batch()[0][:4]
+    enc = model.encoder.eval()
+    clf.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(clf.model.encoder.embed(x), enc.embed(x), atol=1e-5), "downstream body differs from the pretext encoder"
+        assert clf.model(x).shape == (4, cls_dls.c)
+    return before, after
+
+
+def tiny_cnn(n_out=10):
+    return nn.Sequential(nn.Conv2d(1, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, n_out))

@@ -5,7 +5,7 @@ from fastai.callback.core import Callback
 from safetensors.torch import load_file
 import self_supervised_fa.app.workflow as W
 from self_supervised_fa.app.cli import main, build_parser, SUBCOMMANDS
-from self_supervised_fa.app.demo import PRETRAIN_METHODS
+from self_supervised_fa.app.registry import METHODS as PRETRAIN_METHODS
 from self_supervised_fa.encoders.files import read_encoder_metadata
 from self_supervised_fa.core.checkpoint import CheckpointCallback, checkpoint_epoch
 from self_supervised_fa.data.photos import get_colour_competition, PHOTO_CLASSES

@@ -3,8 +3,9 @@ import warnings, numpy as np, pytest, torch
 from fastai.learner import Learner
 from fastai.torch_core import set_seed
 from self_supervised_fa.colorize import *
+from self_supervised_fa.data.colour import *
 from self_supervised_fa.pretext.pixel_loss import MaskedMSELoss
-from test_pretext import PRECISIONS, tiny_dls, pretrain_and_transfer
+from helpers import PRECISIONS, tiny_dls, pretrain_and_transfer
 
 skimage = pytest.importorskip('skimage')
 

@@ -4,7 +4,7 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
 from self_supervised_fa.context import *
 from self_supervised_fa.pretext.patches import NEIGHBOUR_OFFSETS, NEIGHBOUR_NAMES
-from test_pretext import PRECISIONS, tiny_dls, pretrain_and_transfer
+from helpers import PRECISIONS, tiny_dls, pretrain_and_transfer
 
 # independent table: label -> (rows, cols) offset of the neighbour from the centre, in grid steps
 _OFFSETS = {'top-left': (-1, -1), 'top': (-1, 0), 'top-right': (-1, 1), 'left': (0, -1), 'right': (0, 1),

@@ -5,7 +5,7 @@ from fastai.torch_core import set_seed
 from fastai.learner import Learner
 from self_supervised_fa.inpaint import *
 from self_supervised_fa.pretext.pixel_loss import MaskedMSELoss
-from test_pretext import PRECISIONS, tiny_dls, pretrain_and_transfer
+from helpers import PRECISIONS, tiny_dls, pretrain_and_transfer
 
 
 @pytest.mark.parametrize('kind', ['center', 'block', 'random'])

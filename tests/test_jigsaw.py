@@ -4,7 +4,7 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
 from self_supervised_fa.jigsaw import *
 from self_supervised_fa.pretext.patches import cut_patches, patch_set_splitter
-from test_pretext import PRECISIONS, tiny_dls, pretrain_and_transfer
+from helpers import PRECISIONS, tiny_dls, pretrain_and_transfer
 
 
 def _min_hamming_np(P):

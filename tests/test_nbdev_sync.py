@@ -24,8 +24,8 @@ def _run(args, cwd):
 
 def test_modules_match_notebooks(copy):
     _run('from nbdev.doclinks import nbdev_export; nbdev_export()', copy)
-    changed = [p.name for p in sorted((copy/LIB).glob('*.py'))
-               if not (ROOT/LIB/p.name).exists() or p.read_text() != (ROOT/LIB/p.name).read_text()]
+    rel = [p.relative_to(copy/LIB) for p in sorted((copy/LIB).rglob('*.py')) if '__pycache__' not in p.parts]
+    changed = [str(r) for r in rel if not (ROOT/LIB/r).exists() or (copy/LIB/r).read_text() != (ROOT/LIB/r).read_text()]
     assert not changed, f"modules differ from their notebooks: {changed}; run nbdev_export and commit both"
 
 

@@ -7,7 +7,7 @@ from self_supervised_fa.data.sample import load_sample_df, subsample_per_class, 
 from self_supervised_fa.labels.noise import add_label_noise
 from self_supervised_fa.labels.soft_label import SoftTargetCrossEntropy
 from self_supervised_fa.labels.plc import PLCCallback
-from test_soft_label import tiny_cnn
+from helpers import tiny_cnn
 
 
 class BatchSpy(Callback):

@@ -1,4 +1,4 @@
-"PretextCallback, the U-Net encoder-decoder and the masked pixel loss; `pretrain_and_transfer` is shared by the task tests"
+"PretextCallback, the U-Net encoder-decoder and the masked pixel loss"
 import pytest, torch, torch.nn.functional as F
 from torch import nn
 from fastai.learner import Learner
@@ -11,39 +11,7 @@ from self_supervised_fa.pretext.core import *
 from self_supervised_fa.augment.batch import *
 from self_supervised_fa.pretext.decoder import *
 from self_supervised_fa.pretext.pixel_loss import *
-from helpers import CPUBf16Callback
-
-PRECISIONS = pytest.mark.parametrize('precision', ['fp32', 'bf16'])
-
-
-def tiny_dls(n_per_class=5, bs=16, **kwargs):
-    "50 training digits, 64 validation digits: enough to see a pretext loss go down in seconds"
-    set_seed(0)  # the DataLoaders' shuffling RNG is drawn when they are created
-    return sample_dls(n_per_class=n_per_class, bs=bs, valid_df=load_sample_df('test').iloc[:64], **kwargs)
-
-
-def pretrain_and_transfer(dls, model, cb, loss_func, tmp_path, cls_dls=None, epochs=2, lr=3e-3, metrics=None, precision='fp32'):
-    "Train a pretext task with fit_one_cycle (`precision='bf16'`: under CPU bf16 autocast), check the (seeded) validation loss went down and the encoder transfers"
-    set_seed(0)
-    learn = Learner(dls, model, loss_func=loss_func, cbs=[cb] + ([CPUBf16Callback()] if precision == 'bf16' else []), metrics=metrics)
-    with learn.no_bar(), learn.no_logging():
-        before = learn.validate()
-        learn.fit_one_cycle(epochs, lr)
-        after = learn.validate()
-    assert after[0] < before[0], f"validation loss did not go down: {before[0]:.4f} -> {after[0]:.4f}"
-    assert all(p.dtype == torch.float32 for p in model.parameters())
-    if precision == 'bf16': return before, after   # the transfer to a classifier is checked in float32
-    path = save_encoder(model.encoder, tmp_path/'encoder')
-    cls_dls = cls_dls or dls
-    clf = classifier_learner(cls_dls, model.encoder.arch, n_in=model.encoder.n_in, encoder_path=path)
-    x = cls_dls.one_batch()[0][:4]
-    enc = model.encoder.eval()
-    clf.model.eval()
-    with torch.no_grad():
-        assert torch.allclose(clf.model.encoder.embed(x), enc.embed(x), atol=1e-5), "downstream body differs from the pretext encoder"
-        assert clf.model(x).shape == (4, cls_dls.c)
-    return before, after
-
+from helpers import CPUBf16Callback, PRECISIONS, tiny_dls, pretrain_and_transfer
 
 class _Flip(PretextCallback):
     "Toy task: flip some images upside down, predict which"

@@ -4,7 +4,7 @@ from fastai.learner import Learner
 import fastai.callback.progress  # no_bar
 from self_supervised_fa.data.sample import load_sample_df, subsample_per_class, sample_dls, ONEHOT_COLS, CLASSES
 from self_supervised_fa.labels.pseudo_label import *
-from test_soft_label import tiny_cnn
+from helpers import tiny_cnn
 
 
 @pytest.fixture(scope='module')

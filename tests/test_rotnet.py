@@ -3,7 +3,7 @@ import numpy as np, pytest, torch
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
 from self_supervised_fa.rotnet import *
-from test_pretext import PRECISIONS, tiny_dls, pretrain_and_transfer
+from helpers import PRECISIONS, tiny_dls, pretrain_and_transfer
 
 
 def test_unrotating_by_label_gives_original():

@@ -7,11 +7,8 @@ from fastai.callback.tracker import SaveModelCallback
 import fastai.callback.schedule, fastai.callback.progress  # fit_one_cycle, fine_tune, no_bar
 from self_supervised_fa.data.sample import load_sample_df, subsample_per_class, sample_dls
 from self_supervised_fa.labels.soft_label import *
+from helpers import tiny_cnn
 
-
-def tiny_cnn(n_out=10):
-    return nn.Sequential(nn.Conv2d(1, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, n_out))
 
 def small_dls(n_train=10, n_valid=5, bs=32, **kw):
     trn = subsample_per_class(load_sample_df('train'), n_train)

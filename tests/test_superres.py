@@ -3,7 +3,7 @@ import numpy as np, pytest, torch, torch.nn.functional as F
 from PIL import Image
 from self_supervised_fa.superres import *
 from self_supervised_fa.pretext.pixel_loss import MaskedMSELoss
-from test_pretext import PRECISIONS, tiny_dls, pretrain_and_transfer
+from helpers import PRECISIONS, tiny_dls, pretrain_and_transfer
 
 
 def test_input_is_degraded_target():

@@ -14,6 +14,9 @@ def main():
     for c in nb['cells']:
         src = ''.join(c['source']).strip()
         if not src or src.startswith('#| hide'): continue
+        if src.startswith('#| echo: false') and 'method_table()' in src:   # the method list, generated from the registry
+            from self_supervised_fa.app.registry import method_table
+            parts.append(method_table()); continue
         parts.append(src if c['cell_type'] == 'markdown' else f'```python\n{src}\n```')
     results = sorted((ROOT/'benchmarks'/'results').glob('*.md'))
     if results:

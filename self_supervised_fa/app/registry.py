@@ -54,7 +54,8 @@ class Method:
     @property
     def path(self) -> str:
         "The documented import path: `from <path> import *` gives the method's factory, callback and loss"
-        return 'self_supervised_fa.' + self.module.rsplit('.', 1)[-1]
+        lib = self.module.startswith('self_supervised_fa.')   # ours: the family module's short path; a user's: its module
+        return 'self_supervised_fa.' + self.module.rsplit('.', 1)[-1] if lib else self.module
 
     def preset(self, size:int, **kwargs) -> list:
         "The method's views of `size`-px images (`kwargs`: settings of the preset)"

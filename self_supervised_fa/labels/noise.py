@@ -11,25 +11,31 @@ from ..data.sample import CLASSES, ONEHOT_COLS
 __all__ = ['MNIST_ASYM_PAIRS', 'add_label_noise', 'add_asymmetric_noise']
 
 # %% ../../nbs/labels/00_noise.ipynb #35023491
-def add_label_noise(df:pd.DataFrame, frac:float, seed:int=0, label:str='label', onehot_cols=ONEHOT_COLS) -> pd.DataFrame:
-    "Copy of `df` with `round(frac*len(df))` labels flipped to another class; adds `label_clean` and `is_noisy`"
+def _check_noise(df:pd.DataFrame, frac:float, label:str):
     if not 0 <= frac <= 1: raise ValueError(f"frac must be in [0, 1], got {frac}")
     if label not in df: raise KeyError(f"label column {label!r} not in the DataFrame (columns: {list(df.columns)})")
-    classes = np.array(sorted(df[label].unique()))
-    if len(classes) < 2: raise ValueError(f"column {label!r} has a single class; noise needs at least two")
-    rng = np.random.default_rng(seed)
-    res = df.copy()
-    res['label_clean'] = df[label].values
-    flip = rng.choice(len(df), size=int(round(frac*len(df))), replace=False)
-    cur = np.searchsorted(classes, df[label].values[flip])
-    new = (cur + rng.integers(1, len(classes), size=len(flip))) % len(classes)  # any class but the current one
-    labels = df[label].values.copy()
-    labels[flip] = classes[new]
+
+def _relabelled(df:pd.DataFrame, labels:np.ndarray, label:str, onehot_cols) -> pd.DataFrame:
+    "Copy of `df` with `labels` in column `label` (and its one-hot columns), the old ones in `label_clean`, and `is_noisy`"
+    res = df.assign(label_clean=df[label].values)
     res[label] = labels
     res['is_noisy'] = res[label] != res['label_clean']
     cols = [c for c in (onehot_cols or []) if c in res]
     if cols: res[cols] = (labels[:, None] == np.array(CLASSES)[None, :len(cols)]).astype(int)
     return res
+
+def add_label_noise(df:pd.DataFrame, frac:float, seed:int=0, label:str='label', onehot_cols=ONEHOT_COLS) -> pd.DataFrame:
+    "Copy of `df` with `round(frac*len(df))` labels flipped to another class; adds `label_clean` and `is_noisy`"
+    _check_noise(df, frac, label)
+    classes = np.array(sorted(df[label].unique()))
+    if len(classes) < 2: raise ValueError(f"column {label!r} has a single class; noise needs at least two")
+    rng = np.random.default_rng(seed)
+    flip = rng.choice(len(df), size=int(round(frac*len(df))), replace=False)
+    cur = np.searchsorted(classes, df[label].values[flip])
+    new = (cur + rng.integers(1, len(classes), size=len(flip))) % len(classes)  # any class but the current one
+    labels = df[label].values.copy()
+    labels[flip] = classes[new]
+    return _relabelled(df, labels, label, onehot_cols)
 
 # %% ../../nbs/labels/00_noise.ipynb #a60accc5
 MNIST_ASYM_PAIRS = {2: 7, 3: 8, 5: 6, 6: 5, 7: 1}   # Patrini et al. 2017: a digit and the digit it is mistaken for
@@ -37,8 +43,7 @@ MNIST_ASYM_PAIRS = {2: 7, 3: 8, 5: 6, 6: 5, 7: 1}   # Patrini et al. 2017: a dig
 def add_asymmetric_noise(df: pd.DataFrame, frac: float, pairs: dict=MNIST_ASYM_PAIRS, seed: int=0, label: str='label',
                          onehot_cols=ONEHOT_COLS) -> pd.DataFrame:
     "Copy of `df` with `round(frac * n_c)` items of each class `c` in `pairs` relabelled `pairs[c]`; adds `label_clean`, `is_noisy`"
-    if not 0 <= frac <= 1: raise ValueError(f"frac must be in [0, 1], got {frac}")
-    if label not in df: raise KeyError(f"label column {label!r} not in the DataFrame (columns: {list(df.columns)})")
+    _check_noise(df, frac, label)
     bad = {c: t for c, t in pairs.items() if c == t}
     if bad: raise ValueError(f"pairs map classes to themselves: {bad}; give each class the class it is mistaken for")
     rng = np.random.default_rng(seed)
@@ -46,9 +51,4 @@ def add_asymmetric_noise(df: pd.DataFrame, frac: float, pairs: dict=MNIST_ASYM_P
     for c, t in pairs.items():   # classes drawn from their clean labels, so 5 -> 6 and 6 -> 5 both flip clean items
         idx = np.flatnonzero(df[label].values == c)
         labels[rng.choice(idx, size=int(round(frac * len(idx))), replace=False)] = t
-    res = df.assign(label_clean=df[label].values)
-    res[label] = labels
-    res['is_noisy'] = res[label] != res['label_clean']
-    cols = [c for c in (onehot_cols or []) if c in res]
-    if cols: res[cols] = (labels[:, None] == np.array(CLASSES)[None, :len(cols)]).astype(int)
-    return res
+    return _relabelled(df, labels, label, onehot_cols)
