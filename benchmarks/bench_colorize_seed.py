@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np, torch
 from fastai.learner import Learner
 from fastai.torch_core import set_seed
-sys.path.insert(0, str(Path(__file__).parent))
 from bench_utils import add_common_args, start, command, colour_crops_dls, fit_cpu_budget, md_table, machine, write_text_atomic, pretrained_cell
 from self_supervised_fa.encoders.body import create_timm_body
 from self_supervised_fa.encoders.files import load_encoder

@@ -12,7 +12,6 @@ run the label-efficiency command for a missing one first (this script says which
 import argparse, shlex, sys, time
 from pathlib import Path
 import pandas as pd
-sys.path.insert(0, str(Path(__file__).parent))
 from bench_utils import add_common_args, start, md_table, machine, write_text_atomic
 from self_supervised_fa.augment.views import ViewAugment
 from self_supervised_fa.data.sample import sample_dls

@@ -20,7 +20,6 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.torch_core import TensorCategory, TensorImage, default_device
 from fastai.vision.core import imagenet_stats
 from fastai.data.transforms import IntToFloatTensor, Normalize
-sys.path.insert(0, str(Path(__file__).parent))
 from bench_utils import hardware, write_text_atomic
 from self_supervised_fa.data.colour import COLOUR_PHOTOS
 from self_supervised_fa.data.photos import photo_crops, load_photo

@@ -20,7 +20,6 @@ import argparse, json, os, platform, re, shlex, sys, time
 from pathlib import Path
 import pandas as pd, torch
 from fastai.torch_core import set_seed
-sys.path.insert(0, str(Path(__file__).parent))
 from bench_utils import locked
 from self_supervised_fa.app.demo import knn_monitor_dls
 from self_supervised_fa.data.sample import sample_dls, load_sample_df

@@ -18,7 +18,6 @@ Every (cell, recipe) result is cached as JSON under --work: a re-run skips finis
 import argparse, json, sys, time
 from pathlib import Path
 import numpy as np, pandas as pd, torch
-sys.path.insert(0, str(Path(__file__).parent))
 from noise_common import (WORK, setup, cached, machine, write_atomic, splits, make_learner, fit, test_acc, embeddings,
                           oof_probs, md_table)
 from self_supervised_fa.labels.noise import add_label_noise

@@ -20,7 +20,6 @@ from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
 from fastai.torch_core import set_seed
-sys.path.insert(0, str(Path(__file__).parent))
 from bench_utils import add_common_args, start, command, colour_crops_dls, fit_cpu_budget, unzero_bn, pixel_probe, stage_probe, md_table, machine, pct, write_text_atomic
 from self_supervised_fa.data.sample import sample_dls, load_sample_df
 from self_supervised_fa.encoders.body import create_timm_body

@@ -25,7 +25,6 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
 from fastai.optimizer import OptimWrapper
 from fastai.torch_core import set_seed
-sys.path.insert(0, str(Path(__file__).parent))
 import seed_models   # registers mnist_cnn2 with timm
 from bench_utils import add_common_args, start, command, md_table, machine, write_text_atomic, pretrained_cell
 from self_supervised_fa.data.sample import sample_dls, load_sample_df

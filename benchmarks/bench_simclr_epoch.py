@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 from fastai.learner import Learner
 from fastai.callback.core import Callback
-sys.path.insert(0, str(Path(__file__).parent))
 from bench_utils import machine, write_text_atomic, md_table
 from self_supervised_fa.data.sample import sample_dls, load_sample_df
 from self_supervised_fa.siamese.simclr import SimCLRCallback, create_simclr_model

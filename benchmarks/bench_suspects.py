@@ -16,7 +16,6 @@ import argparse, json, sys
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from sklearn.metrics import roc_auc_score
-sys.path.insert(0, str(Path(__file__).parent))
 from noise_common import (WORK, setup, cached, machine, write_atomic, splits, make_learner, fit, test_acc, embeddings,
                           oof_probs, md_table)
 from self_supervised_fa.labels.noise import add_label_noise

@@ -11,7 +11,6 @@ self_supervised 1.0.4 comes from `pip install self-supervised==1.0.4 --no-deps` 
 import argparse, statistics, sys, time, warnings
 from pathlib import Path
 import torch
-sys.path.insert(0, str(Path(__file__).parent))
 from bench_utils import hardware, write_text_atomic
 from self_supervised_fa.augment.views import ViewAugment
 from self_supervised_fa.augment.multicrop import local_size_for

@@ -4,7 +4,6 @@ import json, sys
 from pathlib import Path
 import torch
 from torch import nn
-sys.path.insert(0, str(Path(__file__).parents[1]/'benchmarks'))
 from bench_utils import Cells, pretrained_cell
 from self_supervised_fa.encoders.files import load_encoder
 
