@@ -141,3 +141,15 @@ def test_register_method_refuses_what_is_not_a_method():
     with pytest.raises(ValueError, match='lower-case'):
         register_method('Bad Name', METHODS['simclr'])
     assert 'bad' not in METHODS
+
+
+def test_every_factory_takes_its_channels_from_the_encoder():
+    "One `n_in` rule for every factory: None takes the encoder's own channels (3 for an architecture name)"
+    from self_supervised_fa.encoders.body import create_timm_body
+    from self_supervised_fa.app.registry import _factory_kwargs
+    import torch
+    grey, x = create_timm_body('test_resnet', n_in=1), torch.zeros(2, 1, 32, 32)
+    for name, m in METHODS.items():
+        model = m.factory(grey, **{**_factory_kwargs(m.factory, x), **m.model_kwargs})
+        assert model.encoder is grey, name
+        assert m.factory('test_resnet', **{**_factory_kwargs(m.factory, x), **m.model_kwargs}).encoder.n_in == 3, name

@@ -18,6 +18,7 @@ from ..encoders.files import save_encoder
 from ..evaluate.monitor import KNNMonitorCallback
 from ..evaluate.label_efficiency import label_efficiency, plot_label_efficiency
 from .registry import METHODS, method_learner
+from ..core.figures import save_figure
 
 # %% auto #0
 __all__ = ['DEMO_METHODS', 'train_from_scratch', 'available_methods', 'knn_monitor_dls', 'pretrain', 'demo', 'ssfa_demo']
@@ -102,7 +103,7 @@ def demo(labels:str='10,100', arch:str='resnet10t', epochs:int=20, out:str='ssfa
     df.insert(1, 'pretrain_s', df.encoder.map(lambda e: round(times.get(e, 0.0))))
     fn = write_csv_atomic(df, out/'label_efficiency.csv')
     ax = plot_label_efficiency(df, title=f'{arch}: self-supervised vs from scratch (MNIST sample)')
-    ax.figure.savefig(out/'label_efficiency.png', dpi=120, bbox_inches='tight')
+    save_figure(ax.figure, out/'label_efficiency.png', dpi=120, close=False)
     print('\n' + df.to_string(index=False, float_format=lambda v: f'{v:.4f}'))
     print(f"\nresults written to {fn} and {out/'label_efficiency.png'}")
 

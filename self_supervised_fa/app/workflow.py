@@ -10,7 +10,7 @@ import numpy as np, pandas as pd
 from fastai.callback.schedule import *
 from fastai.metrics import accuracy
 from fastai.torch_core import set_seed
-from ..core.io import write_csv_atomic, write_json_atomic, atomic_path
+from ..core.io import write_csv_atomic, write_json_atomic
 from ..data.folders import ImageData, read_image_data, check_image_data, grey_only
 from ..data.loading import folder_dls, image_stats, cache_images
 from ..encoders.classifier import classifier_learner
@@ -19,6 +19,7 @@ from ..core.checkpoint import CheckpointCallback
 from ..labels.pseudo_label import assign_folds, kfold_pseudo_labels
 from .registry import METHODS, method_learner
 from ..labels.relabel import apply_relabel
+from ..core.figures import save_figure
 
 # %% auto #0
 __all__ = ['prepare', 'settings', 'split_valid', 'plot_history', 'folder_method_learner', 'pretrain_folder', 'evaluate_folder',
@@ -73,11 +74,6 @@ def _quiet(learn, progress):
     learn.logger = noop
     return learn
 
-def _savefig(fig, fn):
-    import matplotlib.pyplot as plt
-    with atomic_path(fn) as tmp: fig.savefig(tmp, format='png', dpi=110, bbox_inches='tight')
-    plt.close(fig)
-
 def plot_history(ckpt:CheckpointCallback, fn, title:str=''):
     "Loss per batch (and valid loss per epoch), and the kNN top-1 per epoch when monitored, saved as PNG `fn`"
     import matplotlib.pyplot as plt
@@ -91,7 +87,7 @@ def plot_history(ckpt:CheckpointCallback, fn, title:str=''):
     if knn:
         axs[0, 1].plot(hist.epoch + 1, hist.knn_top1 * 100, 'o-')
         axs[0, 1].set(xlabel='epoch', ylabel='kNN top-1 (%)', title='kNN monitor'); axs[0, 1].grid(alpha=0.3)
-    _savefig(fig, fn)
+    save_figure(fig, fn, dpi=110)
     return fig
 
 # %% ../../nbs/app/01_workflow.ipynb #ec2975b0
@@ -167,7 +163,7 @@ def evaluate_folder(data, out, encoder, budgets='5,20,all', methods=('knn', 'lin
                           ft_lr=lr, ft_bs=min(bs, 32), seed=seed, progress=progress)
     write_csv_atomic(df, out/'label_efficiency.csv')
     ax = plot_label_efficiency(df, title=f"{Path(encoder).stem} vs from scratch ({d.root.name})")
-    _savefig(ax.figure, out/'label_efficiency.png')
+    save_figure(ax.figure, out/'label_efficiency.png', dpi=110)
     return df
 
 # %% ../../nbs/app/01_workflow.ipynb #1e532c3c

@@ -6,9 +6,11 @@
 from __future__ import annotations
 from torch import Tensor
 import matplotlib.pyplot as plt
+from pathlib import Path
+from .io import atomic_path
 
 # %% auto #0
-__all__ = ['show_image_rows']
+__all__ = ['show_image_rows', 'save_figure']
 
 # %% ../../nbs/core/02_figures.ipynb #6b7f7440
 def _as_hwc(im:Tensor):
@@ -31,3 +33,10 @@ def show_image_rows(rows, titles=None, row_labels=None, size:float=1.4):
                                                   ha='right', va='center', fontsize=9)
     fig.tight_layout()
     return fig
+
+# %% ../../nbs/core/02_figures.ipynb #d4acb8f9
+def save_figure(fig, path, dpi:int=100, close:bool=True) -> Path:
+    "Save `fig` as a PNG at `path` atomically (readers never see half a file); close it unless `close=False`"
+    with atomic_path(path) as tmp: fig.savefig(tmp, format='png', dpi=dpi, bbox_inches='tight')
+    if close: plt.close(fig)
+    return Path(path)

@@ -33,10 +33,14 @@ def write_json_atomic(obj, path) -> Path:
     return Path(path)
 
 # %% ../../nbs/core/00_io.ipynb #5975f12a
-def materialise_folder(dest, write, marker:str='COMPLETE', force:bool=False, what:str='sample dataset') -> Path:
-    "Run `write(tmp)` into a hidden temporary folder and rename it to `dest` once, atomically; `write` creates `marker` last"
+def materialise_folder(dest, write, marker:str='COMPLETE', force:bool=False, what:str='sample dataset',
+                       stamp:str|None=None) -> Path:
+    """Run `write(tmp)` into a hidden temporary folder and rename it to `dest` once, atomically; `write` creates `marker`
+    last. With `stamp` (the settings the folder is written with, the marker's text), a folder stamped otherwise is written again"""
     dest = Path(dest)
-    if (dest/marker).exists() and not force: return dest
+    def complete(): return (dest/marker).exists() and (stamp is None or (dest/marker).read_text() == stamp)
+    if complete() and not force: return dest
+    force = force or (dest/marker).exists()   # a complete folder written with other settings: replaced
     if dest.exists() and any(dest.iterdir()) and not (dest/marker).exists() and not force:
         raise FileExistsError(f"{dest} exists but is not a complete {what} (no {marker} file). "
                               f"Remove it, choose another folder, or pass force=True.")
@@ -44,12 +48,12 @@ def materialise_folder(dest, write, marker:str='COMPLETE', force:bool=False, wha
     tmp = dest.parent/f'.{dest.name}.tmp-{uuid.uuid4().hex[:8]}'
     try:
         write(tmp)
-        if (dest/marker).exists() and not force: return dest   # another process finished first: keep its copy
+        if complete() and not force: return dest   # another process finished first: keep its copy
         if dest.exists():  # force=True or an empty folder: move the old one out of the way first
             old = dest.parent/f'.{dest.name}.old-{uuid.uuid4().hex[:8]}'
             os.replace(dest, old); shutil.rmtree(old, ignore_errors=True)
         try: os.replace(tmp, dest)
         except OSError:  # another process finished first: keep its (complete) copy
-            if not (dest/marker).exists(): raise
+            if not complete(): raise
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return dest

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/data/04_colour.ipynb #730c986e
 from __future__ import annotations
-import hashlib, os, shutil, uuid
+import hashlib
 from pathlib import Path
 import numpy as np, pandas as pd
 from fastai.data.block import DataBlock, CategoryBlock
@@ -14,6 +14,7 @@ from fastai.vision.augment import Normalize
 from fastai.vision.core import imagenet_stats
 from .sample import sample_path
 from .photos import photo_crops, load_photo, PHOTO_CLASSES
+from ..core.io import materialise_folder
 
 # %% auto #0
 __all__ = ['COLOUR_PHOTOS', 'get_colour_sample', 'colour_sample_dls']
@@ -50,17 +51,8 @@ def get_colour_sample(path=None, size:int=32, n_per_photo:int=40, scale:int=4, v
     dest = Path(path).expanduser() if path is not None else sample_path().parent/f'colour_crops_{size}px_{n_per_photo}{tag}'
     desc = f'size={size} n_per_photo={n_per_photo} scale={scale} seed={seed}' + (f' photos={",".join(photos)}' if tag else '')
     desc += f' valid_frac={valid_frac}\n' if valid_frac != 0.25 else '\n'
-    if (dest/_MARKER).exists() and not force and (dest/_MARKER).read_text() == desc: return dest   # other settings: written again
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent/f'.{dest.name}.tmp-{uuid.uuid4().hex[:8]}'
-    try:
-        _write_crops(tmp, photos, size, n_per_photo, scale, valid_frac, seed, desc)
-        if dest.exists(): shutil.rmtree(dest)
-        try: os.replace(tmp, dest)
-        except OSError:
-            if not (dest/_MARKER).exists(): raise
-    finally: shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+    return materialise_folder(dest, lambda tmp: _write_crops(tmp, photos, size, n_per_photo, scale, valid_frac, seed, desc),
+                              _MARKER, force, 'colour sample', stamp=desc)   # written with other settings: written again
 
 def colour_sample_dls(path=None, size:int=32, n_per_photo:int=40, bs:int=32, normalize:bool=True, photos=None, **kwargs):
     "fastai `DataLoaders` of the colour crops (label: the photo), normalised with ImageNet statistics"

@@ -4,12 +4,13 @@
 
 # %% ../../nbs/encoders/03_files.ipynb #d110a82b
 from __future__ import annotations
-import json, os, re, uuid
+import json, re
 from pathlib import Path
 import torch
 from torch import nn
 import fastai.callback.schedule  # noqa: F401 (patches Learner.fit_one_cycle / fine_tune onto Learner)
 from .body import check_arch, TimmEncoder, create_timm_body
+from ..core.io import atomic_path
 
 # %% auto #0
 __all__ = ['read_encoder_metadata', 'save_encoder', 'load_encoder']
@@ -55,13 +56,7 @@ def save_encoder(body:nn.Module, path, recipe:dict|None=None) -> Path:
             'cut': repr(cut) if isinstance(cut, (int, type(None))) else 'custom'}
     if recipe is not None: meta['recipe'] = json.dumps(recipe, default=str)
     sd = {k: v.detach().cpu().contiguous().clone() for k, v in body.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp-{uuid.uuid4().hex[:8]}')
-    try:
-        save_file(sd, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
+    with atomic_path(path) as tmp: save_file(sd, str(tmp), metadata=meta)
     return path
 
 # %% ../../nbs/encoders/03_files.ipynb #cbc0c9de

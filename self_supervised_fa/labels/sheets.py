@@ -4,10 +4,11 @@
 
 # %% ../../nbs/labels/05_sheets.ipynb #7f00e123
 from __future__ import annotations
-import os, uuid
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from ..core.io import write_csv_atomic
+from ..core.figures import save_figure
+from ..core.io import write_json_atomic
 
 # %% auto #0
 __all__ = ['image_getter', 'load_thumb', 'show_suspects', 'write_review']
@@ -52,26 +53,16 @@ def show_suspects(table: pd.DataFrame, images, k: int=30, ncols: int=10, item_co
     return show_image_rows(chunk(ims), chunk(titles), size=size)
 
 # %% ../../nbs/labels/05_sheets.ipynb #b4427eda
-def _savefig_atomic(fig, path: Path, dpi: int=100):
-    import matplotlib.pyplot as plt
-    tmp = path.with_name(f'.{path.name}.tmp-{uuid.uuid4().hex[:8]}')
-    try: fig.savefig(tmp, format='png', dpi=dpi, bbox_inches='tight'); os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if tmp.exists(): tmp.unlink()
-    return path
-
 def write_review(folder, table: pd.DataFrame, images, top: int=200, per_page: int=50, ncols: int=10,
                  item_col: str='image_id', suffix: str='.png', duplicates: pd.DataFrame|None=None, thumb: int|None=96) -> dict:
     "Write `suspects.csv` (every item), PNG contact sheets and `relabel.csv` for the `top` suspects, `summary.json`; return the paths"
-    import json
     from self_supervised_fa.labels.relabel import write_relabel
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     top = min(top, len(table))
     out = {'table': write_csv_atomic(table, folder/'suspects.csv'), 'pages': []}
     for p, start in enumerate(range(0, top, per_page)):
         fig = show_suspects(table, images, min(per_page, top - start), ncols, item_col, suffix, start, thumb)
-        out['pages'].append(_savefig_atomic(fig, folder/f'suspects_{p + 1:03d}.png'))
+        out['pages'].append(save_figure(fig, folder/f'suspects_{p + 1:03d}.png'))
     for old in folder.glob('suspects_[0-9][0-9][0-9].png'):   # pages left over from a longer earlier review
         if old not in out['pages']: old.unlink()
     rel = folder/'relabel.csv'
@@ -81,6 +72,5 @@ def write_review(folder, table: pd.DataFrame, images, top: int=200, per_page: in
     summary = dict(items=len(table), top=top, noise_rate=table.attrs.get('noise_rate'), pages=len(out['pages']),
                    relabel_kept=out['relabel_kept'], files=sorted(Path(v).name for v in [out['table'], rel, *out['pages'],
                                                                                          *([out['duplicates']] if duplicates is not None else [])]))
-    tmp = folder/f'.summary.json.tmp-{uuid.uuid4().hex[:8]}'; tmp.write_text(json.dumps(summary, indent=1)); os.replace(tmp, folder/'summary.json')
-    out['summary'] = folder/'summary.json'
+    out['summary'] = write_json_atomic(summary, folder/'summary.json')
     return out

@@ -54,7 +54,7 @@ class BarlowTwinsLoss(nn.Module):
 # %% ../../nbs/siamese/11_barlow_twins.ipynb #811927be
 def create_barlow_twins_model(encoder:TimmEncoder|str='resnet18', # a TimmEncoder or a timm architecture name
                               hidden_size:int=8192, projection_size:int=8192, n_layers:int=3, bn:bool=True,
-                              n_in:int=3, pretrained:bool=False, **kwargs) -> SiameseModel:
+                              n_in:int|None=None, pretrained:bool=False, **kwargs) -> SiameseModel:
     "Barlow Twins network: `encoder.embed` then the paper's projector (linear-BN-ReLU twice, then linear)"
     body = as_encoder(encoder, n_in, pretrained, **kwargs)
     return SiameseModel(body, create_mlp(body.embed_dim, hidden_size, projection_size, n_layers, bn))

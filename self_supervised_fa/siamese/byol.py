@@ -44,7 +44,7 @@ class BYOLLoss(nn.Module):
 # %% ../../nbs/siamese/12_byol.ipynb #0b6f3c56
 def create_byol_model(encoder:TimmEncoder|str='resnet18', # a TimmEncoder or a timm architecture name
                       hidden_size:int=4096, projection_size:int=256, pred_hidden_size:int|None=None,
-                      n_in:int=3, pretrained:bool=False, **kwargs) -> SiameseModel:
+                      n_in:int|None=None, pretrained:bool=False, **kwargs) -> SiameseModel:
     "BYOL network: encoder + projector + predictor, and an EMA teacher of encoder and projector (`model.teacher`)"
     body = as_encoder(encoder, n_in, pretrained, **kwargs)
     return SiameseModel(body, create_mlp(body.embed_dim, hidden_size, projection_size),

@@ -61,7 +61,7 @@ class InfoNCELoss(nn.Module):
 # %% ../../nbs/siamese/14_moco.ipynb #5ee82d22
 def create_moco_v2_model(encoder:TimmEncoder|str='resnet18', # a TimmEncoder or a timm architecture name
                          hidden_size:int=2048, projection_size:int=128, queue_size:int=65536,
-                         n_in:int=3, pretrained:bool=False, **kwargs) -> SiameseModel:
+                         n_in:int|None=None, pretrained:bool=False, **kwargs) -> SiameseModel:
     "MoCo v2 network: encoder + MLP projector, an EMA teacher (`model.teacher`) and a queue of `queue_size` keys (`model.queue`)"
     body = as_encoder(encoder, n_in, pretrained, **kwargs)
     return SiameseModel(body, create_mlp(body.embed_dim, hidden_size, projection_size, bn=False), teacher=True,
@@ -69,7 +69,7 @@ def create_moco_v2_model(encoder:TimmEncoder|str='resnet18', # a TimmEncoder or 
 
 def create_moco_v3_model(encoder:TimmEncoder|str='resnet18', # a TimmEncoder or a timm architecture name
                          hidden_size:int=4096, projection_size:int=256, pred_hidden_size:int|None=None,
-                         n_in:int=3, pretrained:bool=False, **kwargs) -> SiameseModel:
+                         n_in:int|None=None, pretrained:bool=False, **kwargs) -> SiameseModel:
     "MoCo v3 network: encoder + 3-layer projector + predictor, and an EMA teacher of encoder and projector"
     body = as_encoder(encoder, n_in, pretrained, **kwargs)
     bn_last = dict(last_bn=True, last_bn_affine=False)

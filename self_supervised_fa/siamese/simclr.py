@@ -81,7 +81,7 @@ class NTXentLoss(nn.Module):
 def create_simclr_model(encoder:TimmEncoder|str='resnet18', # a TimmEncoder or a timm architecture name
                         hidden_size:int|None=None, # projector width; None: the encoder's embed_dim
                         projection_size:int=128, n_layers:int=2, bn:bool=True,
-                        n_in:int=3, pretrained:bool=False, **kwargs) -> SiameseModel:
+                        n_in:int|None=None, pretrained:bool=False, **kwargs) -> SiameseModel:
     "SimCLR network: `encoder.embed` then an MLP projector; the encoder stays reachable as `model.encoder`"
     body = as_encoder(encoder, n_in, pretrained, **kwargs)
     return SiameseModel(body, create_mlp(body.embed_dim, hidden_size or body.embed_dim, projection_size, n_layers, bn))

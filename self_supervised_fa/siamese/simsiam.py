@@ -43,7 +43,7 @@ class NegativeCosineLoss(nn.Module):
 # %% ../../nbs/siamese/13_simsiam.ipynb #4e3d32c6
 def create_simsiam_model(encoder:TimmEncoder|str='resnet18', # a TimmEncoder or a timm architecture name
                          hidden_size:int=2048, projection_size:int=2048, pred_hidden_size:int=512, n_layers:int=3,
-                         n_in:int=3, pretrained:bool=False, **kwargs) -> SiameseModel:
+                         n_in:int|None=None, pretrained:bool=False, **kwargs) -> SiameseModel:
     "SimSiam network: encoder + projector (BN on every layer) + bottleneck predictor; no teacher"
     body = as_encoder(encoder, n_in, pretrained, **kwargs)
     return SiameseModel(body, create_mlp(body.embed_dim, hidden_size, projection_size, n_layers, last_bn=True, last_bn_affine=False),

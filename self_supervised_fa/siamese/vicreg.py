@@ -58,7 +58,7 @@ class VICRegLoss(nn.Module):
 # %% ../../nbs/siamese/15_vicreg.ipynb #7de045d8
 def create_vicreg_model(encoder:TimmEncoder|str='resnet18', # a TimmEncoder or a timm architecture name
                         hidden_size:int=8192, projection_size:int=8192, n_layers:int=3,
-                        n_in:int=3, pretrained:bool=False, **kwargs) -> SiameseModel:
+                        n_in:int|None=None, pretrained:bool=False, **kwargs) -> SiameseModel:
     "VICReg network: `encoder.embed` then the paper's expander (linear-BN-ReLU twice, then linear)"
     body = as_encoder(encoder, n_in, pretrained, **kwargs)
     return SiameseModel(body, create_mlp(body.embed_dim, hidden_size, projection_size, n_layers))
