@@ -7,6 +7,7 @@ from .core.figures import *
 from .core.callback import *
 from .core.dist import *
 from .core.checkpoint import *
+from .core.learner import *
 from .data.colour import *
 from .data.folders import *
 from .data.loading import *

@@ -5,7 +5,6 @@
 # %% ../../nbs/app/03_demo.ipynb #356b8854
 from __future__ import annotations
 import os, time
-from contextlib import ExitStack
 from pathlib import Path
 import pandas as pd, torch
 from fastcore.basics import ifnone
@@ -19,6 +18,7 @@ from ..evaluate.monitor import KNNMonitorCallback
 from ..evaluate.label_efficiency import label_efficiency, plot_label_efficiency
 from .registry import METHODS, method_learner
 from ..core.figures import save_figure
+from ..core.learner import quiet
 
 # %% auto #0
 __all__ = ['DEMO_METHODS', 'train_from_scratch', 'available_methods', 'knn_monitor_dls', 'pretrain', 'demo', 'ssfa_demo']
@@ -31,10 +31,8 @@ def train_from_scratch(n_per_class:int|None, arch:str='resnet10t', epochs:int=20
     dls = sample_dls(n_per_class=n_per_class, bs=bs, size=size, seed=seed, path=path)
     learn = classifier_learner(dls, arch, n_in=1)
     start = time.time()
-    with ExitStack() as stack:
-        if not show_progress: stack.enter_context(learn.no_bar()); stack.enter_context(learn.no_logging())
-        learn.fit_one_cycle(epochs, lr)
-        acc = float(learn.validate()[1])
+    quiet(learn, show_progress).fit_one_cycle(epochs, lr)
+    acc = float(learn.validate()[1])
     return dict(method='from scratch', arch=arch, labels_per_class=n_per_class or 'all', epochs=epochs,
                 test_accuracy=round(acc, 4), train_seconds=round(time.time() - start, 1))
 
@@ -63,9 +61,7 @@ def pretrain(method:str='simclr', arch:str='resnet10t', epochs:int=10, lr:float|
     if knn_monitor is True: knn_monitor = KNNMonitorCallback(knn_monitor_dls(path=path, seed=seed))
     if knn_monitor: learn.add_cb(knn_monitor)
     start = time.time()
-    with ExitStack() as stack:
-        if not show_progress: stack.enter_context(learn.no_bar()); stack.enter_context(learn.no_logging())
-        learn.fit_one_cycle(epochs, lr)
+    quiet(learn, show_progress).fit_one_cycle(epochs, lr)
     return learn.model.encoder, learn, time.time() - start
 
 # %% ../../nbs/app/03_demo.ipynb #eceffacf

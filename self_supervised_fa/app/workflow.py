@@ -20,6 +20,7 @@ from ..labels.pseudo_label import assign_folds, kfold_pseudo_labels
 from .registry import METHODS, method_learner
 from ..labels.relabel import apply_relabel
 from ..core.figures import save_figure
+from ..core.learner import quiet
 
 # %% auto #0
 __all__ = ['prepare', 'settings', 'split_valid', 'plot_history', 'folder_method_learner', 'pretrain_folder', 'evaluate_folder',
@@ -65,15 +66,6 @@ def split_valid(items:pd.DataFrame, valid_pct:float=0.2, seed:int=0, valid_fold:
     return items.assign(is_valid=(f._vf == 0).values)
 
 # %% ../../nbs/app/01_workflow.ipynb #3d2db137
-def _quiet(learn, progress):
-    "`learn` without progress bars or epoch tables (in fit and in predictions) unless `progress`"
-    if progress: return learn
-    from fastcore.basics import noop
-    from fastai.callback.progress import ProgressCallback
-    learn.remove_cbs([c for c in learn.cbs if isinstance(c, ProgressCallback)])
-    learn.logger = noop
-    return learn
-
 def plot_history(ckpt:CheckpointCallback, fn, title:str=''):
     "Loss per batch (and valid loss per epoch), and the kNN top-1 per epoch when monitored, saved as PNG `fn`"
     import matplotlib.pyplot as plt
@@ -134,7 +126,7 @@ def pretrain_folder(data, out, method:str='simclr', arch:str='resnet18', encoder
     config = dict(method=method, arch=arch, encoder=str(encoder), bs=bs, epochs=epochs, lr=lr, seed=seed, n_items=len(items), **s)
     ck = CheckpointCallback(out/f'pretrain_{method}'/'checkpoint.safetensors', resume=resume, config=config)
     start = time.time()
-    _quiet(learn, progress)
+    quiet(learn, progress)
     learn.fit_one_cycle(epochs, lr, cbs=ck, start_epoch=ck.start_epoch)
     recipe = dict(config, data=str(d.root), n_images=len(items), seconds=round(time.time() - start, 1))
     fn = save_encoder(learn.model.encoder, out/f'encoder_{method}.safetensors', recipe=recipe)
@@ -190,7 +182,7 @@ def pseudo_label_folder(data, out, encoder=None, arch:str|None=None, folds:int=5
                           min(bs, len(trn)), s['stats'], d.classes, aug=aug, num_workers=workers)
     def learner_fn(trn, val):
         set_seed(seed, reproducible=True)
-        return _quiet(_classifier(dls_fn(trn, val), encoder, arch, s['n_in'], False), progress)
+        return quiet(_classifier(dls_fn(trn, val), encoder, arch, s['n_in'], False), progress)
     def fit_fn(learn): learn.fit_one_cycle(epochs, lr)
     test = _ok_test(d) if with_test and d.test is not None and len(_ok_test(d)) else None
     oof = kfold_pseudo_labels(items, out/'pseudo_label', folds, 'label', 'image_id', learner_fn=learner_fn, fit_fn=fit_fn,
@@ -244,7 +236,7 @@ def train_folder(data, out, encoder=None, arch:str|None=None, soft_labels=None, 
     config = dict(encoder=str(encoder), arch=str(arch), mode=mode, bs=bs, epochs=epochs, lr=lr, seed=seed, aug=aug,
                   relabel=None if relabel is None else str(relabel), **s)
     ck = CheckpointCallback(out/'train'/'checkpoint.safetensors', resume=resume, config=config)
-    _quiet(learn, progress)
+    quiet(learn, progress)
     learn.fit_one_cycle(epochs, lr, cbs=cbs + [ck], start_epoch=ck.start_epoch)
     with learn.no_bar(): probs, targs = learn.get_preds(ds_idx=1)
     scores = dict(accuracy=float((probs.argmax(1) == targs).float().mean()), roc_auc_mean=mean_roc_auc(probs, targs),

@@ -5,7 +5,6 @@
 # %% ../../nbs/evaluate/03_label_efficiency.ipynb #9a2276f7
 from __future__ import annotations
 import copy
-from contextlib import ExitStack
 import numpy as np, pandas as pd, torch
 from torch import nn
 from fastcore.basics import GetAttr, ifnone
@@ -17,6 +16,7 @@ from ..encoders.classifier import classifier_learner
 from ..augment.batch import AugmentBatchCallback
 from .embeddings import get_embeddings, get_stage_embeddings, _model_device
 from .probes import budget_indices, knn_accuracy, linear_probe, best_stage
+from ..core.learner import quiet
 
 # %% auto #0
 __all__ = ['subset_dls', 'probe_head', 'finetune_accuracy', 'scratch_like', 'label_efficiency', 'plot_label_efficiency']
@@ -40,9 +40,6 @@ def subset_dls(dls, idxs, bs: int | None = None) -> DataLoaders:
     return DataLoaders(train, dls.valid, path=dls.path, device=dls.device)
 
 # %% ../../nbs/evaluate/03_label_efficiency.ipynb #571bdf64
-def _quiet(learn, stack):
-    stack.enter_context(learn.no_bar()); stack.enter_context(learn.no_logging())
-
 def probe_head(body, dl, n_out: int, seed: int = 0, C: float = 1.0) -> nn.Linear:
     """A `Linear` on `body.embed` that computes `linear_probe`'s logistic regression fitted on the items of `dl`, the
     standardisation folded into its weights: the start of LP-FT (Kumar et al. 2022, linear probe, then fine-tuning)"""
@@ -77,14 +74,13 @@ def finetune_accuracy(body, dls, epochs: int = 10, lr: float = 2e-3, pretrained:
                                head_kwargs=dict(lin_ftrs=[], ps=0., first_bn=False) if head == 'probe' else None,
                                cbs=None if aug is None else AugmentBatchCallback(aug))
     if head == 'probe': learn.model.head[0] = probe_head(learn.model.encoder, dls.train, learn.dls.c, seed)
-    with ExitStack() as stack:
-        if not show_progress: _quiet(learn, stack)
-        if head == 'probe' and freeze_epochs == 0:   # the head is trained already: no head-only epochs
-            learn.unfreeze()
-            if epochs: learn.fit_one_cycle(epochs, slice(lr / lr_mult, lr))
-        elif pretrained: learn.fine_tune(epochs, lr, freeze_epochs=freeze_epochs, lr_mult=lr_mult)
-        else: learn.fit_one_cycle(epochs + freeze_epochs, lr)
-        return float(learn.validate()[1])
+    quiet(learn, show_progress)
+    if head == 'probe' and freeze_epochs == 0:   # the head is trained already: no head-only epochs
+        learn.unfreeze()
+        if epochs: learn.fit_one_cycle(epochs, slice(lr / lr_mult, lr))
+    elif pretrained: learn.fine_tune(epochs, lr, freeze_epochs=freeze_epochs, lr_mult=lr_mult)
+    else: learn.fit_one_cycle(epochs + freeze_epochs, lr)
+    return float(learn.validate()[1])
 
 # %% ../../nbs/evaluate/03_label_efficiency.ipynb #4908222a
 def scratch_like(body, seed: int = 0):
