@@ -9,6 +9,7 @@ from .core.dist import *
 from .core.checkpoint import *
 from .core.learner import *
 from .data.colour import *
+from .data.folds import *
 from .data.folders import *
 from .data.loading import *
 from .data.photos import *

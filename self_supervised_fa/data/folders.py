@@ -13,8 +13,9 @@ from fastprogress.fastprogress import progress_bar
 from ..core.io import write_csv_atomic
 
 # %% auto #0
-__all__ = ['IMAGE_EXTS', 'ID_COLS', 'LABEL_COLS', 'list_images', 'check_id', 'ImageData', 'read_csv_items', 'read_class_folders',
-           'read_image_tree', 'read_image_data', 'inspect_images', 'check_image_data', 'grey_only']
+__all__ = ['IMAGE_EXTS', 'ID_COLS', 'LABEL_COLS', 'list_images', 'check_id', 'ImageData', 'onehot_labels', 'read_csv_items',
+           'read_class_folders', 'read_image_tree', 'read_image_data', 'inspect_images', 'check_image_data',
+           'grey_only']
 
 # %% ../../nbs/data/02_folders.ipynb #629322e5
 IMAGE_EXTS = tuple(sorted(e for e, f in Image.registered_extensions().items() if f in Image.OPEN))  # what PIL can open
@@ -89,13 +90,19 @@ def _labels(df, label_col, skip, csv):
                                             f"e.g. rows {list(df.index[y.isna()][:3])}; fill or drop them")
         return y, sorted(y.unique().tolist()), None
     cols = list(label_col)
+    return onehot_labels(df, cols, what=str(csv)), cols, cols
+
+def onehot_labels(df:pd.DataFrame, cols:list, classes=None, what:str='the DataFrame') -> pd.Series:
+    "The class of each row of one-hot columns `cols` (named `classes` if given, else the column names); strict"
     missing = [c for c in cols if c not in df]
-    if missing: raise KeyError(f"one-hot label columns {missing} are not in {csv} (columns: {list(df.columns)})")
+    if missing: raise KeyError(f"one-hot label columns {missing} are not in {what} (columns: {list(df.columns)})")
     oh = df[cols].to_numpy()
     bad = ~np.isin(oh, [0, 1]).all(1) | (oh.sum(axis=1) != 1)
-    if bad.any(): raise ValueError(f"{int(bad.sum())} rows of {csv} do not hold exactly one 1 in the label columns {cols}, "
+    if bad.any(): raise ValueError(f"{int(bad.sum())} rows of {what} are not one-hot (exactly one 1) in the label columns {cols}, "
                                    f"e.g. rows {list(df.index[bad][:3])}; multi-label rows are not supported")
-    return pd.Series(np.array(cols, dtype=object)[oh.argmax(1)], index=df.index), cols, cols
+    names = np.array(cols if classes is None else classes, dtype=object)
+    if len(names) != len(cols): raise ValueError(f"classes has {len(names)} names for {len(cols)} one-hot columns")
+    return pd.Series(names[oh.argmax(1)], index=df.index)
 
 def _resolve(ids, folder:Path, ext:str|None, listing=None) -> list:
     "File name (str) of each id under `folder`: id + `ext`, the id itself, or the one file whose name without extension is the id"

@@ -5,19 +5,24 @@
 # %% ../../nbs/encoders/02_heads.ipynb #75fe1bc3
 from __future__ import annotations
 from torch import nn
+from functools import partial
 
 # %% auto #0
 __all__ = ['create_mlp']
 
 # %% ../../nbs/encoders/02_heads.ipynb #aeafc3ea
 def create_mlp(in_dim:int, hidden_size:int, out_dim:int, n_layers:int=2, bn:bool=True, last_bn:bool=False,
-               last_bn_affine:bool=True) -> nn.Sequential:
-    "`n_layers` linear layers `in_dim -> hidden_size -> ... -> out_dim`, BatchNorm1d (if `bn`) and ReLU between them"
+               last_bn_affine:bool=True,
+               act=partial(nn.ReLU, inplace=True), # the activation between layers: a module class or factory (`nn.GELU`)
+               bias:bool|None=None, # None: no bias on a layer a BatchNorm follows (it would cancel); True: on every layer
+               dropout:float=0.) -> nn.Sequential: # dropout before the last layer
+    "`n_layers` linear layers `in_dim -> hidden_size -> ... -> out_dim`, BatchNorm1d (if `bn`) and `act` between them"
     if n_layers < 1: raise ValueError(f"create_mlp: n_layers must be at least 1, got {n_layers}")
     dims, layers = [in_dim] + [hidden_size] * (n_layers - 1) + [out_dim], []
     for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
         last = i == n_layers - 1
-        layers.append(nn.Linear(a, b, bias=not (bn and not last) and not (last and last_bn)))
+        if last and dropout: layers.append(nn.Dropout(dropout))
+        layers.append(nn.Linear(a, b, bias=not (bn and not last) and not (last and last_bn) if bias is None else bias))
         if bn and (not last or last_bn): layers.append(nn.BatchNorm1d(b, affine=not last or last_bn_affine))
-        if not last: layers.append(nn.ReLU(inplace=True))
+        if not last: layers.append(act())
     return nn.Sequential(*layers)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np, torch, torch.nn.functional as F
 from torch import Tensor
 from .embeddings import _as_tensor
+from ..data.folds import fold_numbers
 
 # %% auto #0
 __all__ = ['budget_indices', 'knn_scores', 'knn_accuracy', 'linear_probe', 'cv_accuracy', 'best_stage']
@@ -97,15 +98,13 @@ def linear_probe(train_feats, train_labels, test_feats, test_labels, n_per_class
 def cv_accuracy(feats, labels, method: str = 'linear', n_folds: int = 5, seed: int = 0, k: int = 20,
                 temperature: float = 0.1, C: float = 1.0) -> float:
     "Mean held-out accuracy of `method` ('linear' or 'knn') over stratified `n_folds`-fold cross-validation of (`feats`, `labels`)"
-    from sklearn.model_selection import StratifiedKFold
     if method not in ('linear', 'knn'): raise ValueError(f"method={method!r}: use 'linear' or 'knn'")
     feats, labels = _check_pair(feats, labels, 'labelled')
     least = min(int(c) for c in np.unique(labels.numpy(), return_counts=True)[1]) if len(labels) else 0
     if least < 2: raise ValueError(f"cross-validation needs at least 2 labelled items in every class (one class has {least}); "
                                    "use more labels per class or a fixed stage")
-    folds = StratifiedKFold(n_splits=min(n_folds, least), shuffle=True, random_state=seed)
-    accs = []
-    for tr, va in folds.split(np.zeros(len(labels)), labels.numpy()):
+    folds, accs = fold_numbers(min(n_folds, least), seed, y=labels.numpy()), []
+    for tr, va in ((np.flatnonzero(folds != i), np.flatnonzero(folds == i)) for i in range(min(n_folds, least))):
         if method == 'linear': accs.append(linear_probe(feats[tr], labels[tr], feats[va], labels[va], seed=seed, C=C))
         else: accs.append(knn_accuracy(feats[tr], labels[tr], feats[va], labels[va], k=min(k, len(tr)), temperature=temperature,
                                        n_classes=int(labels.max()) + 1, topk=(1,))['top1'])

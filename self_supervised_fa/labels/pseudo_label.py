@@ -6,12 +6,12 @@
 from __future__ import annotations
 from pathlib import Path
 import numpy as np, pandas as pd
-from fastcore.basics import ifnone
 from fastprogress.fastprogress import progress_bar
-from sklearn.model_selection import StratifiedKFold, StratifiedGroupKFold
 from .soft_label import PROB_PREFIX, prob_columns
 from ..core.io import write_csv_atomic
 from ..core.dist import barrier, is_main, rank, world_size
+from ..data.folds import fold_numbers
+from ..data.folders import onehot_labels
 
 # %% auto #0
 __all__ = ['class_labels', 'assign_folds', 'predict_fold', 'average_fold_predictions', 'kfold_pseudo_labels']
@@ -22,15 +22,7 @@ def class_labels(df: pd.DataFrame, label='label', classes=None) -> pd.Series:
     if isinstance(label, str):
         if label not in df: raise KeyError(f"label column {label!r} not in the DataFrame (columns: {list(df.columns)})")
         return df[label].rename('label')
-    cols = list(label)
-    missing = [c for c in cols if c not in df]
-    if missing: raise KeyError(f"one-hot label columns {missing} not in the DataFrame (columns: {list(df.columns)})")
-    oh = df[cols].to_numpy()
-    bad = ~((oh == 0) | (oh == 1)).all(1) | (oh.sum(1) != 1)
-    if bad.any(): raise ValueError(f"{bad.sum()} rows of {cols} are not one-hot, e.g. rows {list(df.index[bad][:3])}")
-    names = np.array(ifnone(classes, cols), dtype=object)
-    if len(names) != len(cols): raise ValueError(f"classes has {len(names)} names for {len(cols)} one-hot columns")
-    return pd.Series(names[oh.argmax(1)], index=df.index, name='label')
+    return onehot_labels(df, list(label), classes).rename('label')
 
 # %% ../../nbs/labels/01_pseudo_label.ipynb #726e7e68
 def assign_folds(df: pd.DataFrame, n_folds: int=5, label='label', seed: int=0, col: str='fold', classes=None,
@@ -50,12 +42,8 @@ def assign_folds(df: pd.DataFrame, n_folds: int=5, label='label', seed: int=0, c
                                                  "give every item a group (its own id if it shares none)")
         if groups.nunique() < n_folds: raise ValueError(f"group column {group!r} has {groups.nunique()} groups, fewer than "
                                                         f"n_folds={n_folds}")
-    res = df.copy()
-    res[col] = -1
-    kf = (StratifiedKFold if groups is None else StratifiedGroupKFold)(n_folds, shuffle=True, random_state=seed)
-    split = kf.split(np.zeros(len(y)), y.astype(str), None if groups is None else groups.astype(str))
-    for k, (_, idx) in enumerate(split): res.iloc[idx, res.columns.get_loc(col)] = k
-    return res
+    return df.assign(**{col: fold_numbers(n_folds, seed, y=y.astype(str).values,
+                                          groups=None if groups is None else groups.astype(str).values)})
 
 # %% ../../nbs/labels/01_pseudo_label.ipynb #21273124
 def _check_folds(folds: pd.DataFrame, out_dir: Path, item_col: str):

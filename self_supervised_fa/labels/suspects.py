@@ -5,9 +5,9 @@
 # %% ../../nbs/labels/04_suspects.ipynb #d3ec91f7
 from __future__ import annotations
 import numpy as np, pandas as pd, torch
-from sklearn.model_selection import KFold
 from ..evaluate.probes import knn_scores
 from .soft_label import aligned_probs, prob_columns, PROB_PREFIX
+from ..data.folds import fold_numbers
 
 # %% auto #0
 __all__ = ['SCORE_METHODS', 'confident_thresholds', 'confident_labels', 'label_signals', 'confident_joint', 'estimate_noise_rate',
@@ -75,9 +75,7 @@ def _folds(n, folds=None, n_folds: int=10, seed: int=0) -> np.ndarray:
         if len(folds) != n: raise ValueError(f"folds has {len(folds)} entries for {n} items")
         return folds
     if n < n_folds: raise ValueError(f"{n} items are fewer than n_folds={n_folds}")
-    res = np.empty(n, dtype=np.int64)
-    for k, (_, idx) in enumerate(KFold(n_folds, shuffle=True, random_state=seed).split(np.zeros(n))): res[idx] = k
-    return res
+    return fold_numbers(n_folds, seed, n=n)
 
 def knn_vote_probs(feats, labels, n_classes: int|None=None, k: int=20, temperature: float=0.1, folds=None,
                    n_folds: int=10, seed: int=0, chunk_size: int=1024) -> np.ndarray:

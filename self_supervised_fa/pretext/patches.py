@@ -8,6 +8,7 @@ import torch, torch.nn as nn
 from torchvision.utils import make_grid
 from fastcore.basics import store_attr
 from .core import PretextCallback
+from ..encoders.heads import create_mlp
 
 # %% auto #0
 __all__ = ['NEIGHBOUR_NAMES', 'NEIGHBOUR_OFFSETS', 'grid_side', 'fit_tile', 'grid_stride', 'check_grid_fits', 'resolve_tile',
@@ -112,9 +113,9 @@ class PatchSetClassifier(nn.Module):
         super().__init__()
         store_attr('n_patches,n_out')
         self.encoder = encoder
-        self.proj = nn.Sequential(nn.Linear(encoder.embed_dim, proj_dim), nn.BatchNorm1d(proj_dim), nn.ReLU(inplace=True))
-        self.head = nn.Sequential(nn.Linear(n_patches*proj_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-                                  nn.Dropout(p), nn.Linear(hidden, n_out))
+        self.proj = nn.Sequential(*create_mlp(encoder.embed_dim, proj_dim, proj_dim, n_layers=1, last_bn=True, bias=True),
+                                  nn.ReLU(inplace=True))
+        self.head = create_mlp(n_patches*proj_dim, hidden, n_out, bias=True, dropout=p)
 
     def forward(self, x:torch.Tensor) -> torch.Tensor:
         if x.ndim != 5 or x.shape[1] != self.n_patches:

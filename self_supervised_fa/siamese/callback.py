@@ -132,6 +132,7 @@ class MultiViewCallback(ReplaceBatchCallback):
         super().before_fit()
         self.check_model(unwrap(self.learn.model))
         self.old_loss_func, self.learn.loss_func = self.learn.loss_func, self.compute_loss
+        self._to_queue = None
     def _restore(self):
         if hasattr(self, 'old_loss_func'): self.learn.loss_func = self.old_loss_func; del self.old_loss_func
     def after_fit(self): self._restore()
@@ -168,12 +169,17 @@ class MultiViewCallback(ReplaceBatchCallback):
                                   f"one 2-D (batch, features) tensor per view ({n} views); got {got}. Build the model with "
                                   f"{self.factory} (or return such a dict from your own model's forward(*views))"))
 
-    # --- the teacher
+    # --- the teacher, and a queue in the model (MoCo v2's keys, SwAV's embeddings)
+    def queue_after_step(self, keys):
+        "Push `keys` to the model's `queue` after this step's update (and the teacher's): a batch never meets its own keys"
+        self._to_queue = keys
+
     def after_step(self):
         model = unwrap(self.learn.model)
-        if getattr(model, 'teacher', None) is None: return
-        self.momentum_now = momentum_at(self.pct_train, self.momentum, self.momentum_end)
-        model.update_teacher(self.momentum_now)
+        if getattr(model, 'teacher', None) is not None:
+            self.momentum_now = momentum_at(self.pct_train, self.momentum, self.momentum_end)
+            model.update_teacher(self.momentum_now)
+        if getattr(self, '_to_queue', None) is not None: model.queue.push(self._to_queue); self._to_queue = None
 
     # --- pictures
     def show(self, x=None, n:int=4, seed:int|None=0, size:float=1.4):

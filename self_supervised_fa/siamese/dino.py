@@ -18,6 +18,7 @@ from ..core.dist import unwrap
 from ..core.dist import all_reduce_mean, rank_offset, world_size
 from ..encoders.body import TimmEncoder, as_encoder
 from ..encoders.files import save_encoder, load_encoder
+from ..encoders.heads import create_mlp
 
 # %% auto #0
 __all__ = ['teacher_probs', 'DINOLoss', 'DINOHead', 'DINOModel', 'create_dino_model', 'DINOCallback', 'dino_augs',
@@ -72,12 +73,7 @@ class DINOHead(nn.Module):
     def __init__(self, in_dim:int, out_dim:int=65536, hidden_size:int=2048, bottleneck_size:int=256, n_layers:int=3,
                  bn:bool=False, norm_last_layer:bool=True):
         super().__init__()
-        if n_layers < 1: raise ValueError(f"DINOHead: n_layers must be at least 1, got {n_layers}")
-        dims, layers = [in_dim] + [hidden_size] * (n_layers - 1) + [bottleneck_size], []
-        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
-            layers.append(nn.Linear(a, b))
-            if i < n_layers - 1: layers += ([nn.BatchNorm1d(b)] if bn else []) + [nn.GELU()]
-        self.mlp = nn.Sequential(*layers)
+        self.mlp = create_mlp(in_dim, hidden_size, bottleneck_size, n_layers, bn=bn, act=nn.GELU, bias=True)
         for m in self.mlp.modules():
             if isinstance(m, nn.Linear): nn.init.trunc_normal_(m.weight, std=0.02); nn.init.zeros_(m.bias)
         self.last_layer = weight_norm(nn.Linear(bottleneck_size, out_dim, bias=False))

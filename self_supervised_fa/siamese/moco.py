@@ -93,17 +93,12 @@ class MoCoV2Callback(MultiViewCallback):
         if self.dls.train.bs > queue.size:
             self._fail(ValueError(f"the queue holds {queue.size} keys but a batch has {self.dls.train.bs}: each batch would overwrite its "
                                   f"own keys. Use queue_size >= {self.dls.train.bs} in create_moco_v2_model, or smaller batches"))
-        self.keys = None
 
     def compute_loss(self, out, *yb):
         q, k, queue = out['proj'], out['target'], unwrap(self.learn.model).queue
         loss = torch.stack([self.loss_func(q[i], k[j], queue.keys) for i, j in view_pairs(len(q), len(k))]).mean()
-        if self.training: self.keys = k[-1].detach()   # queued after the step: never a negative of its own batch
+        if self.training: self.queue_after_step(F.normalize(k[-1].detach().float(), dim=1))
         return loss
-
-    def after_step(self):
-        super().after_step()
-        if self.keys is not None: unwrap(self.learn.model).queue.push(F.normalize(self.keys.float(), dim=1)); self.keys = None
 
 class MoCoV3Callback(MultiViewCallback):
     "MoCo v3: each view's prediction against the teacher's keys of the other view, the batch's other keys as negatives"

@@ -158,7 +158,7 @@ class SwAVCallback(MultiViewCallback):
             self._fail(ValueError("SwAVCallback needs a model with prototypes (a linear layer); build it with create_swav_model"))
         model.normalize_prototypes()
         self.freeze_iters = ifnone(self.freeze_prototypes, len(self.dls.train))
-        self.to_queue, self.queue_used, self.watch = None, False, CollapseWatch(start=2)
+        self.queue_used, self.watch = False, CollapseWatch(start=2)
 
     @property
     def spreads(self) -> list: "Per epoch, the std of the global crops' logits over the prototypes (uniform predictions: 0)"; return self.watch.values
@@ -177,7 +177,7 @@ class SwAVCallback(MultiViewCallback):
         qs = self.queue_scores(model)
         self.queue_used = qs is not None
         if self.training and model.queue is not None and self.epoch >= self.queue_start:
-            self.to_queue = [z.detach() for z in out['proj'][:g]]   # queued after the step
+            self.queue_after_step([z.detach() for z in out['proj'][:g]])
         if self.training:   # how far from uniform the global crops' predictions are: a tensor, no host sync per batch
             self.watch.add(torch.stack([p.detach().float().std(1).mean() for p in out['pred'][:g]]).mean() / self.loss_func.temperature)
         return self.loss_func(out['pred'], g, qs)
@@ -189,7 +189,6 @@ class SwAVCallback(MultiViewCallback):
         super().after_step()
         model = unwrap(self.learn.model)
         model.normalize_prototypes()
-        if self.to_queue is not None: model.queue.push(self.to_queue); self.to_queue = None
 
     def after_train(self):
         "Record the epoch's spread (`spreads`); warn once if the predictions stay near uniform from the third epoch on (collapse)"
