@@ -24,7 +24,7 @@ from fastai.torch_core import set_seed
 from bench_utils import add_common_args, start, command, colour_crops_dls, fit_cpu_budget, md_table, machine, write_text_atomic, pretrained_cell
 from self_supervised_fa.encoders.body import create_timm_body
 from self_supervised_fa.encoders.files import load_encoder
-from self_supervised_fa.evaluate.label_efficiency import label_efficiency
+from self_supervised_fa.evaluate.label_efficiency import label_efficiency, Probe, FineTune
 from self_supervised_fa.pretext.pixel_loss import MaskedMSELoss
 from self_supervised_fa.pretext.colorize import ColorizeCallback, create_colorize_model, ABBinLoss, ab_prior
 from self_supervised_fa.data.colour import COLOUR_PHOTOS
@@ -68,8 +68,7 @@ def downstream(a, name, enc_path, seed, stage, cells):
     if cells.get(key): return cells.get(key)
     enc = load_encoder(enc_path(), create_timm_body(a.arch, n_in=1))
     dls = colour_crops_dls(a.n_per_photo, 256, grey=True, photos=photo_list(a))
-    df = label_efficiency({name: enc}, dls, budgets=[a.labels], methods=('linear', 'finetune'), ft_epochs=a.ft_epochs,
-                          ft_bs=16, ft_freeze_epochs=a.ft_freeze_epochs, ft_lr_mult=a.ft_lr_mult, ft_head=a.ft_head, seed=seed, stage=None if stage == 'embed' else stage, progress=False)
+    df = label_efficiency({name: enc}, dls, budgets=[a.labels], methods=('linear', 'finetune'), seed=seed, progress=False, probe=Probe(stage=None if stage == 'embed' else stage), finetune=FineTune(epochs=a.ft_epochs, bs=16, freeze_epochs=a.ft_freeze_epochs, lr_mult=a.ft_lr_mult, head=a.ft_head))
     return cells.put(key, df.to_dict('records'))
 
 

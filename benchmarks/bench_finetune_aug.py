@@ -16,7 +16,7 @@ from bench_utils import add_common_args, start, md_table, machine, write_text_at
 from self_supervised_fa.augment.views import ViewAugment
 from self_supervised_fa.data.sample import sample_dls
 from self_supervised_fa.encoders.files import load_encoder
-from self_supervised_fa.evaluate.label_efficiency import label_efficiency, scratch_like
+from self_supervised_fa.evaluate.label_efficiency import label_efficiency, scratch_like, Probe, FineTune
 
 AUGS = {'none': lambda: None,
         'crop+rotate': lambda: ViewAugment(28, crop_scale=(0.6, 1.), flip_p=0., jitter_p=0., grayscale_p=0., blur_p=0.,
@@ -65,8 +65,7 @@ def main():
                     if r is None:
                         t = time.time()
                         scratch = name == 'from scratch'   # then fit_one_cycle at scratch_lr, as label_efficiency's twin
-                        df = label_efficiency({} if scratch else {name: enc}, dls, budgets=budgets, scratch=enc if scratch else False,
-                                              methods=('finetune',), seed=seed, ft_epochs=ep, ft_aug=AUGS[aug](), progress=False)
+                        df = label_efficiency({} if scratch else {name: enc}, dls, budgets=budgets, scratch=enc if scratch else False, methods=('finetune',), seed=seed, progress=False, finetune=FineTune(epochs=ep, aug=AUGS[aug]()))
                         r = cells.put(key, dict(acc={str(b): float(v) for b, v in zip(df.labels, df.finetune)}, secs=round(time.time() - t)))
                         print(key, r, flush=True)
                     secs.append(r['secs'])

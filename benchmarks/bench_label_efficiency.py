@@ -26,7 +26,7 @@ from self_supervised_fa.data.sample import sample_dls, load_sample_df
 from self_supervised_fa.core.io import write_csv_atomic
 from self_supervised_fa.encoders.files import save_encoder, load_encoder
 from self_supervised_fa.evaluate.monitor import KNNMonitorCallback
-from self_supervised_fa.evaluate.label_efficiency import label_efficiency, scratch_like
+from self_supervised_fa.evaluate.label_efficiency import label_efficiency, scratch_like, Probe, FineTune
 from self_supervised_fa.app.registry import METHODS, method_learner
 
 SIAMESE = [m for m, v in METHODS.items() if v.kind == 'siamese']
@@ -90,8 +90,7 @@ def evaluate(name, enc, a, cache, ref=None):
     dls, t = sample_dls(bs=256, seed=a.seed), time.time()
     encs, scratch = ({name: enc}, False) if ref is None else ({'ref': ref}, enc)
     df = pd.concat([
-        label_efficiency(encs, dls, budgets=[int(b) for b in a.labels.split(',')], scratch=scratch, seed=a.seed,
-                         ft_epochs=a.ft_epochs, methods=('knn', 'linear', 'finetune'), progress=False),
+        label_efficiency(encs, dls, budgets=[int(b) for b in a.labels.split(',')], scratch=scratch, seed=a.seed, methods=('knn', 'linear', 'finetune'), progress=False, finetune=FineTune(epochs=a.ft_epochs)),
         label_efficiency(encs, dls, budgets=[0.01, 0.1, None], scratch=scratch, seed=a.seed, methods=('knn', 'linear'),
                          progress=False)], ignore_index=True)
     df = df[df.encoder == name].assign(eval_s=round(time.time() - t))

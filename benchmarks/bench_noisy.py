@@ -20,7 +20,7 @@ from fastai.vision.data import ImageBlock
 from fastai.vision.core import PILImageBW
 from self_supervised_fa.data.sample import load_sample_df, get_sample_data, CLASSES, SAMPLE_STATS
 from self_supervised_fa.labels.noise import add_label_noise
-from self_supervised_fa.labels.pseudo_label import kfold_pseudo_labels
+from self_supervised_fa.labels.pseudo_label import kfold_pseudo_labels, FoldLearner
 from self_supervised_fa.core.io import write_csv_atomic
 from self_supervised_fa.labels.soft_label import SoftLabelCallback, SoftTargetCrossEntropy, soft_accuracy
 from self_supervised_fa.labels.plc import PLCCallback
@@ -99,9 +99,7 @@ def run(seed, a, work):
     r = cached(work, f'noisy_{tag}', noisy); res['noisy'], res['noisy_memorised'] = r['acc'], r['memorised']
     if 'soft' in a.methods:
         torch.manual_seed(seed)
-        oof = kfold_pseudo_labels(trn, work/f'oof_{tag}_f{a.folds}_{a.fold_select}', n_folds=a.folds,
-                                  learner_fn=lambda t, v: make_learner(t, v, arch=a.arch),
-                                  fit_fn=lambda l: train(l, a.epochs, a.lr, a.fold_select, work), seed=seed)
+        oof = kfold_pseudo_labels(trn, work/f'oof_{tag}_f{a.folds}_{a.fold_select}', n_folds=a.folds, seed=seed, learner=FoldLearner(learner_fn=lambda t, v: make_learner(t, v, arch=a.arch), fit_fn=lambda l: train(l, a.epochs, a.lr, a.fold_select, work)))
         res['oof_acc_vs_clean'] = float((oof.pred.values == trn.label_clean.values).mean())
         res['soft'] = cached(work, f'soft_{tag}_f{a.folds}_{a.fold_select}_w{a.w}_T{a.temp}',
                              lambda: {'acc': test_acc(fit(trn, SoftLabelCallback(sharpen(oof, a.temp), w=a.w)))})['acc']

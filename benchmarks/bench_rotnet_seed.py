@@ -32,7 +32,7 @@ from self_supervised_fa.encoders.body import create_timm_body
 from self_supervised_fa.encoders.classifier import create_classifier
 from self_supervised_fa.encoders.files import load_encoder
 from self_supervised_fa.evaluate.probes import budget_indices
-from self_supervised_fa.evaluate.label_efficiency import subset_dls, label_efficiency
+from self_supervised_fa.evaluate.label_efficiency import subset_dls, label_efficiency, Probe, FineTune
 from self_supervised_fa.pretext.rotnet import RotNetCallback, create_rotnet_model
 
 ADAM = partial(OptimWrapper, opt=torch.optim.Adam)   # plain PyTorch Adam, no weight decay: the lecture's optimiser
@@ -83,8 +83,7 @@ def our_downstream(a, arch, enc_path, seed, cells):
     if cells.get(key): return cells.get(key)
     enc = load_encoder(enc_path(), create_timm_body(arch, n_in=1))
     stage = None if arch == 'mnist_cnn2' else 'best'   # the small CNN: its fc 1 embedding (the conv stages are read flat by fc 1)
-    df = label_efficiency({'rotnet': enc}, sample_dls(bs=256, seed=seed), budgets=[100], methods=('linear', 'finetune'),
-                          ft_epochs=a.ft_epochs, seed=seed, stage=stage, progress=False)
+    df = label_efficiency({'rotnet': enc}, sample_dls(bs=256, seed=seed), budgets=[100], methods=('linear', 'finetune'), seed=seed, progress=False, probe=Probe(stage=stage), finetune=FineTune(epochs=a.ft_epochs))
     return cells.put(key, df.to_dict('records'))
 
 

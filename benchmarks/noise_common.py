@@ -12,7 +12,7 @@ def ssl_encoder(work=WORK, epochs=20, lr=5e-3, bs=128, seed=0, arch='resnet10t')
     from self_supervised_fa.encoders.files import save_encoder, load_encoder
     fn = Path(work)/f'simclr_{arch}_e{epochs}_lr{lr}_bs{bs}_s{seed}.safetensors'
     if fn.exists(): return load_encoder(fn), fn
-    enc, _, secs = pretrain('simclr', arch, epochs=epochs, lr=lr, bs=bs, seed=seed, knn_monitor=False, show_progress=False)
+    enc, _, secs = pretrain('simclr', arch, epochs=epochs, lr=lr, bs=bs, seed=seed, knn_monitor=False, progress=False)
     save_encoder(enc, fn, recipe=dict(method='simclr', arch=arch, epochs=epochs, lr=lr, bs=bs, seed=seed,
                                        seconds=round(secs), threads=torch.get_num_threads()))
     print(f'pretrained {fn.name} in {secs:.0f} s', flush=True)
@@ -106,11 +106,9 @@ def embeddings(enc, work=WORK, name='emb'):
 
 def oof_probs(trn, enc, out_dir, seed=0, n_folds=4):
     "Out-of-fold probabilities of the SSL fine-tuning recipe (`kfold_pseudo_labels`, one fold model per fold; resumable)"
-    from self_supervised_fa.labels.pseudo_label import kfold_pseudo_labels
+    from self_supervised_fa.labels.pseudo_label import kfold_pseudo_labels, FoldLearner
     n_folds = int(min(n_folds, trn.label.value_counts().min()))   # a small noisy budget can leave a class with fewer items
-    return kfold_pseudo_labels(trn, out_dir, n_folds=n_folds, seed=seed,
-                               learner_fn=lambda t, v: make_learner(t, enc, seed=seed, valid=v.iloc[:20]),
-                               fit_fn=lambda learn: fit(learn))
+    return kfold_pseudo_labels(trn, out_dir, n_folds=n_folds, seed=seed, learner=FoldLearner(learner_fn=lambda t, v: make_learner(t, enc, seed=seed, valid=v.iloc[:20]), fit_fn=lambda learn: fit(learn)))
 
 
 def md_table(df):

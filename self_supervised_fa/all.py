@@ -58,6 +58,7 @@ from .labels.sheets import *
 from .labels.soft_label import *
 from .labels.suspects import *
 from .app.registry import *
+from .app.options import *
 from .app.workflow import *
 from .app.cli import *
 from .app.demo import *

@@ -170,9 +170,9 @@ class SeededFoldLearner:
 def kfold_run(out_dir):
     "4 folds of 40 sample digits into `out_dir`: the table and the held-out items of the folds this process trained"
     from self_supervised_fa.data.sample import load_sample_df, subsample_per_class
-    from self_supervised_fa.labels.pseudo_label import kfold_pseudo_labels
+    from self_supervised_fa.labels.pseudo_label import kfold_pseudo_labels, FoldLearner
     df, rec = subsample_per_class(load_sample_df('train'), 4), SeededFoldLearner()
-    oof = kfold_pseudo_labels(df, out_dir, 4, learner_fn=rec, fit_fn=rec.fit, progress=False)
+    oof = kfold_pseudo_labels(df, out_dir, 4, progress=False, learner=FoldLearner(learner_fn=rec, fit_fn=rec.fit))
     return oof, rec.held
 
 def case_kfold():

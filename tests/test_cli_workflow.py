@@ -59,7 +59,7 @@ def test_workflow_end_to_end(comp, tmp_path):
     assert (out/'label_efficiency.png').exists() and pd.read_csv(out/'label_efficiency.csv').shape[0] == 4
 
     oof = main(['pseudo-label', str(comp), '--encoder', str(enc), '--folds', '3', '--epochs', '1', '--group-col', 'region'] + a)
-    items = W.prepare(comp, progress=False, group_col='region').items
+    items = W.prepare(comp, folder=W.FolderOptions(progress=False, group_col='region')).items
     assert sorted(oof.image_id) == sorted(items.image_id)                          # every checked item exactly once
     folds = oof.merge(items, on='image_id')
     assert folds.groupby('group').fold.nunique().max() == 1                         # grouped
@@ -77,7 +77,7 @@ def test_workflow_end_to_end(comp, tmp_path):
     table = pd.read_csv(rev/'suspects.csv', dtype={'image_id': str})
     assert sorted(table.image_id) == sorted(items.image_id) and table.score.is_monotonic_decreasing
     from self_supervised_fa.labels.suspects import rank_suspects
-    feats = W._embed_items(W.prepare(comp, progress=False, group_col='region'), W.settings(W.prepare(comp, progress=False), encoder=enc),
+    feats = W._embed_items(W.prepare(comp, folder=W.FolderOptions(progress=False, group_col='region')), W.settings(W.prepare(comp, folder=W.FolderOptions(progress=False)), encoder=enc),
                            enc, 64, 0, False)
     ref = rank_suspects(items, probs=pd.read_csv(out/'oof.csv', dtype={'image_id': str}), feats=feats, classes=PHOTO_CLASSES)
     np.testing.assert_allclose(table.score.values, ref.score.values, atol=1e-9)
@@ -120,7 +120,7 @@ def test_workflow_end_to_end(comp, tmp_path):
 
 
 def test_grey_rotnet_on_class_folders_and_unlabelled(tmp_path, comp):
-    d = W.prepare(comp, progress=False)
+    d = W.prepare(comp, folder=W.FolderOptions(progress=False))
     for _, r in d.items.iterrows():   # the same images as class sub-folders
         (tmp_path/'cls'/r.label).mkdir(parents=True, exist_ok=True)
         shutil.copy(r.fname, tmp_path/'cls'/r.label/os.path.basename(r.fname))

@@ -58,14 +58,14 @@ def test_finetune_aug_on_training_batches_only(dls):
 def test_label_efficiency_table_and_errors(dls):
     torch.manual_seed(0)
     a, b = create_timm_body('test_resnet', n_in=1), create_timm_body('test_resnet', n_in=1)
-    df = label_efficiency({'a': a, 'b': b}, dls, budgets=[1, 0.5], methods=('knn', 'linear'), k=20, progress=False)
+    df = label_efficiency({'a': a, 'b': b}, dls, budgets=[1, 0.5], methods=('knn', 'linear'), progress=False, probe=Probe(k=20))
     assert list(df.encoder) == ['a', 'a', 'b', 'b', 'from scratch', 'from scratch']
     assert list(df.labels) == [1, '50%'] * 3 and list(df.n_train) == [10, 150] * 3
     assert list(df.knn_k) == [10, 20] * 3   # k capped at the number of labelled items
     assert df[['knn_top1', 'linear']].apply(lambda c: c.between(0, 1)).all().all()
     with pytest.raises(ValueError, match='unknown methods'): label_efficiency(a, dls, methods=('svm',))
     with pytest.raises(ValueError, match='no encoder given'): label_efficiency({}, dls, progress=False)
-    alone = label_efficiency({}, dls, budgets=[1, 0.5], scratch=b, methods=('knn',), k=20, progress=False)   # a baseline by itself
+    alone = label_efficiency({}, dls, budgets=[1, 0.5], scratch=b, methods=('knn',), progress=False, probe=Probe(k=20))   # a baseline by itself
     assert list(alone.encoder) == ['from scratch'] * 2 and list(alone.knn_top1) == list(df.knn_top1[df.encoder == 'b'])
     with pytest.raises(ValueError, match='leaves class'): label_efficiency(a, dls, budgets=[0.01], methods=('knn',), progress=False)
 
@@ -90,7 +90,7 @@ def test_probe_head_is_the_linear_probe_then_fine_tunes(dls):
     assert tuned != start   # the body and head did train
     with pytest.raises(ValueError, match="head='probe'"): finetune_accuracy(body, sub, pretrained=False, head='probe')
     with pytest.raises(ValueError, match="'fastai'"): finetune_accuracy(body, sub, head='lpft')
-    with pytest.raises(ValueError, match='ft_head'): label_efficiency(body, dls, budgets=[5], ft_head='lpft', progress=False)
+    with pytest.raises(ValueError, match='FineTune.head'): label_efficiency(body, dls, budgets=[5], progress=False, finetune=FineTune(head='lpft'))
     few = subset_dls(dls, np.flatnonzero(np.array([int(y) for _, y in dls.train_ds]) < 9), bs=32)   # no item of class 9
     with pytest.raises(ValueError, match=r'class\(es\) \[9\]'): probe_head(body, few.train, 10)
 

@@ -46,12 +46,12 @@ def test_folds_errors():
 
 def test_oof_coverage_no_leakage_and_resume(small, tmp_path):
     rec = Recorder(die_on=2)  # killed inside fold 2's training
-    with pytest.raises(KeyboardInterrupt): kfold_pseudo_labels(small, tmp_path, 4, learner_fn=rec, fit_fn=rec.fit)
+    with pytest.raises(KeyboardInterrupt): kfold_pseudo_labels(small, tmp_path, 4, learner=FoldLearner(learner_fn=rec, fit_fn=rec.fit))
     done = {f: os.stat(tmp_path/f).st_mtime_ns for f in ['fold_0.csv', 'fold_1.csv']}
     assert sorted(f for f in os.listdir(tmp_path) if f.startswith('fold_') and 'trained' not in f) == list(done)
     assert not [f for f in os.listdir(tmp_path) if f.endswith('.tmp')]  # nothing half-written
     rec2 = Recorder()
-    oof = kfold_pseudo_labels(small, tmp_path, 4, learner_fn=rec2, fit_fn=rec2.fit)
+    oof = kfold_pseudo_labels(small, tmp_path, 4, learner=FoldLearner(learner_fn=rec2, fit_fn=rec2.fit))
     assert rec2.calls == 2                                             # only folds 2 and 3 were trained again
     assert {f: os.stat(tmp_path/f).st_mtime_ns for f in done} == done  # finished folds untouched
     # coverage: every item predicted exactly once, in the input's order, with its fold and given label
@@ -67,22 +67,22 @@ def test_oof_coverage_no_leakage_and_resume(small, tmp_path):
     assert np.allclose(p.sum(1), 1, atol=1e-5) and (oof.pred.values == p.argmax(1)).all()
     assert pd.read_csv(tmp_path/'oof.csv', dtype={'image_id': str}).equals(oof)
     rec3 = Recorder()  # a third run recomputes nothing
-    assert kfold_pseudo_labels(small, tmp_path, 4, learner_fn=rec3, fit_fn=rec3.fit).equals(oof) and rec3.calls == 0
+    assert kfold_pseudo_labels(small, tmp_path, 4, learner=FoldLearner(learner_fn=rec3, fit_fn=rec3.fit)).equals(oof) and rec3.calls == 0
 
 def test_leaky_learner_and_changed_folds_refused(small, tmp_path):
     leaky = lambda trn, val: Learner(sample_dls(pd.concat([trn, val]), val, bs=16), tiny_cnn())
     with pytest.raises(RuntimeError, match='trains on held-out items'):
-        kfold_pseudo_labels(small, tmp_path, 3, learner_fn=leaky, fit_fn=lambda l: None)
+        kfold_pseudo_labels(small, tmp_path, 3, learner=FoldLearner(learner_fn=leaky, fit_fn=lambda l: None))
     assert not (tmp_path/'fold_0.csv').exists()
     with pytest.raises(ValueError, match='another fold assignment'):
-        kfold_pseudo_labels(small, tmp_path, 3, seed=1, learner_fn=leaky, fit_fn=lambda l: None)
+        kfold_pseudo_labels(small, tmp_path, 3, seed=1, learner=FoldLearner(learner_fn=leaky, fit_fn=lambda l: None))
 
 def test_default_timm_learner_and_missing_images(small, tmp_path):
     sub = subsample_per_class(small, 2)
-    oof = kfold_pseudo_labels(sub, tmp_path/'ok', 2, arch='test_resnet', dls_kwargs=dict(bs=8), epochs=1)
+    oof = kfold_pseudo_labels(sub, tmp_path/'ok', 2, learner=FoldLearner(arch='test_resnet', dls_kwargs=dict(bs=8), epochs=1))
     assert oof.image_id.tolist() == sub.image_id.tolist() and set(oof.fold) == {0, 1}
     bad = pd.concat([sub, sub.iloc[:4].assign(image_id=['nope_1', 'nope_2', 'nope_3', 'nope_4'])])
     with pytest.raises(FileNotFoundError, match=r"4 image file\(s\) missing.*nope_1"):
-        kfold_pseudo_labels(bad, tmp_path/'bad', 2, arch='test_resnet')
+        kfold_pseudo_labels(bad, tmp_path/'bad', 2, learner=FoldLearner(arch='test_resnet'))
     assert not (tmp_path/'bad').exists()  # failed before anything was written
-    with pytest.raises(ValueError, match='duplicated'): kfold_pseudo_labels(pd.concat([sub, sub]), tmp_path/'dup', 2, arch='x')
+    with pytest.raises(ValueError, match='duplicated'): kfold_pseudo_labels(pd.concat([sub, sub]), tmp_path/'dup', 2, learner=FoldLearner(arch='x'))

@@ -136,12 +136,12 @@ def test_oof_probabilities_used_come_from_models_that_did_not_train_on_the_item(
     from fastai.learner import Learner
     from fastai.losses import CrossEntropyLossFlat
     from self_supervised_fa.data.sample import sample_dls
-    from self_supervised_fa.labels.pseudo_label import kfold_pseudo_labels
+    from self_supervised_fa.labels.pseudo_label import kfold_pseudo_labels, FoldLearner
     d = noisy_sample(4)
     def learner(trn, val):
         model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
         return Learner(sample_dls(trn, val, bs=8), model, loss_func=CrossEntropyLossFlat())
-    oof = kfold_pseudo_labels(d, tmp_path, n_folds=2, learner_fn=learner, fit_fn=lambda l: l.fit(1, 1e-3))
+    oof = kfold_pseudo_labels(d, tmp_path, n_folds=2, learner=FoldLearner(learner_fn=learner, fit_fn=lambda l: l.fit(1, 1e-3)))
     for k in (0, 1):
         trained = set(pd.read_csv(tmp_path/f'fold_{k}_trained.csv', dtype=str).image_id)
         assert trained and not trained & set(oof[oof.fold == k].image_id)

@@ -248,7 +248,7 @@ class _QueueSpy(Callback):
     def __init__(self): self.seen = []
     def after_loss(self):
         cb = self.learn.cbs.filter(lambda c: isinstance(c, MoCoV2Callback))[0]
-        if self.training: self.seen.append((cb.keys.clone(), self.model.queue.keys.clone()))
+        if self.training: self.seen.append((cb.to_queue.clone(), self.model.queue.keys.clone()))   # keys waiting for the step
 
 
 def test_moco_queue_fifo_and_never_its_own_keys(dls):

@@ -105,7 +105,7 @@ def test_best_stage_never_reads_test_labels(small):
     train_df, test_df = small
     torch.manual_seed(0)
     enc = create_timm_body('test_resnet', n_in=1)
-    kw = dict(budgets=[10], methods=('linear',), stage='best', scratch=False, progress=False, cv_folds=3)
+    kw = dict(budgets=[10], methods=('linear',), scratch=False, progress=False, probe=le.Probe(stage='best', cv_folds=3))
     clean = le.label_efficiency(enc, sample_dls(train_df, test_df, bs=128, shuffle=False), **kw)
     chosen = int(clean.linear_stage[0])
     # poison: relabel the test digits with what a probe on another stage predicts, so that stage scores 100 % on them
@@ -118,7 +118,7 @@ def test_best_stage_never_reads_test_labels(small):
     _, clf = linear_probe(trf[idx], trl[idx], tef, torch.zeros(len(tef)), seed=0, return_model=True)
     poisoned = test_df.assign(label=clf.predict(tef.numpy()))
     pdls = sample_dls(train_df, poisoned, bs=128, shuffle=False)
-    per_stage = [le.label_efficiency(enc, pdls, **{**kw, 'stage': s}).linear[0] for s in range(enc.n_stages)]
+    per_stage = [le.label_efficiency(enc, pdls, **{**kw, 'probe': le.Probe(stage=s, cv_folds=3)}).linear[0] for s in range(enc.n_stages)]
     assert int(np.argmax(per_stage)) == other and per_stage[other] == 1.0   # choosing on the test set would pick `other`
     got = le.label_efficiency(enc, pdls, **kw)
     assert int(got.linear_stage[0]) == chosen
@@ -133,7 +133,7 @@ def test_label_efficiency_best_stage_and_cut(small, monkeypatch):
     dls = sample_dls(train_df, test_df, bs=128, shuffle=False)
     seen = []
     monkeypatch.setattr(le, 'finetune_accuracy', lambda body, d, **kw: seen.append(body) or 0.5)
-    df = le.label_efficiency(enc, dls, budgets=[5], stage='best', progress=False, cv_folds=3, scratch=False)
+    df = le.label_efficiency(enc, dls, budgets=[5], progress=False, scratch=False, probe=le.Probe(stage='best', cv_folds=3))
     feats, labels = get_stage_embeddings(enc, dls.train, progress=False)
     idx = le.budget_indices(labels, 5, 0, classes=np.arange(10))
     for m in ('knn', 'linear'):
@@ -143,7 +143,7 @@ def test_label_efficiency_best_stage_and_cut(small, monkeypatch):
     assert df.finetune_stage[0] == s and len(seen) == 1
     if s < enc.n_stages - 1: assert seen[0].cut == enc.stage_cut(s) and seen[0].embed_dim == enc.stage_info[s]['num_chs']
     else: assert seen[0] is enc
-    df = le.label_efficiency(enc, dls, budgets=[5], stage=1, ft_cut=False, scratch=False, progress=False)
+    df = le.label_efficiency(enc, dls, budgets=[5], scratch=False, progress=False, probe=le.Probe(stage=1), finetune=le.FineTune(cut=False))
     assert seen[-1] is enc and df.finetune_stage[0] == 'full' and df.knn_stage[0] == 1
 
 

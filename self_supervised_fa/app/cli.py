@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 import torch
 from .registry import METHODS
+from .options import FolderOptions, FitOptions
 
 # %% auto #0
 __all__ = ['SUBCOMMANDS', 'data_flags', 'model_flags', 'stats_flag', 'parse_stats', 'fit_flags', 'cmd_pretrain', 'cmd_evaluate',
@@ -67,13 +68,15 @@ def fit_flags(p, epochs:int, lr:float|None, bs:int=64, resume:bool=True):
     p.add_argument('--quiet', action='store_true', help='no progress bars or epoch tables')
     if resume: p.add_argument('--resume', action='store_true', help='continue from the checkpoint in --out')
 
-def _read_kwargs(a) -> dict:
-    return dict(csv=a.csv, images=a.images, test_csv=a.test_csv, id_col=a.id_col, label_col=a.label_col, ext=a.ext,
-                group_col=a.group_col, fold_col=a.fold_col)
+def _folder(a) -> FolderOptions:
+    "The data flags as the workflow's `FolderOptions`"
+    return FolderOptions(csv=a.csv, images=a.images, test_csv=a.test_csv, id_col=a.id_col, label_col=a.label_col, ext=a.ext,
+                         group_col=a.group_col, fold_col=a.fold_col, size=a.size, n_in=a.n_in, stats=a.stats, strict=a.strict,
+                         workers=a.workers, progress=not a.quiet, cache=getattr(a, 'cache', False))
 
-def _common(a) -> dict:
-    return dict(strict=a.strict, workers=a.workers, progress=not a.quiet, n_in=a.n_in, size=a.size, stats=a.stats,
-                **_read_kwargs(a))
+def _fit(a, **kwargs) -> FitOptions:
+    "The training flags as the workflow's `FitOptions` (`kwargs`: the subcommand's own)"
+    return FitOptions(bs=a.bs, epochs=getattr(a, 'epochs', None), lr=getattr(a, 'lr', None), seed=a.seed, **kwargs)
 
 # %% ../../nbs/app/02_cli.ipynb #1ad08279
 def _pretrain_flags(p):
@@ -85,8 +88,8 @@ def _pretrain_flags(p):
 
 def cmd_pretrain(a):
     from self_supervised_fa.app.workflow import pretrain_folder
-    r = pretrain_folder(a.data, a.out, a.method, a.arch, a.encoder, bs=a.bs, epochs=a.epochs, lr=a.lr, seed=a.seed,
-                        resume=a.resume, knn=not a.no_knn, with_test=not a.no_test, cache=a.cache, **_common(a))
+    r = pretrain_folder(a.data, a.out, a.method, a.arch, a.encoder, fit=_fit(a, resume=a.resume), folder=_folder(a),
+                        knn=not a.no_knn, with_test=not a.no_test)
     print(f"encoder: {r['encoder']}\ncurves: {Path(a.out)/f'pretrain_{a.method}'/'curves.png'}")
     return r
 
@@ -103,8 +106,8 @@ def _evaluate_flags(p):
 
 def cmd_evaluate(a):
     from self_supervised_fa.app.workflow import evaluate_folder
-    df = evaluate_folder(a.data, a.out, a.encoder, a.budgets, a.eval.split(','), bs=a.bs, epochs=a.epochs, lr=a.lr,
-                         seed=a.seed, valid_pct=a.valid_pct, **_common(a))
+    df = evaluate_folder(a.data, a.out, a.encoder, a.budgets, a.eval.split(','), fit=_fit(a, valid_pct=a.valid_pct),
+                         folder=_folder(a))
     print(df.to_string(index=False, float_format=lambda v: f'{v:.4f}'))
     print(f"table: {Path(a.out)/'label_efficiency.csv'}, plot: {Path(a.out)/'label_efficiency.png'}")
     return df
@@ -118,8 +121,8 @@ def _pseudo_label_flags(p):
 
 def cmd_pseudo_label(a):
     from self_supervised_fa.app.workflow import pseudo_label_folder
-    oof = pseudo_label_folder(a.data, a.out, a.encoder, a.arch, a.folds, bs=a.bs, epochs=a.epochs, lr=a.lr, seed=a.seed,
-                              with_test=not a.no_test, aug=not a.no_aug, **_common(a))
+    oof = pseudo_label_folder(a.data, a.out, a.encoder, a.arch, a.folds, with_test=not a.no_test,
+                              fit=_fit(a, aug=not a.no_aug), folder=_folder(a))
     print(f"out-of-fold accuracy against the given labels: {(oof.pred.astype(str) == oof.label.astype(str)).mean():.4f}")
     print(f"out-of-fold probabilities: {Path(a.out)/'oof.csv'}")
     return oof
@@ -138,9 +141,8 @@ def _train_flags(p):
 
 def cmd_train(a):
     from self_supervised_fa.app.workflow import train_folder
-    r = train_folder(a.data, a.out, a.encoder, a.arch, a.soft_labels, a.w, a.plc, bs=a.bs, epochs=a.epochs, lr=a.lr,
-                     seed=a.seed, valid_pct=a.valid_pct, valid_fold=a.valid_fold, resume=a.resume, aug=not a.no_aug,
-                     relabel=a.relabel, **_common(a))
+    r = train_folder(a.data, a.out, a.encoder, a.arch, a.soft_labels, a.w, a.plc, a.relabel, folder=_folder(a),
+                     fit=_fit(a, valid_pct=a.valid_pct, valid_fold=a.valid_fold, resume=a.resume, aug=not a.no_aug))
     sc = r['scores']
     print(f"validation accuracy {sc['accuracy']:.4f}, mean ROC AUC {sc['roc_auc_mean']:.4f} ({sc['mode']}); "
           f"scores: {Path(a.out)/'scores.json'}" + (f", submission: {Path(a.out)/'submission.csv'}" if r['submission'] is not None else ''))
@@ -165,7 +167,7 @@ def _suspects_flags(p):
 def cmd_suspects(a):
     from self_supervised_fa.app.workflow import suspects_folder
     if a.oof is None and a.encoder is None: raise SystemExit("ssfa suspects: give --oof (from ssfa pseudo-label), --encoder (from ssfa pretrain), or both")
-    r = suspects_folder(a.data, a.out, a.oof, a.encoder, a.top, a.weight, a.score, a.k, bs=a.bs, seed=a.seed, **_common(a))
+    r = suspects_folder(a.data, a.out, a.oof, a.encoder, a.top, a.weight, a.score, a.k, fit=_fit(a), folder=_folder(a))
     rev = Path(a.out)/'review'
     print(f"estimated share of wrong labels: {r['noise_rate']:.3f}\nranked table: {rev/'suspects.csv'}\n"
           f"contact sheets: {len(r['pages'])} x {rev/'suspects_NNN.png'}\nedit, then pass to ssfa train --relabel: {r['relabel']}"

@@ -15,7 +15,7 @@ from ..core.io import write_csv_atomic
 from ..encoders.classifier import classifier_learner
 from ..encoders.files import save_encoder
 from ..evaluate.monitor import KNNMonitorCallback
-from ..evaluate.label_efficiency import label_efficiency, plot_label_efficiency
+from ..evaluate.label_efficiency import label_efficiency, plot_label_efficiency, FineTune
 from .registry import METHODS, method_learner
 from ..core.figures import save_figure
 from ..core.learner import quiet
@@ -25,13 +25,13 @@ __all__ = ['DEMO_METHODS', 'train_from_scratch', 'available_methods', 'knn_monit
 
 # %% ../../nbs/app/03_demo.ipynb #e217e328
 def train_from_scratch(n_per_class:int|None, arch:str='resnet10t', epochs:int=20, lr:float=3e-3, bs:int=32,
-                       size:int|None=None, seed:int=0, path=None, show_progress:bool=True) -> dict:
+                       size:int|None=None, seed:int=0, path=None, progress:bool=True) -> dict:
     "Train `arch` from random weights on `n_per_class` labels per class of the sample; test accuracy and time"
     set_seed(seed, reproducible=True)
     dls = sample_dls(n_per_class=n_per_class, bs=bs, size=size, seed=seed, path=path)
     learn = classifier_learner(dls, arch, n_in=1)
     start = time.time()
-    quiet(learn, show_progress).fit_one_cycle(epochs, lr)
+    quiet(learn, progress).fit_one_cycle(epochs, lr)
     acc = float(learn.validate()[1])
     return dict(method='from scratch', arch=arch, labels_per_class=n_per_class or 'all', epochs=epochs,
                 test_accuracy=round(acc, 4), train_seconds=round(time.time() - start, 1))
@@ -50,7 +50,7 @@ def knn_monitor_dls(n_per_class:int=20, n_valid:int=20, bs:int=128, path=None, s
                       bs=bs, seed=seed, path=path, shuffle=False)
 
 def pretrain(method:str='simclr', arch:str='resnet10t', epochs:int=10, lr:float|None=None, bs:int=128, seed:int=0,
-             path=None, knn_monitor=True, n_valid:int=256, show_progress:bool=True):
+             path=None, knn_monitor=True, n_valid:int=256, progress:bool=True):
     "Pretrain `arch` with `method` on the sample's training images (labels unused); `(encoder, learner, seconds)`"
     # knn_monitor: True (a KNNMonitorCallback on `knn_monitor_dls`), False, or your own KNNMonitorCallback
     if method not in METHODS: raise ValueError(f"unknown method {method!r}: choose from {available_methods()}")
@@ -61,7 +61,7 @@ def pretrain(method:str='simclr', arch:str='resnet10t', epochs:int=10, lr:float|
     if knn_monitor is True: knn_monitor = KNNMonitorCallback(knn_monitor_dls(path=path, seed=seed))
     if knn_monitor: learn.add_cb(knn_monitor)
     start = time.time()
-    quiet(learn, show_progress).fit_one_cycle(epochs, lr)
+    quiet(learn, progress).fit_one_cycle(epochs, lr)
     return learn.model.encoder, learn, time.time() - start
 
 # %% ../../nbs/app/03_demo.ipynb #eceffacf
@@ -94,7 +94,7 @@ def demo(labels:str='10,100', arch:str='resnet10t', epochs:int=20, out:str='ssfa
         encoders[m] = enc
     print(f"\n== label efficiency: {', '.join(methods)} vs from scratch at {budgets} labels per class ==")
     dls = sample_dls(bs=256, seed=seed, path=data)
-    df = label_efficiency(encoders, dls, budgets=budgets, seed=seed, ft_epochs=ifnone(ft_epochs, 2 if quick else 10),
+    df = label_efficiency(encoders, dls, budgets=budgets, seed=seed, finetune=FineTune(epochs=ifnone(ft_epochs, 2 if quick else 10)),
                           methods=('knn', 'linear') if quick and ft_epochs is None else ('knn', 'linear', 'finetune'))
     df.insert(1, 'pretrain_s', df.encoder.map(lambda e: round(times.get(e, 0.0))))
     fn = write_csv_atomic(df, out/'label_efficiency.csv')

@@ -16,27 +16,30 @@ from ..data.loading import folder_dls, image_stats, cache_images
 from ..encoders.classifier import classifier_learner
 from ..encoders.files import load_encoder, read_encoder_metadata, save_encoder
 from ..core.checkpoint import CheckpointCallback
-from ..labels.pseudo_label import assign_folds, kfold_pseudo_labels
+from ..labels.pseudo_label import assign_folds, kfold_pseudo_labels, FoldLearner
 from .registry import METHODS, method_learner
 from ..labels.relabel import apply_relabel
 from ..core.figures import save_figure
 from ..core.learner import quiet
+from .options import FolderOptions, FitOptions
 
 # %% auto #0
 __all__ = ['prepare', 'settings', 'split_valid', 'plot_history', 'folder_method_learner', 'pretrain_folder', 'evaluate_folder',
            'pseudo_label_folder', 'write_submission', 'train_folder', 'suspects_folder']
 
 # %% ../../nbs/app/01_workflow.ipynb #4b64b4f3
-def prepare(data, out=None, strict:bool=False, workers:int|None=None, progress:bool=True, **read_kwargs) -> ImageData:
+def prepare(data, out=None, folder:FolderOptions|None=None) -> ImageData:
     "`ImageData` of folder `data` (or `data` itself) with every file checked; bad files listed in `out/bad_files.csv`"
-    d = data if isinstance(data, ImageData) else read_image_data(data, **read_kwargs)
-    if d.bad is None: check_image_data(d, report=None if out is None else Path(out)/'bad_files.csv', strict=strict,
-                                       workers=workers, progress=progress)
+    f = folder or FolderOptions()
+    d = data if isinstance(data, ImageData) else read_image_data(data, **f.read_kwargs())
+    if d.bad is None: check_image_data(d, report=None if out is None else Path(out)/'bad_files.csv', strict=f.strict,
+                                       workers=f.workers, progress=f.progress)
     return d
 
-def settings(d:ImageData, n_in:int|None=None, size:int|None=None, stats=None, encoder=None, cache:bool=False,
-             cache_dir=None, workers:int|None=None, progress:bool=True) -> dict:
-    "`n_in`, `size` and normalisation `stats`: given, else the encoder's recipe, else found from the data; files cached if asked"
+def settings(d:ImageData, encoder=None, folder:FolderOptions|None=None) -> dict:
+    "`n_in`, `size` and normalisation `stats`: given in `folder`, else the encoder's recipe, else found from the data; files cached if asked"
+    f = folder or FolderOptions()
+    n_in, size, stats, cache, cache_dir, workers, progress = f.n_in, f.size, f.stats, f.cache, f.cache_dir, f.workers, f.progress
     meta = read_encoder_metadata(encoder) if encoder is not None else {'recipe': {}}
     rec = meta['recipe']
     n_in = n_in or meta.get('n_in') or (1 if grey_only(d) else 3)
@@ -104,14 +107,15 @@ def folder_method_learner(name:str, dls, encoder, n_in:int, size:int, aug=None, 
         kwargs.setdefault('loss_func', _loss_set_by_callback)   # unlabelled DataLoaders give fastai no loss to infer
     return method_learner(name, dls, encoder, n_in=n_in, aug=aug, **kwargs)
 
-def pretrain_folder(data, out, method:str='simclr', arch:str='resnet18', encoder=None, n_in:int|None=None,
-                    size:int|None=None, bs:int=64, epochs:int=10, lr:float|None=None, seed:int=0, resume:bool=False,
-                    knn:bool=True, with_test:bool=True, valid_pct:float=0.1, workers:int=0, cache:bool=False,
-                    cache_dir=None, strict:bool=False, progress:bool=True, method_kwargs:dict|None=None, stats=None, **read_kwargs) -> dict:
+def pretrain_folder(data, out, method:str='simclr', arch:str='resnet18', encoder=None, fit:FitOptions|None=None,
+                    folder:FolderOptions|None=None, knn:bool=True, with_test:bool=True, method_kwargs:dict|None=None) -> dict:
     "Pretrain `arch` (or `encoder`, a file) with `method` on every image of `data`; encoder, curves and checkpoint in `out`"
     if method not in METHODS: raise ValueError(f"unknown method {method!r}: choose from {list(METHODS)}")
-    out = Path(out); d = prepare(data, out, strict, progress=progress, **read_kwargs)
-    s = settings(d, n_in, size, stats, encoder=encoder, cache=cache, cache_dir=cache_dir, progress=progress)
+    ft = (fit or FitOptions()).with_defaults(epochs=10, valid_pct=0.1)
+    bs, epochs, lr, seed, valid_pct, resume = ft.bs, ft.epochs, ft.lr, ft.seed, ft.valid_pct, ft.resume
+    f = folder or FolderOptions(); workers, progress = f.workers, f.progress
+    out = Path(out); d = prepare(data, out, f)
+    s = settings(d, encoder, f)
     set_seed(seed, reproducible=True)
     items = pd.concat([d.items[['image_id', 'fname']], _ok_test(d)[['image_id', 'fname']] if with_test else None])
     items = split_valid(items.reset_index(drop=True), valid_pct, seed)
@@ -139,20 +143,21 @@ def _budgets(b):
     if isinstance(b, str): b = [o.strip() for o in b.split(',') if o.strip()]
     return [None if str(o) == 'all' else int(o) for o in b]
 
-def evaluate_folder(data, out, encoder, budgets='5,20,all', methods=('knn', 'linear', 'finetune'), bs:int=64,
-                    epochs:int=10, lr:float=1e-3, seed:int=0, valid_pct:float=0.2, valid_fold:int|None=None,
-                    workers:int=0, strict:bool=False, progress:bool=True, size:int|None=None, n_in:int|None=None,
-                    stats=None, **read_kwargs) -> pd.DataFrame:
+def evaluate_folder(data, out, encoder, budgets='5,20,all', methods=('knn', 'linear', 'finetune'), fit:FitOptions|None=None,
+                    folder:FolderOptions|None=None) -> pd.DataFrame:
     "Label-efficiency table and plot of `encoder` (a file) against the same network from scratch on `data`'s labels"
-    from self_supervised_fa.evaluate.label_efficiency import label_efficiency, plot_label_efficiency
-    out = Path(out); d = prepare(data, out, strict, progress=progress, **read_kwargs)
+    from self_supervised_fa.evaluate.label_efficiency import label_efficiency, plot_label_efficiency, FineTune
+    ft = (fit or FitOptions()).with_defaults(epochs=10, lr=1e-3, valid_pct=0.2)
+    bs, epochs, lr, seed, valid_pct, valid_fold = ft.bs, ft.epochs, ft.lr, ft.seed, ft.valid_pct, ft.valid_fold
+    f = folder or FolderOptions(); workers, progress = f.workers, f.progress
+    out = Path(out); d = prepare(data, out, f)
     if not d.labelled: raise ValueError(f"{d.root} has no labels: evaluate needs labelled images (a label column, one-hot columns or class folders)")
-    s = settings(d, n_in, size, stats, encoder=encoder)
+    s = settings(d, encoder, f)
     set_seed(seed, reproducible=True)
     dls = folder_dls(split_valid(d.items, valid_pct, seed, valid_fold), s['size'], s['n_in'], bs, s['stats'], d.classes,
                      num_workers=workers)
-    df = label_efficiency(load_encoder(encoder), dls, budgets=_budgets(budgets), methods=tuple(methods), ft_epochs=epochs,
-                          ft_lr=lr, ft_bs=min(bs, 32), seed=seed, progress=progress)
+    df = label_efficiency(load_encoder(encoder), dls, budgets=_budgets(budgets), methods=tuple(methods), seed=seed,
+                          progress=progress, finetune=FineTune(epochs=epochs, lr=lr, bs=min(bs, 32)))
     write_csv_atomic(df, out/'label_efficiency.csv')
     ax = plot_label_efficiency(df, title=f"{Path(encoder).stem} vs from scratch ({d.root.name})")
     save_figure(ax.figure, out/'label_efficiency.png', dpi=110)
@@ -167,14 +172,16 @@ def _classifier(dls, encoder, arch, n_in, metrics):
     learn.unfreeze()   # one rate for the whole network: label_efficiency's finding on the sample
     return learn
 
-def pseudo_label_folder(data, out, encoder=None, arch:str|None=None, folds:int=5, bs:int=64, epochs:int=5,
-                        lr:float=1e-3, seed:int=0, workers:int=0, strict:bool=False, progress:bool=True,
-                        size:int|None=None, n_in:int|None=None, with_test:bool=True, aug:bool=True, stats=None, **read_kwargs) -> pd.DataFrame:
+def pseudo_label_folder(data, out, encoder=None, arch:str|None=None, folds:int=5, with_test:bool=True,
+                        fit:FitOptions|None=None, folder:FolderOptions|None=None) -> pd.DataFrame:
     "Out-of-fold probabilities of every labelled item (`out/oof.csv`), folds grouped when the items have a group; resumable"
     if (encoder is None) == (arch is None): raise ValueError("pass exactly one of encoder (a file) and arch (a timm name)")
-    out = Path(out); d = prepare(data, out, strict, progress=progress, **read_kwargs)
+    ft = (fit or FitOptions()).with_defaults(epochs=5, lr=1e-3)
+    bs, epochs, lr, seed, aug = ft.bs, ft.epochs, ft.lr, ft.seed, ft.aug
+    f = folder or FolderOptions(); workers, progress = f.workers, f.progress
+    out = Path(out); d = prepare(data, out, f)
     if not d.labelled: raise ValueError(f"{d.root} has no labels: pseudo-labels need labelled images")
-    s = settings(d, n_in, size, stats, encoder=encoder)
+    s = settings(d, encoder, f)
     items = d.items
     if 'fold' not in items: items = assign_folds(items, folds, 'label', seed, group='group' if 'group' in items else None)
     def dls_fn(trn, val):
@@ -185,8 +192,8 @@ def pseudo_label_folder(data, out, encoder=None, arch:str|None=None, folds:int=5
         return quiet(_classifier(dls_fn(trn, val), encoder, arch, s['n_in'], False), progress)
     def fit_fn(learn): learn.fit_one_cycle(epochs, lr)
     test = _ok_test(d) if with_test and d.test is not None and len(_ok_test(d)) else None
-    oof = kfold_pseudo_labels(items, out/'pseudo_label', folds, 'label', 'image_id', learner_fn=learner_fn, fit_fn=fit_fn,
-                              seed=seed, classes=d.classes, test_df=test, progress=progress)
+    oof = kfold_pseudo_labels(items, out/'pseudo_label', folds, 'label', 'image_id', FoldLearner(learner_fn, fit_fn), seed=seed,
+                              classes=d.classes, test_df=test, progress=progress)
     write_csv_atomic(oof, out/'oof.csv')
     if test is not None: write_csv_atomic(oof.attrs['test'], out/'test_probs.csv')
     return oof
@@ -208,19 +215,20 @@ def write_submission(learn, d:ImageData, fn) -> pd.DataFrame:
     write_csv_atomic(sub, fn)
     return sub
 
-def train_folder(data, out, encoder=None, arch:str|None=None, soft_labels=None, w:float=0.5, plc:bool=False,
-                 bs:int=64, epochs:int=10, lr:float=1e-3, seed:int=0, valid_pct:float=0.2, valid_fold:int|None=None,
-                 resume:bool=False, workers:int=0, strict:bool=False, progress:bool=True, size:int|None=None,
-                 n_in:int|None=None, aug:bool=True, stats=None, relabel=None, **read_kwargs) -> dict:
+def train_folder(data, out, encoder=None, arch:str|None=None, soft_labels=None, w:float=0.5, plc:bool=False, relabel=None,
+                 fit:FitOptions|None=None, folder:FolderOptions|None=None) -> dict:
     """Train the final classifier (given labels, `soft_labels` blended with weight `w`, or `plc`); scores and submission in `out`.
     `relabel`: a relabel CSV (from `suspects_folder`, edited) whose `drop` rows leave the data and `relabel` rows take their new label"""
     from self_supervised_fa.labels.soft_label import SoftLabelCallback, SoftTargetCrossEntropy, mean_roc_auc
     from self_supervised_fa.labels.plc import PLCCallback
     if (encoder is None) == (arch is None): raise ValueError("pass exactly one of encoder (a file) and arch (a timm name)")
     if soft_labels is not None and plc: raise ValueError("choose soft labels or PLC, not both")
-    out = Path(out); d = prepare(data, out, strict, progress=progress, **read_kwargs)
+    ft = (fit or FitOptions()).with_defaults(epochs=10, lr=1e-3, valid_pct=0.2)
+    bs, epochs, lr, seed, valid_pct, valid_fold, resume, aug = ft.bs, ft.epochs, ft.lr, ft.seed, ft.valid_pct, ft.valid_fold, ft.resume, ft.aug
+    f = folder or FolderOptions(); workers, progress = f.workers, f.progress
+    out = Path(out); d = prepare(data, out, f)
     if not d.labelled: raise ValueError(f"{d.root} has no labels to train on")
-    s = settings(d, n_in, size, stats, encoder=encoder)
+    s = settings(d, encoder, f)
     set_seed(seed, reproducible=True)
     if relabel is not None: d.items = apply_relabel(d.items, relabel, 'image_id', 'label', d.classes)
     items = split_valid(d.items, valid_pct, seed, valid_fold)
@@ -230,7 +238,7 @@ def train_folder(data, out, encoder=None, arch:str|None=None, soft_labels=None, 
     cbs, mode = [], 'given labels'
     if soft_labels is not None:
         probs = pd.read_csv(soft_labels, dtype={'image_id': str}) if not isinstance(soft_labels, pd.DataFrame) else soft_labels
-        cbs.append(SoftLabelCallback(probs, w=w, item_key='image_id')); learn.loss_func = SoftTargetCrossEntropy()
+        cbs.append(SoftLabelCallback(probs, w=w, item_col='image_id')); learn.loss_func = SoftTargetCrossEntropy()
         mode = f'soft labels (w={w})'
     if plc: cbs.append(PLCCallback()); mode = 'PLC'
     config = dict(encoder=str(encoder), arch=str(arch), mode=mode, bs=bs, epochs=epochs, lr=lr, seed=seed, aug=aug,
@@ -259,8 +267,7 @@ def _embed_items(d, s, encoder, bs, workers, progress):
     return feats.numpy()
 
 def suspects_folder(data, out, oof=None, encoder=None, top:int=200, weight:float=0.5, method:str='margin', k:int=20,
-                    duplicates:bool=True, bs:int=64, seed:int=0, workers:int=0, strict:bool=False, progress:bool=True,
-                    size:int|None=None, n_in:int|None=None, stats=None, **read_kwargs) -> dict:
+                    duplicates:bool=True, fit:FitOptions|None=None, folder:FolderOptions|None=None) -> dict:
     "Suspect-label review of `data` in `out/review`: from `oof` (out-of-fold probabilities, a file or DataFrame) and/or `encoder`'s kNN vote"
     from self_supervised_fa.labels.suspects import rank_suspects
     from self_supervised_fa.labels.sheets import write_review
@@ -268,11 +275,13 @@ def suspects_folder(data, out, oof=None, encoder=None, top:int=200, weight:float
     if oof is None and encoder is None:
         raise ValueError("pass oof (out-of-fold probabilities: oof.csv from ssfa pseudo-label), encoder (a kNN vote among "
                          "its embeddings), or both")
-    out = Path(out); d = prepare(data, out, strict, progress=progress, **read_kwargs)
+    ft = fit or FitOptions(); bs, seed = ft.bs, ft.seed
+    f = folder or FolderOptions(); workers, progress = f.workers, f.progress
+    out = Path(out); d = prepare(data, out, f)
     if not d.labelled: raise ValueError(f"{d.root} has no labels: suspects are labelled items")
     probs = pd.read_csv(oof, dtype={'image_id': str}) if oof is not None and not isinstance(oof, pd.DataFrame) else oof
     feats = None
-    if encoder is not None: feats = _embed_items(d, settings(d, n_in, size, stats, encoder=encoder), encoder, bs, workers, progress)
+    if encoder is not None: feats = _embed_items(d, settings(d, encoder, f), encoder, bs, workers, progress)
     folds = d.items.fold.to_numpy() if 'fold' in d.items else None   # the kNN vote of an item comes from the other folds
     table = rank_suspects(d.items, probs=probs, feats=feats, classes=d.classes, weight=weight, method=method, k=k, folds=folds, seed=seed)
     dup = find_duplicates(feats, items=d.items) if feats is not None and duplicates else None

@@ -39,13 +39,13 @@ def encoder_splitter(model:nn.Module):
     return L(enc, [p for p in model.parameters() if id(p) not in skip])
 
 # %% ../../nbs/encoders/04_classifier.ipynb #0265b917
-def classifier_learner(dls, body_or_arch, n_out:int|None=None, n_in:int|None=None, pretrained:bool=False,
+def classifier_learner(dls, encoder, n_out:int|None=None, n_in:int|None=None, pretrained:bool=False,
                        encoder_path=None, metrics=accuracy, head_kwargs:dict|None=None, **kwargs) -> Learner:
     "A fastai `Learner` classifying with a timm encoder (arch name or `TimmEncoder`), optionally from a saved encoder"
     n_out = ifnone(n_out, getattr(dls, 'c', None))
     if n_out is None: raise ValueError("cannot infer the number of classes from dls; pass n_out")
-    if isinstance(body_or_arch, str): n_in = ifnone(n_in, dls.one_batch()[0].shape[1])
-    body = as_encoder(body_or_arch, n_in, pretrained)
+    if isinstance(encoder, str): n_in = ifnone(n_in, dls.one_batch()[0].shape[1])
+    body = as_encoder(encoder, n_in, pretrained)
     if encoder_path is not None: body = load_encoder(encoder_path, body)
     learn = Learner(dls, EncoderClassifier(body, n_out, **(head_kwargs or {})), splitter=encoder_splitter,
                     metrics=metrics, **kwargs)

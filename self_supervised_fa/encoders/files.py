@@ -22,13 +22,13 @@ _INT = re.compile(r'-?[0-9]{1,4}')
 def _meta_error(path, field, value, want):
     return ValueError(f"{path}: metadata field {field!r} is {str(value)[:80]!r}, not {want}. The file may come from "
                       f"another tool or have been edited: build the encoder yourself and pass it, "
-                      f"load_encoder(path, body=create_timm_body(arch, n_in=..., cut=...))")
+                      f"load_encoder(path, encoder=create_timm_body(arch, n_in=..., cut=...))")
 
 def read_encoder_metadata(path) -> dict:
     "The metadata of encoder file `path`, parsed strictly: `{'arch': str, 'n_in': int, 'cut': int|None, 'recipe': dict}`"
     path = Path(path)
     meta = _read_safetensors_meta(path)
-    if meta is None: raise ValueError(f"{path} is not a safetensors file, so it holds no metadata; pass body= to load_encoder")
+    if meta is None: raise ValueError(f"{path} is not a safetensors file, so it holds no metadata; pass encoder= to load_encoder")
     return _parse_meta(meta, path)
 
 def _parse_meta(meta:dict, path) -> dict:
@@ -45,17 +45,17 @@ def _parse_meta(meta:dict, path) -> dict:
     if not isinstance(recipe, dict): raise _meta_error(path, 'recipe', meta.get('recipe'), 'a JSON object')
     return dict(arch=arch, n_in=int(n_in), cut=None if cut == 'None' else int(cut), recipe=recipe)
 
-def save_encoder(body:nn.Module, path, recipe:dict|None=None) -> Path:
-    "Save `body`'s weights to a safetensors file at `path`, with arch/n_in/cut (and `recipe`, as JSON) as metadata; atomic"
+def save_encoder(encoder:nn.Module, path, recipe:dict|None=None) -> Path:
+    "Save `encoder`'s weights to a safetensors file at `path`, with arch/n_in/cut (and `recipe`, as JSON) as metadata; atomic"
     from safetensors.torch import save_file
-    if not isinstance(body, nn.Module): raise TypeError(f"save_encoder needs an nn.Module (a TimmEncoder), got {type(body).__name__}")
+    if not isinstance(encoder, nn.Module): raise TypeError(f"save_encoder needs an nn.Module (a TimmEncoder), got {type(encoder).__name__}")
     path = Path(path)
     if path.suffix != '.safetensors': path = path.with_name(path.name + '.safetensors')
-    cut = getattr(body, 'cut', None)
-    meta = {'format': _FORMAT, 'arch': str(getattr(body, 'arch', None)), 'n_in': str(getattr(body, 'n_in', None)),
+    cut = getattr(encoder, 'cut', None)
+    meta = {'format': _FORMAT, 'arch': str(getattr(encoder, 'arch', None)), 'n_in': str(getattr(encoder, 'n_in', None)),
             'cut': repr(cut) if isinstance(cut, (int, type(None))) else 'custom'}
     if recipe is not None: meta['recipe'] = json.dumps(recipe, default=str)
-    sd = {k: v.detach().cpu().contiguous().clone() for k, v in body.state_dict().items()}
+    sd = {k: v.detach().cpu().contiguous().clone() for k, v in encoder.state_dict().items()}
     with atomic_path(path) as tmp: save_file(sd, str(tmp), metadata=meta)
     return path
 
@@ -82,30 +82,30 @@ def _read_state(path:Path, safetensors:bool) -> dict:
     return sd
 
 # %% ../../nbs/encoders/03_files.ipynb #480e9013
-def _match_keys(sd:dict, body:nn.Module) -> dict:
+def _match_keys(sd:dict, encoder:nn.Module) -> dict:
     "Accept keys as saved from a TimmEncoder (`model.`) or from the bare timm model"
-    want = body.state_dict()
+    want = encoder.state_dict()
     if not set(sd) & set(want) and all(('model.'+k) in want for k in list(sd)[:5]): sd = {'model.'+k: v for k, v in sd.items()}
     missing, unexpected = sorted(set(want) - set(sd)), sorted(set(sd) - set(want))
     if missing or unexpected:
-        raise KeyError(f"the encoder file does not match the architecture ({getattr(body, 'arch', type(body).__name__)}): "
+        raise KeyError(f"the encoder file does not match the architecture ({getattr(encoder, 'arch', type(encoder).__name__)}): "
                        f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}. "
-                       f"Build the body with the same arch, n_in and cut as the saved one.")
+                       f"Build the encoder with the same arch, n_in and cut as the saved one.")
     bad = [(k, tuple(sd[k].shape), tuple(v.shape)) for k, v in want.items() if sd[k].shape != v.shape]
-    if bad: raise ValueError(f"shape mismatch for {len(bad)} tensors, e.g. {bad[0][0]}: file {bad[0][1]} vs body {bad[0][2]}; "
+    if bad: raise ValueError(f"shape mismatch for {len(bad)} tensors, e.g. {bad[0][0]}: file {bad[0][1]} vs encoder {bad[0][2]}; "
                              f"check n_in (input channels) and the architecture")
     return sd
 
-def load_encoder(path, body:nn.Module|None=None) -> TimmEncoder:
-    "Load encoder weights from `path` into `body` (built from the file's checked metadata when None)"
+def load_encoder(path, encoder:nn.Module|None=None) -> TimmEncoder:
+    "Load encoder weights from `path` into `encoder` (built from the file's checked metadata when None)"
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"no encoder file at {path}")
     meta = _read_safetensors_meta(path)
-    if body is None:
+    if encoder is None:
         if meta is None:
-            raise ValueError(f"{path} does not say which architecture it holds; pass body=create_timm_body(arch, n_in=..., cut=...)")
+            raise ValueError(f"{path} does not say which architecture it holds; pass encoder=create_timm_body(arch, n_in=..., cut=...)")
         m = _parse_meta(meta, path)
-        body = create_timm_body(m['arch'], n_in=m['n_in'], cut=m['cut'])
+        encoder = create_timm_body(m['arch'], n_in=m['n_in'], cut=m['cut'])
     sd = _read_state(path, meta is not None)
-    body.load_state_dict(_match_keys(sd, body))
-    return body
+    encoder.load_state_dict(_match_keys(sd, encoder))
+    return encoder

@@ -17,9 +17,11 @@ from ..augment.batch import AugmentBatchCallback
 from .embeddings import get_embeddings, get_stage_embeddings, _model_device
 from .probes import budget_indices, knn_accuracy, linear_probe, best_stage
 from ..core.learner import quiet
+from dataclasses import dataclass
 
 # %% auto #0
-__all__ = ['subset_dls', 'probe_head', 'finetune_accuracy', 'scratch_like', 'label_efficiency', 'plot_label_efficiency']
+__all__ = ['subset_dls', 'probe_head', 'finetune_accuracy', 'scratch_like', 'Probe', 'FineTune', 'label_efficiency',
+           'plot_label_efficiency']
 
 # %% ../../nbs/evaluate/03_label_efficiency.ipynb #5f418d1d
 class _Subset(GetAttr):
@@ -40,10 +42,10 @@ def subset_dls(dls, idxs, bs: int | None = None) -> DataLoaders:
     return DataLoaders(train, dls.valid, path=dls.path, device=dls.device)
 
 # %% ../../nbs/evaluate/03_label_efficiency.ipynb #571bdf64
-def probe_head(body, dl, n_out: int, seed: int = 0, C: float = 1.0) -> nn.Linear:
-    """A `Linear` on `body.embed` that computes `linear_probe`'s logistic regression fitted on the items of `dl`, the
+def probe_head(encoder, dl, n_out: int, seed: int = 0, C: float = 1.0) -> nn.Linear:
+    """A `Linear` on `encoder.embed` that computes `linear_probe`'s logistic regression fitted on the items of `dl`, the
     standardisation folded into its weights: the start of LP-FT (Kumar et al. 2022, linear probe, then fine-tuning)"""
-    feats, labels = get_embeddings(body, dl, progress=False)
+    feats, labels = get_embeddings(encoder, dl, progress=False)
     if labels is None: raise ValueError("probe_head needs a labelled DataLoader (items with targets)")
     missing = sorted(set(range(n_out)) - set(labels.unique().tolist()))
     if missing: raise ValueError(f"probe_head: no labelled item of class(es) {missing[:10]} in the DataLoader; "
@@ -53,28 +55,28 @@ def probe_head(body, dl, n_out: int, seed: int = 0, C: float = 1.0) -> nn.Linear
     w = torch.as_tensor(lr.coef_ / scaler.scale_, dtype=torch.float32)        # logits = coef (x - mean) / scale + b
     b = torch.as_tensor(lr.intercept_, dtype=torch.float32) - w @ torch.as_tensor(scaler.mean_, dtype=torch.float32)
     if len(w) == 1: w, b = torch.cat([torch.zeros_like(w), w]), torch.cat([torch.zeros_like(b), b])   # binary: logits [0, z]
-    head = nn.Linear(feats.shape[1], n_out).to(_model_device(body))
+    head = nn.Linear(feats.shape[1], n_out).to(_model_device(encoder))
     with torch.no_grad(): head.weight.copy_(w); head.bias.copy_(b)
     return head
 
 def _check_head(head, arg='head'):
     if head not in ('fastai', 'probe'): raise ValueError(f"{arg}={head!r}: use 'fastai' (a new fastai head) or 'probe' (LP-FT)")
 
-def finetune_accuracy(body, dls, epochs: int = 10, lr: float = 2e-3, pretrained: bool = True, freeze_epochs: int = 1,
-                      lr_mult: float = 10, seed: int = 0, show_progress: bool = False,
+def finetune_accuracy(encoder, dls, epochs: int = 10, lr: float = 2e-3, pretrained: bool = True, freeze_epochs: int = 1,
+                      lr_mult: float = 10, seed: int = 0, progress: bool = False,
                       aug=None, # augment the training batches with this (e.g. a `ViewAugment`; pixels in [0,1] in and out)
                       head: str = 'fastai', # 'fastai': `create_head`, random; 'probe': one linear layer from `probe_head` (LP-FT)
                      ) -> float:
-    "Valid accuracy of `body` + a head trained on `dls`: `fine_tune` when `pretrained`, else `fit_one_cycle`"
+    "Valid accuracy of `encoder` + a head trained on `dls`: `fine_tune` when `pretrained`, else `fit_one_cycle`"
     _check_head(head)
-    if head == 'probe' and not pretrained: raise ValueError("head='probe' starts from a pretrained body's linear probe: use pretrained=True")
+    if head == 'probe' and not pretrained: raise ValueError("head='probe' starts from a pretrained encoder's linear probe: use pretrained=True")
     set_seed(seed, reproducible=True)
     dls = DataLoaders(dls.train.new(), dls.valid, path=dls.path, device=dls.device)   # its shuffling seeded here, not by history
-    learn = classifier_learner(dls, copy.deepcopy(body),   # never touch the caller's encoder
+    learn = classifier_learner(dls, copy.deepcopy(encoder),   # never touch the caller's encoder
                                head_kwargs=dict(lin_ftrs=[], ps=0., first_bn=False) if head == 'probe' else None,
                                cbs=None if aug is None else AugmentBatchCallback(aug))
     if head == 'probe': learn.model.head[0] = probe_head(learn.model.encoder, dls.train, learn.dls.c, seed)
-    quiet(learn, show_progress)
+    quiet(learn, progress)
     if head == 'probe' and freeze_epochs == 0:   # the head is trained already: no head-only epochs
         learn.unfreeze()
         if epochs: learn.fit_one_cycle(epochs, slice(lr / lr_mult, lr))
@@ -83,12 +85,12 @@ def finetune_accuracy(body, dls, epochs: int = 10, lr: float = 2e-3, pretrained:
     return float(learn.validate()[1])
 
 # %% ../../nbs/evaluate/03_label_efficiency.ipynb #4908222a
-def scratch_like(body, seed: int = 0):
-    "A freshly initialised `TimmEncoder` with `body`'s architecture, input channels and cut"
-    if getattr(body, 'arch', None) is None:
+def scratch_like(encoder, seed: int = 0):
+    "A freshly initialised `TimmEncoder` with `encoder`'s architecture, input channels and cut"
+    if getattr(encoder, 'arch', None) is None:
         raise ValueError("scratch_like needs a TimmEncoder made by create_timm_body (it has no `.arch`); pass `scratch=` yourself")
     torch.manual_seed(seed)
-    return create_timm_body(body.arch, n_in=body.n_in, cut=body.cut).to(next(body.parameters()).device)
+    return create_timm_body(encoder.arch, n_in=encoder.n_in, cut=encoder.cut).to(next(encoder.parameters()).device)
 
 def _budget_name(b): return 'all' if b is None else (f'{b:.0%}' if isinstance(b, float) else int(b))
 
@@ -114,22 +116,39 @@ def _finetune_body(enc, s, cut: bool):
     return enc.truncate(s), enc.stage_index(s)
 
 # %% ../../nbs/evaluate/03_label_efficiency.ipynb #1ff82807
+@dataclass
+class Probe:
+    "How `label_efficiency` reads and probes the frozen features"
+    k:int = 20                # neighbours of the kNN vote
+    temperature:float = 0.1   # of the kNN vote's weights
+    stage:int|str|None = None # None: `encoder.embed`; an int: that stage; 'best': chosen per method on the labelled items
+    pool:str = 'avg'          # how stage maps become vectors (`evaluate.embeddings.pool_features`)
+    cv_folds:int = 5          # folds of the cross-validation that chooses the 'best' stage
+    def __post_init__(self): _check_stage(self.stage)
+
+@dataclass
+class FineTune:
+    "How `label_efficiency` fine-tunes at each budget (`finetune_accuracy`), the pretrained encoders and their from-scratch twin"
+    epochs:int = 10
+    lr:float = 1e-3           # the pretrained encoders'
+    scratch_lr:float = 2e-3   # the from-scratch twin's
+    bs:int = 32
+    freeze_epochs:int = 0     # `fine_tune`'s head-only epochs
+    lr_mult:float = 1         # `fine_tune`'s ratio of the head's to the body's learning rate
+    aug:object = None         # augmentation of the training batches (`finetune_accuracy(aug=)`), pretrained and scratch alike
+    head:str = 'fastai'       # the pretrained encoders' head (`finetune_accuracy(head=)`; 'probe': LP-FT); from scratch: 'fastai'
+    cut:bool = True           # fine-tune without the stages after the linear probe's stage
+    def __post_init__(self): _check_head(self.head, 'FineTune.head')
+
 def label_efficiency(encoder, dls, budgets=(10, 100), scratch=True, methods=('knn', 'linear', 'finetune'),
-                     k: int = 20, temperature: float = 0.1, ft_epochs: int = 10, ft_lr: float = 1e-3, ft_bs: int = 32,
-                     ft_freeze_epochs: int = 0, ft_lr_mult: float = 1, # fine_tune's freeze_epochs and lr_mult
-                     ft_aug=None, # augmentation of the fine-tuning batches (`finetune_accuracy(aug=)`), pretrained and scratch alike
-                     ft_head: str = 'fastai', # `finetune_accuracy(head=)` of the pretrained encoders ('probe': LP-FT); from scratch: 'fastai'
-                     scratch_lr: float = 2e-3, seed: int = 0, progress: bool = True,
-                     stage=None, # None: `encoder.embed`; an int: that stage; 'best': chosen per method on the labelled items
-                     pool='avg', # how stage maps become vectors (`evaluate.pool_features`)
-                     cv_folds: int = 5, # folds of the cross-validation that chooses the 'best' stage
-                     ft_cut: bool = True, # fine-tune without the stages after the linear probe's stage
-                    ) -> pd.DataFrame:
+                     probe:Probe|None=None, # kNN and linear-probe settings; None: `Probe()`
+                     finetune:FineTune|None=None, # fine-tuning settings; None: `FineTune()`
+                     seed:int=0, progress:bool=True) -> pd.DataFrame:
     "kNN, linear-probe and fine-tuning valid accuracy of `encoder` (and of a from-scratch twin) at each label budget"
     bad = set(methods) - {'knn', 'linear', 'finetune'}
     if bad: raise ValueError(f"unknown methods {sorted(bad)}: choose from 'knn', 'linear', 'finetune'")
-    _check_head(ft_head, 'ft_head')
-    _check_stage(stage)
+    pr, ft = probe or Probe(), finetune or FineTune()
+    stage = pr.stage
     encoders = dict(encoder) if isinstance(encoder, dict) else {'pretrained': encoder}
     if not encoders and isinstance(scratch, bool):
         raise ValueError("label_efficiency: no encoder given (pass one, or only a from-scratch network as scratch=)")
@@ -139,7 +158,7 @@ def label_efficiency(encoder, dls, budgets=(10, 100), scratch=True, methods=('kn
     need_feats = bool({'knn', 'linear'} & set(methods)) or stage == 'best'
     rows = []
     for name, enc in encoders.items():
-        trf, trl, tef, tel = _pool_features(enc, dls, stage, pool, progress) if need_feats else (None, None, None, None)
+        trf, trl, tef, tel = _pool_features(enc, dls, stage, pr.pool, progress) if need_feats else (None, None, None, None)
         if trl is None: trl = torch.as_tensor(np.array([int(y) for _, y in dls.train_ds]))
         classes = np.arange(dls.c) if hasattr(dls, 'c') else None
         for b in budgets:
@@ -149,13 +168,13 @@ def label_efficiency(encoder, dls, budgets=(10, 100), scratch=True, methods=('kn
             def pick(method):   # the stage `method` reads: given, or chosen by cross-validation on the labelled items idx
                 if method not in chosen:
                     if stage != 'best': chosen[method] = None if stage is None else enc.stage_index(stage)
-                    else: chosen[method] = best_stage({s: f[idx] for s, f in trf.items()}, trl[idx], method, cv_folds, seed,
-                                                      **(dict(k=k, temperature=temperature) if method == 'knn' else {}))[0]
+                    else: chosen[method] = best_stage({s: f[idx] for s, f in trf.items()}, trl[idx], method, pr.cv_folds, seed,
+                                                      **(dict(k=pr.k, temperature=pr.temperature) if method == 'knn' else {}))[0]
                 return chosen[method]
             if 'knn' in methods:
-                s, kk = pick('knn'), min(k, len(idx))
+                s, kk = pick('knn'), min(pr.k, len(idx))
                 if stage is not None: row['knn_stage'] = s
-                row.update(knn_k=kk, knn_top1=knn_accuracy(trf[s][idx], trl[idx], tef[s], tel, k=kk, temperature=temperature,
+                row.update(knn_k=kk, knn_top1=knn_accuracy(trf[s][idx], trl[idx], tef[s], tel, k=kk, temperature=pr.temperature,
                                                            n_classes=getattr(dls, 'c', None), topk=(1,))['top1'])
             if 'linear' in methods:
                 s = pick('linear')
@@ -163,12 +182,12 @@ def label_efficiency(encoder, dls, budgets=(10, 100), scratch=True, methods=('kn
                 row['linear'] = linear_probe(trf[s][idx], trl[idx], tef[s], tel, seed=seed)
             if 'finetune' in methods:
                 pre = name != 'from scratch'
-                body, end = _finetune_body(enc, pick('linear'), ft_cut)
+                body, end = _finetune_body(enc, pick('linear'), ft.cut)
                 if stage is not None: row['finetune_stage'] = end
-                row['finetune'] = finetune_accuracy(body, subset_dls(dls, idx, ft_bs), epochs=ft_epochs,
-                                                    lr=ft_lr if pre else scratch_lr, pretrained=pre, seed=seed,
-                                                    freeze_epochs=ft_freeze_epochs, lr_mult=ft_lr_mult, aug=ft_aug,
-                                                    head=ft_head if pre else 'fastai')
+                row['finetune'] = finetune_accuracy(body, subset_dls(dls, idx, ft.bs), epochs=ft.epochs,
+                                                    lr=ft.lr if pre else ft.scratch_lr, pretrained=pre, seed=seed,
+                                                    freeze_epochs=ft.freeze_epochs, lr_mult=ft.lr_mult, aug=ft.aug,
+                                                    head=ft.head if pre else 'fastai')
             rows.append(row)
             if progress: print({k_: (round(v, 4) if isinstance(v, float) else v) for k_, v in row.items()})
     return pd.DataFrame(rows)

@@ -12,9 +12,11 @@ from ..core.io import write_csv_atomic
 from ..core.dist import barrier, is_main, rank, world_size
 from ..data.folds import fold_numbers
 from ..data.folders import onehot_labels
+from dataclasses import dataclass
+from typing import Callable
 
 # %% auto #0
-__all__ = ['class_labels', 'assign_folds', 'predict_fold', 'average_fold_predictions', 'kfold_pseudo_labels']
+__all__ = ['class_labels', 'assign_folds', 'predict_fold', 'average_fold_predictions', 'FoldLearner', 'kfold_pseudo_labels']
 
 # %% ../../nbs/labels/01_pseudo_label.ipynb #c97a370e
 def class_labels(df: pd.DataFrame, label='label', classes=None) -> pd.Series:
@@ -111,18 +113,32 @@ def _test_done(fn: Path, test: pd.DataFrame|None, item_col: str) -> bool:
     return True
 
 # %% ../../nbs/labels/01_pseudo_label.ipynb #84bafc97
+@dataclass
+class FoldLearner:
+    "How each fold's learner is built and trained: your own `learner_fn`/`fit_fn`, or a timm `arch` or `encoder_path` on the sample's images"
+    learner_fn:Callable|None = None  # `learner_fn(train_df, valid_df) -> Learner`, training on `train_df` only
+    fit_fn:Callable|None = None      # `fit_fn(learn)`; None: `fine_tune(epochs, lr)` from an encoder, else `fit_one_cycle`
+    arch:str|None = None             # without `learner_fn`: a timm architecture from random weights ...
+    encoder_path:str|None = None     # ... or an encoder file
+    dls_fn:Callable|None = None      # `dls_fn(train_df, valid_df) -> DataLoaders`; None: `sample_dls` with `dls_kwargs`
+    dls_kwargs:dict|None = None
+    epochs:int = 1
+    lr:float = 1e-3
+    fnames:object = None             # image files checked before any training (a list, or `fnames(df, item_col)`)
+
 def kfold_pseudo_labels(df: pd.DataFrame, out_dir, n_folds: int=5, label='label', item_col: str='image_id',
-                        learner_fn=None, fit_fn=None, arch: str|None=None, encoder_path=None, dls_fn=None,
-                        dls_kwargs: dict|None=None, epochs: int=1, lr: float=1e-3, seed: int=0, fnames=None,
-                        classes=None, test_df: pd.DataFrame|None=None, progress: bool=True) -> pd.DataFrame:
+                        learner:FoldLearner|None=None, # how each fold's learner is built and trained
+                        seed: int=0, classes=None, test_df: pd.DataFrame|None=None, progress: bool=True) -> pd.DataFrame:
     "Out-of-fold class probabilities for every row of `df`, one learner per fold (each also predicts `test_df`); resumable"
     if item_col not in df: raise KeyError(f"item column {item_col!r} not in the DataFrame (columns: {list(df.columns)})")
     if df[item_col].duplicated().any():
         raise ValueError(f"{item_col!r} must identify items; duplicated: {df[item_col][df[item_col].duplicated()].tolist()[:3]}")
+    fl = learner or FoldLearner()
+    learner_fn, fit_fn, arch, encoder_path, fnames = fl.learner_fn, fl.fit_fn, fl.arch, fl.encoder_path, fl.fnames
     d = df.copy(); d['label'] = class_labels(df, label, classes)
     if 'fold' not in d: d = assign_folds(d, n_folds, 'label', seed)
     folds = sorted(d.fold.unique())
-    fnames = fnames if fnames is not None else (None if (learner_fn or dls_fn) else _sample_fnames)
+    fnames = fnames if fnames is not None else (None if (learner_fn or fl.dls_fn) else _sample_fnames)
     if fnames is not None:
         from self_supervised_fa.data.sample import check_image_files
         check_image_files(fnames(d, item_col) if callable(fnames) else fnames)
@@ -130,8 +146,8 @@ def kfold_pseudo_labels(df: pd.DataFrame, out_dir, n_folds: int=5, label='label'
     if is_main(): _check_folds(d, out_dir, item_col)   # several processes: rank 0 writes the folds, the others check them
     barrier()
     if not is_main(): _check_folds(d, out_dir, item_col)
-    learner_fn = learner_fn or _default_learner(arch, encoder_path, dls_fn, dls_kwargs, 'label')
-    fit_fn = fit_fn or (lambda learn: learn.fine_tune(epochs, lr) if encoder_path else learn.fit_one_cycle(epochs, lr))
+    learner_fn = learner_fn or _default_learner(arch, encoder_path, fl.dls_fn, fl.dls_kwargs, 'label')
+    fit_fn = fit_fn or (lambda learn: learn.fine_tune(fl.epochs, fl.lr) if encoder_path else learn.fit_one_cycle(fl.epochs, fl.lr))
     if test_df is not None:
         if item_col not in test_df: raise KeyError(f"item column {item_col!r} not in test_df (columns: {list(test_df.columns)})")
         both = set(test_df[item_col].astype(str)) & set(d[item_col].astype(str))

@@ -122,14 +122,14 @@ def prob_columns(df: pd.DataFrame, prefix: str=PROB_PREFIX) -> list:
     if not cols: raise KeyError(f"no probability columns (named '{prefix}<class>') in the DataFrame; columns: {list(df.columns)}")
     return cols
 
-def _item_keys(items, item_key):
-    if callable(item_key): return [item_key(o) for o in items]
-    if not isinstance(items, pd.DataFrame) or item_key not in items:
-        raise KeyError(f"the training items have no column {item_key!r}: pass item_key= a column of dls.train.items "
+def _item_keys(items, item_col):
+    if callable(item_col): return [item_col(o) for o in items]
+    if not isinstance(items, pd.DataFrame) or item_col not in items:
+        raise KeyError(f"the training items have no column {item_col!r}: pass item_col= a column of dls.train.items "
                        f"or a function item -> key")
-    return list(items[item_key])
+    return list(items[item_col])
 
-def aligned_probs(probs: pd.DataFrame, items, vocab, item_key='image_id', prefix: str=PROB_PREFIX, atol: float=1e-3) -> torch.Tensor:
+def aligned_probs(probs: pd.DataFrame, items, vocab, item_col='image_id', prefix: str=PROB_PREFIX, atol: float=1e-3) -> torch.Tensor:
     "Tensor (n_items, n_classes) of `probs` rows in the order of `items`, columns in the order of `vocab`; checked"
     cols = prob_columns(probs, prefix)
     names = [str(c)[len(prefix):] for c in cols]
@@ -140,10 +140,10 @@ def aligned_probs(probs: pd.DataFrame, items, vocab, item_key='image_id', prefix
     absent = [v for v in vocab if v not in names]
     if absent: raise ValueError(f"no probability column for classes {absent} of the DataLoaders' vocab; expected "
                                 f"{[prefix + v for v in absent]}")
-    key = item_key if isinstance(item_key, str) else 'image_id'
+    key = item_col if isinstance(item_col, str) else 'image_id'
     if key not in probs: raise KeyError(f"the pseudo-label DataFrame has no key column {key!r}")
     table = probs.drop_duplicates(key).set_index(key)[[prefix + v for v in vocab]]
-    keys = _item_keys(items, item_key)
+    keys = _item_keys(items, item_col)
     missing = [k for k in keys if k not in table.index]
     if missing: raise KeyError(f"{len(missing)} training items have no pseudo-labels, e.g. {missing[:3]}; "
                                f"compute them (kfold_pseudo_labels) or drop the items")
@@ -158,15 +158,15 @@ def aligned_probs(probs: pd.DataFrame, items, vocab, item_key='image_id', prefix
 # %% ../../nbs/labels/02_soft_label.ipynb #4916980f
 class SoftLabelCallback(ItemTargetCallback):
     "Train on `w * one_hot(label) + (1 - w) * probs` (and a reviewed `relabel` file); validation still scores the given labels"
-    def __init__(self, probs=None, w: float=0.5, item_key='image_id', prefix: str=PROB_PREFIX, relabel=None):
+    def __init__(self, probs=None, w: float=0.5, item_col='image_id', prefix: str=PROB_PREFIX, relabel=None):
         self.w = check_weight(w)
         if probs is None and relabel is None: raise ValueError("SoftLabelCallback needs probs, a relabel file, or both")
-        store_attr('probs,item_key,prefix,relabel')
+        store_attr('probs,item_col,prefix,relabel')
     def setup(self, dl):
         dev, labels = self.dls.device or 'cpu', item_labels(dl)
         p = self.probs
         if p is None: p = F.one_hot(labels, len(self.dls.vocab)).float()   # relabel only: the given labels, hard
-        if isinstance(p, pd.DataFrame): p = aligned_probs(p, dl.items, self.dls.vocab, self.item_key, self.prefix)
+        if isinstance(p, pd.DataFrame): p = aligned_probs(p, dl.items, self.dls.vocab, self.item_col, self.prefix)
         p = torch.as_tensor(p).float()
         if p.shape != (len(dl.dataset), len(self.dls.vocab)):
             raise ValueError(f"probs has shape {tuple(p.shape)}, expected (n_train_items, n_classes) = "
@@ -177,10 +177,10 @@ class SoftLabelCallback(ItemTargetCallback):
     def apply_relabel(self, dl, labels, table):
         "Relabelled items get `one_hot(new_label)` as their target (in `table`); dropped items leave the training epochs"
         from self_supervised_fa.labels.relabel import read_relabel
-        vocab, col = list(self.dls.vocab), self.item_key if isinstance(self.item_key, str) else 'image_id'
-        keys, labs = [str(k) for k in _item_keys(dl.items, self.item_key)], [vocab[i] for i in labels.tolist()]
+        vocab, col = list(self.dls.vocab), self.item_col if isinstance(self.item_col, str) else 'image_id'
+        keys, labs = [str(k) for k in _item_keys(dl.items, self.item_col)], [vocab[i] for i in labels.tolist()]
         n_train, vdl = len(keys), self.dls.valid if len(self.dls.loaders) > 1 else None
-        try: keys, labs = keys + [str(k) for k in _item_keys(vdl.items, self.item_key)], labs + [vocab[i] for i in item_labels(vdl).tolist()]
+        try: keys, labs = keys + [str(k) for k in _item_keys(vdl.items, self.item_col)], labs + [vocab[i] for i in item_labels(vdl).tolist()]
         except (KeyError, AttributeError, TypeError): pass   # validation items without keys: only training ids are known
         r = read_relabel(self.relabel, pd.DataFrame({col: keys, '_label': labs}), vocab, item_col=col, label='_label')
         pos = {k: i for i, k in enumerate(keys[:n_train])}

@@ -59,13 +59,13 @@ class PretextCallback(ReplaceBatchCallback):
     def decode_outputs(self, out, inputs):
         "Images in [0,1] from predictions or image targets (for class targets: the class index)"
         return self.denorm(out) if out.ndim == 4 else out
-    def _one_batch(self, n, ds_idx):
-        x = self.sample(n, ds_idx)
-        with self.seeded(ifnone(self.valid_seed, 0)): return self._make(x)
+    def _one_batch(self, n, ds_idx, seed=None, x=None):
+        x = self.sample(n, ds_idx) if x is None else x.as_subclass(Tensor)[:n]
+        with self.seeded(ifnone(seed, ifnone(self.valid_seed, 0))): return self._make(x)
 
-    def show(self, n:int=8, ds_idx:int=0):
-        "Draw what the network sees: `n` pretext inputs with their targets (from `dls[ds_idx]`)"
-        inputs, targets = self._one_batch(n, ds_idx)
+    def show(self, n:int=8, ds_idx:int=0, seed:int|None=None, x=None):
+        "Draw what the network sees: `n` pretext inputs (of `x`, else of `dls[ds_idx]`) with their targets, drawn under `seed` (None: `valid_seed`)"
+        inputs, targets = self._one_batch(n, ds_idx, seed, x)
         return self.show_batch(inputs, targets, n)
 
     def show_batch(self, inputs, targets, n:int=8):

@@ -23,27 +23,27 @@ def _running_order(model:nn.Module):
         if isinstance(mod, nn.Sequential): yield from ((f'{name}_{n}', m) for n, m in mod.named_children())
         else: yield name, mod
 
-def unet_stages(body:TimmEncoder, img_size=(64, 64)) -> nn.Sequential:
-    "The layers of CNN `body` in running order, as an `nn.Sequential` for `DynamicUnet` (shares weights with `body`)"
+def unet_stages(encoder:TimmEncoder, img_size=(64, 64)) -> nn.Sequential:
+    "The layers of CNN `encoder` in running order, as an `nn.Sequential` for `DynamicUnet` (shares weights with `encoder`)"
     layers = []
-    for name, mod in _running_order(body.model):
+    for name, mod in _running_order(encoder.model):
         if name.split('_')[0] in _HEAD_NAMES or name in _HEAD_NAMES: break
         layers.append((name, mod))
     stages = nn.Sequential(OrderedDict(layers))
-    was_training = body.training
-    x = torch.randn(2, body.n_in or 3, *img_size, device=next(body.parameters()).device)
+    was_training = encoder.training
+    x = torch.randn(2, encoder.n_in or 3, *img_size, device=next(encoder.parameters()).device)
     try:
         with torch.no_grad():
-            ref = body.eval()(x)
+            ref = encoder.eval()(x)
             if ref.ndim != 4:
-                raise ValueError(f"an encoder-decoder needs a CNN body whose features are (B,C,H,W) maps; {body.arch} "
+                raise ValueError(f"an encoder-decoder needs a CNN encoder whose features are (B,C,H,W) maps; {encoder.arch} "
                                  f"gives {tuple(ref.shape)} (a ViT?). Use a CNN such as resnet18, efficientnet_b0, convnext_atto")
             try: out = stages(x)
             except Exception as e: out = e
-    finally: body.train(was_training)
+    finally: encoder.train(was_training)
     if isinstance(out, Exception) or out.shape != ref.shape or not torch.allclose(out, ref, atol=1e-4):
-        raise ValueError(f"cannot run {body.arch} layer by layer ({list(stages._modules)[:6]}...): its forward_features "
-                         f"does more than call its children in order. Pass a body built with `cut=` or another CNN")
+        raise ValueError(f"cannot run {encoder.arch} layer by layer ({list(stages._modules)[:6]}...): its forward_features "
+                         f"does more than call its children in order. Pass an encoder built with `cut=` or another CNN")
     return stages
 
 # %% ../../nbs/pretext/01_decoder.ipynb #46f34835

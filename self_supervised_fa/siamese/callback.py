@@ -132,7 +132,7 @@ class MultiViewCallback(ReplaceBatchCallback):
         super().before_fit()
         self.check_model(unwrap(self.learn.model))
         self.old_loss_func, self.learn.loss_func = self.learn.loss_func, self.compute_loss
-        self._to_queue = None
+        self.to_queue = None
     def _restore(self):
         if hasattr(self, 'old_loss_func'): self.learn.loss_func = self.old_loss_func; del self.old_loss_func
     def after_fit(self): self._restore()
@@ -172,19 +172,19 @@ class MultiViewCallback(ReplaceBatchCallback):
     # --- the teacher, and a queue in the model (MoCo v2's keys, SwAV's embeddings)
     def queue_after_step(self, keys):
         "Push `keys` to the model's `queue` after this step's update (and the teacher's): a batch never meets its own keys"
-        self._to_queue = keys
+        self.to_queue = keys
 
     def after_step(self):
         model = unwrap(self.learn.model)
         if getattr(model, 'teacher', None) is not None:
             self.momentum_now = momentum_at(self.pct_train, self.momentum, self.momentum_end)
             model.update_teacher(self.momentum_now)
-        if getattr(self, '_to_queue', None) is not None: model.queue.push(self._to_queue); self._to_queue = None
+        if getattr(self, 'to_queue', None) is not None: model.queue.push(self.to_queue); self.to_queue = None
 
     # --- pictures
-    def show(self, x=None, n:int=4, seed:int|None=0, size:float=1.4):
-        "Draw `n` images of `x` (default: a batch of the DataLoaders) beside all their views (every crop, titled with its size)"
-        x = (self.sample(max(n, 2)) if x is None else x.as_subclass(Tensor))[:max(n, 2)]
+    def show(self, n:int=4, ds_idx:int=0, seed:int|None=0, x=None, size:float=1.4):
+        "Draw `n` images (of `x`, else of a batch of `dls[ds_idx]`) beside all their views (every crop, titled with its size)"
+        x = (self.sample(max(n, 2), ds_idx) if x is None else x.as_subclass(Tensor))[:max(n, 2)]
         views, orig = self.views01(x, seed), self.denorm(x)
         titles = ['image'] + [f"view {j+1}, {v.shape[-2]}" + (f"x{v.shape[-1]}" if v.shape[-1] != v.shape[-2] else '') + " px"
                               for j, v in enumerate(views)]
