@@ -6,7 +6,6 @@
 from __future__ import annotations
 import torch
 from torch import nn
-from fastcore.basics import ifnone
 from ..augment.views import ViewAugment, simclr_augs, small_image_augs
 from .callback import MultiViewCallback
 from .model import SiameseModel
@@ -63,4 +62,4 @@ class BarlowTwinsCallback(MultiViewCallback):
     "Barlow Twins pretraining: two views of every image, `BarlowTwinsLoss(lambd)`"
     def __init__(self, aug:ViewAugment|list|None=None, # None: `simclr_augs` at the input's size
                  lambd:float=5e-3, **kwargs):
-        super().__init__(BarlowTwinsLoss(lambd), ifnone(aug, simclr_augs(None)), n_views=2, **kwargs)
+        super().__init__(BarlowTwinsLoss(lambd), aug, n_views=2, **kwargs)

@@ -56,6 +56,6 @@ class BYOLCallback(MultiViewCallback):
     needs, factory = ('pred', 'target'), 'create_byol_model'
     def __init__(self, aug:ViewAugment|list|None=None, # None: `simclr_augs` at the input's size; a list: one per view (multi-crop)
                  momentum:float=0.99, momentum_end:float=1., n_views:int|None=None, **kwargs):
-        super().__init__(BYOLLoss(), ifnone(aug, simclr_augs(None)), n_views=n_views, momentum=momentum,
+        super().__init__(BYOLLoss(), aug, n_views=n_views, momentum=momentum,
                          momentum_end=momentum_end, **kwargs)
     def compute_loss(self, out, *yb): return self.loss_func(out['pred'], out['target'])

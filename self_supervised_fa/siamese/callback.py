@@ -66,7 +66,7 @@ class MultiViewCallback(ReplaceBatchCallback):
         if momentum_end is not None: check_momentum(momentum_end, 'momentum_end')
         store_attr('loss_func,n_views,momentum,momentum_end'); self.params, self.group_lens = None, None
         self.preset = aug if callable(aug) and not isinstance(aug, nn.Module) else None   # resolved on the first batch
-        self.augs = None if self.preset else self._check_augs(listify(ifnone(aug, ViewAugment())))
+        self.augs = None if self.preset else self._check_augs(listify(ifnone(aug, ViewAugment())))   # the one default: SimCLR's views (`simclr_augs`)
 
     def _check_augs(self, augs:list) -> list:
         "`augs` as one augmentation per view (a single one repeated `n_views` times); views of one size must be consecutive"

@@ -83,7 +83,7 @@ class MoCoV2Callback(MultiViewCallback):
     needs, factory = ('proj', 'target'), 'create_moco_v2_model'
     def __init__(self, aug:ViewAugment|list|None=None, # None: `simclr_augs` at the input's size
                  temperature:float=0.2, momentum:float=0.999, momentum_end:float|None=None, **kwargs):
-        super().__init__(InfoNCELoss(temperature), ifnone(aug, simclr_augs(None)), momentum=momentum,
+        super().__init__(InfoNCELoss(temperature), aug, momentum=momentum,
                          momentum_end=momentum_end, **kwargs)
 
     def before_fit(self):
@@ -105,7 +105,7 @@ class MoCoV3Callback(MultiViewCallback):
     needs, factory = ('pred', 'target'), 'create_moco_v3_model'
     def __init__(self, aug:ViewAugment|list|None=None, # None: `simclr_augs` at the input's size
                  temperature:float=0.2, momentum:float=0.99, momentum_end:float=1., **kwargs):
-        super().__init__(InfoNCELoss(temperature), ifnone(aug, simclr_augs(None)), momentum=momentum,
+        super().__init__(InfoNCELoss(temperature), aug, momentum=momentum,
                          momentum_end=momentum_end, **kwargs)
     def compute_loss(self, out, *yb):
         p, k = out['pred'], out['target']   # the paper's ctr(q1, k2) + ctr(q2, k1), each times 2 * temperature

@@ -6,7 +6,6 @@
 from __future__ import annotations
 import torch, torch.nn.functional as F
 from torch import nn
-from fastcore.basics import ifnone
 from ..augment.views import ViewAugment, simclr_augs, small_image_augs
 from .callback import MultiViewCallback
 from .model import SiameseModel
@@ -91,6 +90,6 @@ class SimCLRCallback(MultiViewCallback):
     "SimCLR pretraining: two views of every image (or multi-crop: a list of augmentations, one per view), NT-Xent loss at `temperature`"
     def __init__(self, aug:ViewAugment|list|None=None, # None: `simclr_augs` at the input's size; a list: one per view
                  temperature:float=0.5, n_views:int|None=None, **kwargs):
-        super().__init__(NTXentLoss(temperature), ifnone(aug, simclr_augs(None)), n_views=n_views, **kwargs)
+        super().__init__(NTXentLoss(temperature), aug, n_views=n_views, **kwargs)
 
 SimCLR = SimCLRCallback   # the name users of the fastai SSL library before this one know: public, not deprecated

@@ -6,7 +6,6 @@
 from __future__ import annotations
 import torch, torch.nn.functional as F
 from torch import nn
-from fastcore.basics import ifnone
 from ..augment.views import ViewAugment, simclr_augs, small_image_augs
 from .callback import MultiViewCallback
 from .model import SiameseModel
@@ -55,5 +54,5 @@ class SimSiamCallback(MultiViewCallback):
     needs, factory = ('pred', 'proj'), 'create_simsiam_model'
     def __init__(self, aug:ViewAugment|list|None=None, # None: `simclr_augs` at the input's size
                  n_views:int|None=None, **kwargs):
-        super().__init__(NegativeCosineLoss(), ifnone(aug, simclr_augs(None)), n_views=n_views, **kwargs)
+        super().__init__(NegativeCosineLoss(), aug, n_views=n_views, **kwargs)
     def compute_loss(self, out, *yb): return self.loss_func(out['pred'], out['proj'])

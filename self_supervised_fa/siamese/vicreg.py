@@ -6,7 +6,6 @@
 from __future__ import annotations
 import torch, torch.nn.functional as F
 from torch import nn
-from fastcore.basics import ifnone
 from ..augment.views import ViewAugment, simclr_augs, small_image_augs
 from .callback import MultiViewCallback
 from .model import SiameseModel
@@ -69,4 +68,4 @@ class VICRegCallback(MultiViewCallback):
     factory = 'create_vicreg_model'
     def __init__(self, aug:ViewAugment|list|None=None, # None: `simclr_augs` at the input's size
                  sim_weight:float=25., var_weight:float=25., cov_weight:float=1., **kwargs):
-        super().__init__(VICRegLoss(sim_weight, var_weight, cov_weight), ifnone(aug, simclr_augs(None)), n_views=2, **kwargs)
+        super().__init__(VICRegLoss(sim_weight, var_weight, cov_weight), aug, n_views=2, **kwargs)
