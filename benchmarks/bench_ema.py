@@ -7,6 +7,7 @@ the parameters), interleaved in one run, medians and bests of `--reps` updates e
 import argparse, copy, os, platform, statistics, time
 import torch
 from self_supervised_fa.siamese.byol import create_byol_model
+from bench_utils import write_text_atomic
 
 
 def main():
@@ -41,7 +42,7 @@ def main():
           '| update | median (ms) | best (ms) | ratio to lightly (median / best) |', '|---|---:|---:|---:|']
     md += [f"| {k} | {med[k]:.1f} | {best[k]:.1f} | {med[k] / med[ref]:.2f} / {best[k] / best[ref]:.2f} |" for k in res]
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    tmp = a.out + '.tmp'; open(tmp, 'w').write('\n'.join(md) + '\n'); os.replace(tmp, a.out)
+    write_text_atomic(a.out, '\n'.join(md) + '\n')
     print('\n'.join(md))
 
 

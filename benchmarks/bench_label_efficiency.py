@@ -20,7 +20,7 @@ import argparse, json, os, platform, re, shlex, sys, time
 from pathlib import Path
 import pandas as pd, torch
 from fastai.torch_core import set_seed
-from bench_utils import locked
+from bench_utils import locked, write_text_atomic
 from self_supervised_fa.app.demo import knn_monitor_dls
 from self_supervised_fa.data.sample import sample_dls, load_sample_df
 from self_supervised_fa.core.io import write_csv_atomic
@@ -53,7 +53,7 @@ def machine():
 
 
 def write_json(path, obj):
-    tmp = path.with_name(path.name + '.tmp'); tmp.write_text(json.dumps(obj, indent=1)); os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=1))
 
 
 def row_name(m, a): "Method `m`'s name in the tables: with `--variant`'s tag if given"; return f'{m} ({a.variant})' if a.variant else m
@@ -226,7 +226,7 @@ def write_report(out, a, runs, pre0, acc0, pre, acc):
             f"### Test accuracy (%) on the 1,000 test images\n\nlabels: per class (10, 100), a fraction of the 4,000 "
             f"training labels (1 %, 10 %; the Barlow Twins protocol) or all of them; fine-tuning at the per-class budgets.\n\n"
             f"{md_table(pct)}\n\n### Against the targets\n\n{targets(acc, siamese) if siamese else ''}\n")
-    tmp = out.with_name(out.name + '.tmp'); tmp.write_text(text); os.replace(tmp, out)
+    write_text_atomic(out, text)
     print(text)
 
 

@@ -24,6 +24,7 @@ from self_supervised_fa.labels.pseudo_label import kfold_pseudo_labels, FoldLear
 from self_supervised_fa.core.io import write_csv_atomic
 from self_supervised_fa.labels.soft_label import SoftLabelCallback, SoftTargetCrossEntropy, soft_accuracy
 from self_supervised_fa.labels.plc import PLCCallback
+from bench_utils import write_text_atomic
 
 def small_cnn(n_out=10, widths=(16, 32, 64, 64)):
     "4 fastai ConvLayers (the last three stride 2), average pool, linear: 61 k parameters with the default widths"
@@ -80,7 +81,7 @@ def cached(work, name, fn):
     f = work/f'{name}.json'
     if f.exists(): return json.loads(f.read_text())
     t = time.time(); r = fn(); r['t'] = time.time() - t
-    tmp = f.with_suffix('.tmp'); tmp.write_text(json.dumps(r)); os.replace(tmp, f)
+    write_text_atomic(f, json.dumps(r))
     return r
 
 def run(seed, a, work):

@@ -15,6 +15,7 @@ if os.environ.get('MALLOC_MMAP_THRESHOLD_') != '65536':
     os.execv(sys.executable, [sys.executable] + sys.argv)
 import torch, torch.nn.functional as F
 from self_supervised_fa.siamese.simclr import NTXentLoss
+from bench_utils import write_text_atomic
 
 
 def masking_ntxent(z0, z1, t=0.5):
@@ -84,7 +85,7 @@ def main(reps=7, out='benchmarks/results/ntxent.md', sizes=(256, 1024, 2048), di
           '|---|---|---:|---:|---:|---:|']
     md += [f'| {a} | {k} | {dt:.1f} | {m:.1f} | {rt:.2f} | {rm:.2f} |' for a, k, dt, m, rt, rm in rows]
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    tmp = out + '.tmp'; open(tmp, 'w').write('\n'.join(md) + '\n'); os.replace(tmp, out)
+    write_text_atomic(out, '\n'.join(md) + '\n')
     print('\n'.join(md))
 
 

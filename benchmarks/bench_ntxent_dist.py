@@ -6,6 +6,7 @@ high-water mark with glibc mmap above 64 KiB; implementations interleaved, media
     python benchmarks/bench_ntxent_dist.py [--reps 7] [--out benchmarks/results/ntxent_dist.md]
 """
 import os, sys, socket, subprocess, statistics, platform, argparse, json
+from bench_utils import write_text_atomic
 HERE = os.path.dirname(os.path.abspath(__file__))
 SIZES, DIM, T = (256, 1024), 128, 0.5
 
@@ -54,7 +55,7 @@ def main(reps, out):
             for k, (dt, mem) in med.items():
                 md.append(f"| 2x{b} | {w} | {k} | {dt * 1e3:.1f} | {mem / 2**20:.1f} | {dt / med['lightly'][0]:.2f} | "
                           f"{mem / max(med['lightly'][1], 1):.2f} |")
-    tmp = out + '.tmp'; open(tmp, 'w').write('\n'.join(md) + '\n'); os.replace(tmp, out)
+    write_text_atomic(out, '\n'.join(md) + '\n')
     for f in os.listdir(os.path.dirname(out) or '.'):
         if f.startswith(os.path.basename(out) + '.') and f.endswith('.json'): os.remove(os.path.join(os.path.dirname(out) or '.', f))
     print('\n'.join(md))

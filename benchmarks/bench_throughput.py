@@ -18,6 +18,7 @@ from self_supervised_fa.data.sample import sample_dls, load_sample_df
 from self_supervised_fa.core.pixels import get_norm_stats
 from self_supervised_fa.app.registry import METHODS
 from self_supervised_fa.siamese.teacher import momentum_at
+from bench_utils import write_text_atomic
 
 warnings.filterwarnings('ignore', message='ViewAugment: 1-channel')
 
@@ -101,7 +102,7 @@ def main():
     md += ['', f"Per-round ratios (fastai / bare loop, same round): {', '.join(f'{v:.3f}' for v in paired)}; median **{pr:.3f}** "
            f"(target >= 0.95: {'met' if pr >= 0.95 else 'missed'})."]
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    tmp = out + '.tmp'; open(tmp, 'w').write('\n'.join(md) + '\n'); os.replace(tmp, out)
+    write_text_atomic(out, '\n'.join(md) + '\n')
     print('\n'.join(md))
 
 

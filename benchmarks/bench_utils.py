@@ -1,6 +1,6 @@
 """Pieces the pretext benchmarks share: resumable JSON cells, a CPU-time training budget, the fair random-init
 baseline, best-stage probes on frozen features, markdown tables and a description of the machine."""
-import copy, json, os, platform, time, uuid
+import copy, json, os, platform, time
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np, torch
@@ -32,10 +32,7 @@ class Cells:
     def put(self, key, value):
         with locked(self.path):   # several runs may share the file: re-read under the lock, add, replace
             self.data = {**self._read(), key: value}
-            tmp = self.path.with_name(f'.{self.path.name}.tmp-{uuid.uuid4().hex[:8]}')
-            try: tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True)); os.replace(tmp, self.path)
-            finally:
-                if tmp.exists(): tmp.unlink()
+            write_text_atomic(self.path, json.dumps(self.data, indent=1, sort_keys=True))
         return value
 
 
@@ -58,11 +55,9 @@ def pretrained_cell(cells, key, cache, train):
 
 
 def write_text_atomic(path, text):
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp-{uuid.uuid4().hex[:8]}')
-    try: tmp.write_text(text); os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
+    "Write `text` to `path` through the library's atomic writer (readers never see half a file)"
+    from self_supervised_fa.core.io import atomic_path
+    with atomic_path(path) as tmp: Path(tmp).write_text(text)
 
 
 # --- a training budget in CPU seconds of this process (robust to other jobs sharing the cores, unlike wall time)

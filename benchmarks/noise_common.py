@@ -2,6 +2,8 @@
 import json, os, time
 from pathlib import Path
 import torch
+from bench_utils import write_text_atomic
+from self_supervised_fa.core.io import atomic_path
 
 WORK = Path(os.path.expanduser('~/.cache/self_supervised_fa/bench_noise'))
 
@@ -32,7 +34,7 @@ def cached(fn, compute):
     if fn.exists(): return json.loads(fn.read_text())
     t = time.time(); r = compute(); r['seconds'] = round(time.time() - t, 1)
     fn.parent.mkdir(parents=True, exist_ok=True)
-    tmp = fn.with_name(f'.{fn.name}.tmp'); tmp.write_text(json.dumps(r)); os.replace(tmp, fn)
+    write_text_atomic(fn, json.dumps(r))
     return r
 
 
@@ -43,7 +45,7 @@ def machine(threads):
 
 def write_atomic(path, text):
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp'); tmp.write_text(text); os.replace(tmp, path)
+    write_text_atomic(path, text)
     return path
 
 
@@ -99,7 +101,7 @@ def embeddings(enc, work=WORK, name='emb'):
     if not fn.exists():
         dls = sample_dls(trn, tst, bs=256)
         e = np.concatenate([get_embeddings(enc, dls.train, progress=False)[0].numpy(), get_embeddings(enc, dls.valid, progress=False)[0].numpy()])
-        tmp = fn.with_name(f'.{fn.name}.tmp.npy'); np.save(tmp, e); os.replace(tmp, fn)
+        with atomic_path(fn) as tmp: np.save(tmp, e)
     e = np.load(fn)   # a plain float array (allow_pickle stays False)
     return dict(zip(ids, e))
 
