@@ -43,7 +43,7 @@ def _write_crops(tmp:Path, photos, size, n_per_photo, scale, valid_frac, seed, d
     (tmp/_MARKER).write_text(desc)
 
 def get_colour_sample(path=None, size:int=32, n_per_photo:int=40, scale:int=4, valid_frac:float=0.25, seed:int=0,
-                      photos=None, # names from `photos.PHOTO_CLASSES`; default `COLOUR_PHOTOS`
+                      photos=None, # names from `data.photos.PHOTO_CLASSES`; default `COLOUR_PHOTOS`
                       force:bool=False) -> Path:
     "Folder of colour crops (images/, crops.csv) from the shipped photos; default: beside the MNIST sample"
     photos = _check_photos(photos)

@@ -16,7 +16,7 @@ RELABEL_ACTIONS = ('keep', 'relabel', 'drop')
 RELABEL_COLS = ('given', 'suggested', 'score', 'action', 'new_label')
 
 def relabel_template(table: pd.DataFrame, item_col: str='image_id', top: int|None=None) -> pd.DataFrame:
-    "The relabel file for the `top` rows of a suspect table (`review.rank_suspects`): every action `keep`, `new_label` = suggested"
+    "The relabel file for the `top` rows of a suspect table (`labels.suspects.rank_suspects`): every action `keep`, `new_label` = suggested"
     missing = [c for c in (item_col, 'given', 'suggested', 'score') if c not in table]
     if missing: raise KeyError(f"the suspect table has no column(s) {missing} (columns: {list(table.columns)}); make it with rank_suspects")
     t = table if top is None else table.iloc[:top]

@@ -79,7 +79,7 @@ def _folds(n, folds=None, n_folds: int=10, seed: int=0) -> np.ndarray:
 
 def knn_vote_probs(feats, labels, n_classes: int|None=None, k: int=20, temperature: float=0.1, folds=None,
                    n_folds: int=10, seed: int=0, chunk_size: int=1024) -> np.ndarray:
-    "(n, C) class probabilities of each item from a cosine-kNN vote of the items in the other folds (`evaluate.knn_scores`)"
+    "(n, C) class probabilities of each item from a cosine-kNN vote of the items in the other folds (`evaluate.probes.knn_scores`)"
     feats = torch.as_tensor(np.asarray(feats.detach().cpu() if isinstance(feats, torch.Tensor) else feats)).float()
     labels = torch.as_tensor(np.array(labels, dtype=np.int64)).ravel()
     if feats.ndim != 2 or len(feats) != len(labels):

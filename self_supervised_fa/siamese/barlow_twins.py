@@ -31,7 +31,7 @@ class BarlowTwinsLoss(nn.Module):
     $C_{ij} = \frac{1}{B}\sum_b \hat z^A_{bi} \hat z^B_{bj}$ and
     $$L = \sum_i (1 - C_{ii})^2 + \lambda \sum_i \sum_{j \ne i} C_{ij}^2 .$$
 
-    In several processes (DDP) the statistics are those of the global batch (`dist.gather_views`): every process
+    In several processes (DDP) the statistics are those of the global batch (`core.dist.gather_views`): every process
     returns the same, global, loss.
 
     Shapes: `z_a`, `z_b` are `(B, D)` with `B >= 2`, any float dtype (computed in float32 or float64); returns a scalar.

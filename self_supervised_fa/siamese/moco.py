@@ -32,7 +32,7 @@ class InfoNCELoss(nn.Module):
     $$\ell_b = -\log\frac{\exp(q_b^\top k_b/\tau)}{\exp(q_b^\top k_b/\tau) + \sum_{m=1}^K \exp(q_b^\top n_m/\tau)};$$
     without one (`negatives=None`, MoCo v3) the negatives are the other keys of the batch:
     $\ell_b = -\log \mathrm{softmax}_c(q_b^\top k_c/\tau)_b$. Returns the mean over the batch; the keys and negatives
-    get no gradient. In several processes (DDP) the batch's keys are the global batch's (`dist.gather`) and each
+    get no gradient. In several processes (DDP) the batch's keys are the global batch's (`core.dist.gather`) and each
     process returns its queries' share of the loss: the mean over processes is the loss of the global batch.
 
     Shapes: `q`, `k` `(B, D)`, `negatives` `(K, D)` (unit rows); any float dtype (computed in float32 or float64).

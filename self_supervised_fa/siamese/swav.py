@@ -52,7 +52,7 @@ class SwAVLoss(nn.Module):
          -\frac{1}{B}\sum_b \sum_k q_{i,bk} \log \mathrm{softmax}(s_{v,b} / \tau)_k .$$
     With `queue_scores` (one `(Q, K)` tensor per global crop: the prototype scores of that crop's queued embeddings),
     Sinkhorn runs on the batch and the queue together and the batch's codes are kept. In several processes (DDP)
-    Sinkhorn runs on the global batch (every process's scores, `dist.gather`) and each process returns its crops'
+    Sinkhorn runs on the global batch (every process's scores, `core.dist.gather`) and each process returns its crops'
     share of the loss: the mean over processes is the loss of the global batch.
 
     Shapes: `scores` a sequence of `V >= 2` tensors `(B, K)`; any float dtype (computed in float32 or float64).

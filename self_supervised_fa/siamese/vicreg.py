@@ -32,7 +32,7 @@ class VICRegLoss(nn.Module):
     $\epsilon = 10^{-4}$) and $c(Z) = \frac1D \sum_{i \ne j} C(Z)_{ij}^2$ with $C(Z)$ the covariance matrix of the
     batch. The variance term is halved over the two views as in the authors' code.
 
-    In several processes (DDP) every term is over the global batch (`dist.gather_views`): every process returns the
+    In several processes (DDP) every term is over the global batch (`core.dist.gather_views`): every process returns the
     same, global, loss.
 
     Shapes: `z_a`, `z_b` `(B, D)`, `B >= 2`, any float dtype (computed in float32 or float64); returns a scalar.
