@@ -56,6 +56,13 @@ def test_the_import_graph_has_no_cycle():
     for m in GRAPH: visit(m, [])
 
 
+def test_no_hidden_imports():
+    "No module-level `__getattr__` facade or `importlib` lookup: every dependency is an import the graph test sees"
+    hidden = [m for m, p in _modules() if any(isinstance(n, ast.FunctionDef) and n.name == '__getattr__'
+                                              for n in ast.parse(p.read_text()).body) or 'import_module(' in p.read_text()]
+    assert not hidden, f"modules with hidden imports: {hidden}"
+
+
 def test_modules_are_small():
     big = {m: n for m, p in _modules() if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not big, f"modules past {MAX_LINES} lines (split them by job): {big}"
