@@ -127,7 +127,7 @@ def test_mismatched_keys_named(tmp_path):
     fn = save_encoder(create_timm_body('resnet18', n_in=1), tmp_path/'r18')
     with pytest.raises(KeyError, match=r"missing keys \['model\.layer1\.0\.bn3"):
         load_encoder(fn, create_timm_body('resnet50', n_in=1))
-    with pytest.raises(ValueError, match=r'model.conv1.weight: file \(64, 1, 7, 7\) vs body \(64, 3, 7, 7\)'):
+    with pytest.raises(ValueError, match=r'model.conv1.weight: file \(64, 1, 7, 7\) vs encoder \(64, 3, 7, 7\)'):
         load_encoder(fn, create_timm_body('resnet18', n_in=3))
 
 
@@ -164,7 +164,7 @@ def test_crafted_metadata_never_runs(tmp_path, field, payload):
     marker = tmp_path/'MARKER'
     meta = dict(GOOD_META, **{field: payload.format(m=str(marker))})
     save_file(_tensors(create_timm_body('resnet18', n_in=1)), str(tmp_path/'evil.safetensors'), metadata=meta)
-    with pytest.raises(ValueError, match=f"metadata field '{field}'.*pass it, load_encoder\\(path, body="):
+    with pytest.raises(ValueError, match=f"metadata field '{field}'.*pass it, load_encoder\\(path, encoder="):
         load_encoder(tmp_path/'evil.safetensors')
     with pytest.raises(ValueError, match=f"metadata field '{field}'"): read_encoder_metadata(tmp_path/'evil.safetensors')
     assert not marker.exists()
