@@ -25,7 +25,7 @@ from self_supervised_fa.data.sample import subsample_per_class
 from self_supervised_fa.evaluate.probes import linear_probe
 from self_supervised_fa.evaluate.label_efficiency import scratch_like
 from self_supervised_fa.labels.plc import PLCCallback
-from self_supervised_fa.labels.suspects import rank_suspects
+from self_supervised_fa.labels.suspects import rank_suspects, KNNVote
 from self_supervised_fa.labels.noise import add_asymmetric_noise
 from self_supervised_fa.labels.soft_label import SoftLabelCallback
 
@@ -81,7 +81,7 @@ def plc(trn, enc, seed):
 
 def review(trn, enc, oof, feats, seed, relabel=False):
     "Rank the suspects (OOF + kNN vote), then drop the top n (or relabel them to the suggestion), n = the estimated noise"
-    t = rank_suspects(trn, oof, feats, seed=seed, n_folds=min(10, len(trn) // 2))
+    t = rank_suspects(trn, oof, feats, vote=KNNVote(seed=seed, n_folds=min(10, len(trn) // 2)))
     n = int(round(t.attrs['noise_rate'] * len(trn)))
     top = t.iloc[:n]
     if relabel: new = trn.assign(label=trn.image_id.map(dict(zip(top.image_id, top.suggested))).fillna(trn.label).astype(int))

@@ -19,7 +19,7 @@ from sklearn.metrics import roc_auc_score
 from noise_common import (WORK, setup, cached, machine, write_atomic, splits, make_learner, fit, test_acc, embeddings,
                           oof_probs, md_table)
 from self_supervised_fa.labels.noise import add_label_noise
-from self_supervised_fa.labels.suspects import rank_suspects, estimate_noise_rate
+from self_supervised_fa.labels.suspects import rank_suspects, estimate_noise_rate, KNNVote
 from self_supervised_fa.labels.soft_label import prob_columns
 
 
@@ -70,7 +70,7 @@ def run(seed, a, enc, emb, work):
     res = {'seed': seed, 'noise': float(trn.is_noisy.mean())}
     # (b) kNN vote among the embeddings alone
     for m in ('margin', 'self_confidence'):
-        t = rank_suspects(trn, feats=feats, method=m, seed=seed)
+        t = rank_suspects(trn, feats=feats, method=m, vote=KNNVote(seed=seed))
         res[f'knn_{m}_auc'] = auc(t, trn)
     res['knn_noise_rate'] = t.attrs['noise_rate']
     # (a) out-of-fold probabilities of the fine-tuning recipe
@@ -80,7 +80,7 @@ def run(seed, a, enc, emb, work):
     for m in ('margin', 'self_confidence'):
         tables[f'oof_{m}'] = t = rank_suspects(trn, oof, method=m)
         res[f'oof_{m}_auc'] = auc(t, trn)
-        tables[f'both_{m}'] = t = rank_suspects(trn, oof, feats, method=m, seed=seed)
+        tables[f'both_{m}'] = t = rank_suspects(trn, oof, feats, method=m, vote=KNNVote(seed=seed))
         res[f'both_{m}_auc'] = auc(t, trn)
     res['oof_noise_rate'] = tables['oof_margin'].attrs['noise_rate']
     res['both_noise_rate'] = tables['both_margin'].attrs['noise_rate']
@@ -109,7 +109,7 @@ def auc_difference(seed, a, emb, work, n_boot=500):
     feats = np.stack([emb[i] for i in trn.image_id])
     wrong = trn.is_noisy.to_numpy()
     ref = cleanlab_ranking(trn, oof)[0]
-    ours = {f'{src}, {m}': rank_suspects(trn, oof, feats if src == 'both' else None, method=m, seed=seed).set_index('image_id').score.loc[trn.image_id].to_numpy()
+    ours = {f'{src}, {m}': rank_suspects(trn, oof, feats if src == 'both' else None, method=m, vote=KNNVote(seed=seed)).set_index('image_id').score.loc[trn.image_id].to_numpy()
             for src in ('out-of-fold', 'both') for m in ('margin', 'self_confidence')}
     rng = np.random.default_rng(seed)
     boots = [rng.integers(0, len(trn), len(trn)) for _ in range(n_boot)]

@@ -92,7 +92,7 @@ def test_rank_suspects_combines_the_stated_way_and_aligns_by_id():
     d = noisy_sample(10)
     X, (p, _) = pixels(d.image_id), random_case(len(d), 10)
     oof = pd.DataFrame(p, columns=[f'prob_{c}' for c in range(10)]).assign(image_id=d.image_id.values)
-    t = rank_suspects(d, oof.iloc[::-1], X, weight=0.3, k=5, n_folds=5).set_index('image_id').loc[d.image_id]
+    t = rank_suspects(d, oof.iloc[::-1], X, weight=0.3, vote=KNNVote(k=5, n_folds=5)).set_index('image_id').loc[d.image_id]
     q = knn_vote_probs(X, d.label.values, 10, k=5, n_folds=5)
     comb = 0.3 * p + 0.7 * q
     y = d.label.values
@@ -202,7 +202,7 @@ def test_duplicates_of_real_images_found_and_different_images_not(tmp_path):
 
 def test_write_review_folder(tmp_path):
     d = noisy_sample(5)
-    t = rank_suspects(d, feats=pixels(d.image_id), k=5, n_folds=5)
+    t = rank_suspects(d, feats=pixels(d.image_id), vote=KNNVote(k=5, n_folds=5))
     out = write_review(tmp_path/'review', t, get_sample_data()/'images', top=23, per_page=10)
     assert [p.name for p in out['pages']] == ['suspects_001.png', 'suspects_002.png', 'suspects_003.png']
     assert Image.open(out['pages'][0]).size[0] > 200

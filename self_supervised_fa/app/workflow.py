@@ -269,7 +269,7 @@ def _embed_items(d, s, encoder, bs, workers, progress):
 def suspects_folder(data, out, oof=None, encoder=None, top:int=200, weight:float=0.5, method:str='margin', k:int=20,
                     duplicates:bool=True, fit:FitOptions|None=None, folder:FolderOptions|None=None) -> dict:
     "Suspect-label review of `data` in `out/review`: from `oof` (out-of-fold probabilities, a file or DataFrame) and/or `encoder`'s kNN vote"
-    from self_supervised_fa.labels.suspects import rank_suspects
+    from self_supervised_fa.labels.suspects import rank_suspects, KNNVote
     from self_supervised_fa.labels.sheets import write_review
     from self_supervised_fa.labels.duplicates import find_duplicates
     if oof is None and encoder is None:
@@ -283,7 +283,8 @@ def suspects_folder(data, out, oof=None, encoder=None, top:int=200, weight:float
     feats = None
     if encoder is not None: feats = _embed_items(d, settings(d, encoder, f), encoder, bs, workers, progress)
     folds = d.items.fold.to_numpy() if 'fold' in d.items else None   # the kNN vote of an item comes from the other folds
-    table = rank_suspects(d.items, probs=probs, feats=feats, classes=d.classes, weight=weight, method=method, k=k, folds=folds, seed=seed)
+    table = rank_suspects(d.items, probs=probs, feats=feats, classes=d.classes, weight=weight, method=method,
+                          vote=KNNVote(k=k, folds=folds, seed=seed))
     dup = find_duplicates(feats, items=d.items) if feats is not None and duplicates else None
     res = write_review(out/'review', table, dict(zip(d.items.image_id, d.items.fname)), top=top, duplicates=dup)
     return dict(res, table=table, duplicates=dup, noise_rate=table.attrs['noise_rate'])

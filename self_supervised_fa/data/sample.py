@@ -94,7 +94,7 @@ def check_image_files(fnames, what:str='image') -> None:
 # %% ../../nbs/data/00_sample.ipynb #52005493
 def sample_dls(train_df=None, valid_df=None, n_per_class:int|None=None, n_in:int=1, size:int|None=None, bs:int=64,
                normalize:bool=True, seed:int=0, path=None, label:str='label', item_tfms=None, batch_tfms=None,
-               shuffle:bool=True, num_workers:int=0, **kwargs):
+               **kwargs): # to `DataBlock.dataloaders` (`shuffle`, `num_workers`: 0 unless given, ...)
     "fastai `DataLoaders` on the sample (or on `train_df`/`valid_df` with the same layout); valid = the test split"
     if n_in not in (1, 3): raise ValueError(f"n_in must be 1 (grey) or 3 (RGB copies of the grey digits), got {n_in}")
     root = get_sample_data(path)
@@ -108,4 +108,4 @@ def sample_dls(train_df=None, valid_df=None, n_per_class:int|None=None, n_in:int
                        splitter=ColSplitter('is_valid'),
                        item_tfms=[Resize(size)] + list(item_tfms or []) if size else item_tfms,
                        batch_tfms=list(batch_tfms or []) + ([Normalize.from_stats(*stats)] if normalize else []))
-    return dblock.dataloaders(df, bs=bs, shuffle=shuffle, num_workers=num_workers, **kwargs)
+    return dblock.dataloaders(df, bs=bs, **{'shuffle': True, 'num_workers': 0, **kwargs})

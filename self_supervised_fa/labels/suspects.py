@@ -8,10 +8,11 @@ import numpy as np, pandas as pd, torch
 from ..evaluate.probes import knn_scores
 from .soft_label import aligned_probs, prob_columns, PROB_PREFIX
 from ..data.folds import fold_numbers
+from dataclasses import dataclass
 
 # %% auto #0
 __all__ = ['SCORE_METHODS', 'confident_thresholds', 'confident_labels', 'label_signals', 'confident_joint', 'estimate_noise_rate',
-           'knn_vote_probs', 'suspicion', 'rank_suspects']
+           'knn_vote_probs', 'suspicion', 'KNNVote', 'rank_suspects']
 
 # %% ../../nbs/labels/04_suspects.ipynb #a5c1d30d
 def _probs_array(probs, name='probs') -> np.ndarray:
@@ -115,9 +116,17 @@ def _encode_labels(items, label, classes):
     if unknown: raise ValueError(f"labels {unknown[:5]} are not among the classes {classes[:20]}; pass classes= with every class")
     return np.array([pos[str(v)] for v in given], dtype=np.int64), classes
 
+@dataclass
+class KNNVote:
+    "How `rank_suspects` asks the embeddings: a cosine-kNN vote of each item's neighbours in the other folds (`knn_vote_probs`)"
+    k:int = 20
+    temperature:float = 0.1
+    folds:object = None   # fold of each item (e.g. the pseudo-labels' folds); None: `n_folds` shuffled folds
+    n_folds:int = 10
+    seed:int = 0
+
 def rank_suspects(items: pd.DataFrame, probs=None, feats=None, item_col: str='image_id', label='label', classes=None,
-                  method: str='margin', weight: float=0.5, k: int=20, temperature: float=0.1, folds=None,
-                  n_folds: int=10, seed: int=0, prefix: str=PROB_PREFIX) -> pd.DataFrame:
+                  method: str='margin', weight: float=0.5, vote:KNNVote|None=None, prefix: str=PROB_PREFIX) -> pd.DataFrame:
     "Items sorted by how much out-of-fold `probs` and/or a kNN vote among `feats` disagree with their given label"
     if probs is None and feats is None: raise ValueError("pass probs (out-of-fold probabilities), feats (embeddings), or both")
     if item_col not in items: raise KeyError(f"item column {item_col!r} not in the items (columns: {list(items.columns)})")
@@ -136,7 +145,8 @@ def rank_suspects(items: pd.DataFrame, probs=None, feats=None, item_col: str='im
             raise ValueError(f"probs has shape {srcs['oof'].shape}, expected (n_items, n_classes) = {(len(items), len(classes))}")
     if feats is not None:
         if len(feats) != len(items): raise ValueError(f"feats has {len(feats)} rows for {len(items)} items: embed the items in order")
-        srcs['knn'] = knn_vote_probs(feats, y, len(classes), k, temperature, folds, n_folds, seed)
+        v = vote or KNNVote()
+        srcs['knn'] = knn_vote_probs(feats, y, len(classes), v.k, v.temperature, v.folds, v.n_folds, v.seed)
     main = weight * srcs['oof'] + (1 - weight) * srcs['knn'] if len(srcs) == 2 else next(iter(srcs.values()))
     sig = label_signals(main, y)
     cls = np.array(classes, dtype=object)
