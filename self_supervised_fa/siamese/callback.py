@@ -64,7 +64,7 @@ class MultiViewCallback(ReplaceBatchCallback):
             raise ValueError(f"{type(self).__name__}: n_views={n_views}, a siamese method needs at least two views")
         if momentum is not None: check_momentum(momentum)
         if momentum_end is not None: check_momentum(momentum_end, 'momentum_end')
-        store_attr('loss_func,n_views,momentum,momentum_end'); self.params, self.group_lens = None, None
+        store_attr('loss_func,n_views,momentum,momentum_end'); self.params, self.group_lens, self.to_queue = None, None, None
         self.preset = aug if callable(aug) and not isinstance(aug, nn.Module) else None   # resolved on the first batch
         self.augs = None if self.preset else self._check_augs(listify(ifnone(aug, ViewAugment())))   # the one default: SimCLR's views (`simclr_augs`)
 
@@ -179,7 +179,7 @@ class MultiViewCallback(ReplaceBatchCallback):
         if getattr(model, 'teacher', None) is not None:
             self.momentum_now = momentum_at(self.pct_train, self.momentum, self.momentum_end)
             model.update_teacher(self.momentum_now)
-        if getattr(self, 'to_queue', None) is not None: model.queue.push(self.to_queue); self.to_queue = None
+        if self.to_queue is not None: model.queue.push(self.to_queue); self.to_queue = None
 
     # --- pictures
     def show(self, n:int=4, ds_idx:int=0, seed:int|None=0, x=None, size:float=1.4):
