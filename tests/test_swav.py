@@ -1,6 +1,6 @@
 """SwAV: Sinkhorn's marginals, the loss against lightly and a plain formula (values and gradients, with a queue),
 prototype freezing and the queue step by step, state in the model, training on the sample with CNN and ViT bodies"""
-import copy, math, warnings
+import copy, math, random, warnings
 import numpy as np, pytest, torch, torch.nn.functional as F
 from fastai.learner import Learner
 from fastai.callback.core import Callback
@@ -171,7 +171,7 @@ def test_model_and_views_must_fit(dls):
 
 def _fit_swav(epsilon, seed=0):
     "8 epochs of multi-crop SwAV (2 global + 4 local crops) on 320 digits; the fit, the callback, SwAV's collapse warnings"
-    torch.manual_seed(seed)
+    torch.manual_seed(seed); random.seed(seed)   # fastai's DataLoader draws its shuffling from Python's `random`
     model = create_swav_model('test_resnet', hidden_size=128, projection_size=32, n_prototypes=30, n_in=1)
     cb = SwAVCallback(small_swav_augs(28, n_local=4, flip_p=0.), epsilon=epsilon)
     with warnings.catch_warnings(record=True) as caught:
