@@ -8,7 +8,7 @@ import json, random
 from pathlib import Path
 import numpy as np, torch
 from fastai.callback.core import Callback
-from .io import atomic_path
+from .io import save_safetensors
 from .dist import is_main, unwrap
 
 # %% auto #0
@@ -142,7 +142,6 @@ class CheckpointCallback(Callback):
 
     def save(self, epoch:int):
         "Write the checkpoint (rank 0 alone, under DDP; the weights without DDP's wrapper, so one process can resume)"
-        from safetensors.torch import save_file
         if not is_main(): return
         tensors = {f'model.{k}': v for k, v in unwrap(self.learn.model).state_dict().items()}
         opt_t, opt_m = _opt_state(self.learn.opt)
@@ -150,5 +149,4 @@ class CheckpointCallback(Callback):
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in {**tensors, **opt_t, **rng_t}.items()}
         meta = dict(epoch=epoch, n_epoch=self.n_epoch, opt=opt_m, rng=rng_m, history=self.history,
                     batch_losses=self.batch_losses, config=self.config)
-        with atomic_path(self.path) as tmp:
-            save_file(tensors, str(tmp), metadata={'format': _FORMAT, 'meta': json.dumps(meta, default=str)})
+        save_safetensors(tensors, self.path, {'format': _FORMAT, 'meta': json.dumps(meta, default=str)})

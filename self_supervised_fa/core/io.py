@@ -10,15 +10,22 @@ from pathlib import Path
 import pandas as pd
 
 # %% auto #0
-__all__ = ['atomic_path', 'write_csv_atomic', 'write_json_atomic', 'materialise_folder']
+__all__ = ['atomic_path', 'write_csv_atomic', 'write_json_atomic', 'save_safetensors', 'materialise_folder']
 
 # %% ../../nbs/core/00_io.ipynb #d7453be5
+def _umask() -> int:
+    "The process's umask (read by setting it and putting it back)"
+    m = os.umask(0o022); os.umask(m); return m
+
 @contextmanager
 def atomic_path(path):
-    "Yield a temporary path beside `path`; on success it replaces `path` (`os.replace`), on error it is removed"
+    "Yield a temporary path beside `path`; on success it replaces `path` (`os.replace`) with the mode the umask gives a new file, on error it is removed"
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}')
-    try: yield tmp; os.replace(tmp, path)
+    try:
+        yield tmp
+        if tmp.is_file(): os.chmod(tmp, 0o666 & ~_umask())   # writers such as safetensors create 0600 files
+        os.replace(tmp, path)
     finally:
         if tmp.exists(): tmp.unlink()
 
@@ -30,6 +37,17 @@ def write_csv_atomic(df:pd.DataFrame, path) -> Path:
 def write_json_atomic(obj, path) -> Path:
     "Write `obj` as indented JSON to `path` atomically"
     with atomic_path(path) as tmp: Path(tmp).write_text(json.dumps(obj, indent=1, default=str) + '\n')
+    return Path(path)
+
+# %% ../../nbs/core/00_io.ipynb #0908ea7f
+def save_safetensors(tensors:dict, path, metadata:dict|None=None) -> Path:
+    "Write `tensors` (name -> tensor) and string `metadata` to a safetensors file at `path` atomically, its header in sorted order"
+    from safetensors.torch import save
+    raw = save(tensors, metadata=metadata)
+    n = int.from_bytes(raw[:8], 'little')
+    head = json.dumps(json.loads(raw[8:8 + n]), sort_keys=True, separators=(',', ':')).encode()
+    head += b' ' * (-len(head) % 8)   # the data stays 8-byte aligned
+    with atomic_path(path) as tmp: Path(tmp).write_bytes(len(head).to_bytes(8, 'little') + head + raw[8 + n:])
     return Path(path)
 
 # %% ../../nbs/core/00_io.ipynb #5975f12a

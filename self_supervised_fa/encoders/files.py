@@ -10,7 +10,7 @@ import torch
 from torch import nn
 import fastai.callback.schedule  # noqa: F401 (patches Learner.fit_one_cycle / fine_tune onto Learner)
 from .body import check_arch, TimmEncoder, create_timm_body
-from ..core.io import atomic_path
+from ..core.io import save_safetensors
 
 # %% auto #0
 __all__ = ['read_encoder_metadata', 'save_encoder', 'load_encoder']
@@ -47,7 +47,6 @@ def _parse_meta(meta:dict, path) -> dict:
 
 def save_encoder(encoder:nn.Module, path, recipe:dict|None=None) -> Path:
     "Save `encoder`'s weights to a safetensors file at `path`, with arch/n_in/cut (and `recipe`, as JSON) as metadata; atomic"
-    from safetensors.torch import save_file
     if not isinstance(encoder, nn.Module): raise TypeError(f"save_encoder needs an nn.Module (a TimmEncoder), got {type(encoder).__name__}")
     path = Path(path)
     if path.suffix != '.safetensors': path = path.with_name(path.name + '.safetensors')
@@ -56,7 +55,7 @@ def save_encoder(encoder:nn.Module, path, recipe:dict|None=None) -> Path:
             'cut': repr(cut) if isinstance(cut, (int, type(None))) else 'custom'}
     if recipe is not None: meta['recipe'] = json.dumps(recipe, default=str)
     sd = {k: v.detach().cpu().contiguous().clone() for k, v in encoder.state_dict().items()}
-    with atomic_path(path) as tmp: save_file(sd, str(tmp), metadata=meta)
+    save_safetensors(sd, path, meta)   # canonical header: the same weights and recipe give the same bytes
     return path
 
 # %% ../../nbs/encoders/03_files.ipynb #cbc0c9de
