@@ -4,6 +4,7 @@
 
 # %% ../../nbs/core/06_learner.ipynb #f557bbaf
 from __future__ import annotations
+from functools import partial
 from fastcore.basics import noop
 from fastai.learner import Learner
 from fastai.callback.progress import ProgressCallback
@@ -12,9 +13,16 @@ from fastai.callback.progress import ProgressCallback
 __all__ = ['quiet']
 
 # %% ../../nbs/core/06_learner.ipynb #e9e3a6a1
-def quiet(learn:Learner, progress:bool=False) -> Learner:
-    "`learn` without its progress bar and epoch table from now on, unless `progress`; returns it"
+def quiet(learn:Learner, progress:bool=False, lines:str|None=None) -> Learner:
+    """`learn` without its progress bar and epoch table from now on, unless `progress`; returns it.
+    `lines`: instead of the table, one short line per epoch that starts with `lines` (a log that stays readable in a file)"""
     if progress: return learn
     learn.remove_cbs([c for c in learn.cbs if isinstance(c, ProgressCallback)])
-    learn.logger = noop
+    learn.logger = noop if lines is None else partial(_epoch_line, learn, lines)
     return learn
+
+def _epoch_line(learn, prefix, log):
+    "One line of fastai's epoch log `log` (epoch, losses, metrics, time)"
+    names = learn.recorder.metric_names[1:len(log)]
+    vals = ', '.join(f"{n} {v:.4f}" if isinstance(v, float) else f"{n} {v}" for n, v in zip(names, log[1:]) if v is not None)
+    print(f"{prefix}epoch {log[0] + 1}/{learn.n_epoch}: {vals}", flush=True)
