@@ -39,7 +39,9 @@ def test_folds_stratified_label_and_onehot():
 def test_folds_errors():
     df = subsample_per_class(load_sample_df('train'), 5)
     df.loc[df.index[df.label == 7][:3], 'label'] = 11  # class 11 gets 3 items, class 7 keeps 2
-    with pytest.raises(ValueError, match=r"class 7 has only 2 items.*n_folds <= 2"): assign_folds(df, 4)
+    with pytest.warns(UserWarning, match=r"2 class\(es\) have fewer items than the 4 folds \(11: 3, 7: 2\)"): f = assign_folds(df, 4)
+    assert f[f.label == 7].fold.nunique() == 2 and f.fold.nunique() == 4    # the small class folded anyway
+    with pytest.raises(ValueError, match=r"every class has fewer than n_folds=6.*n_folds <= 5"): assign_folds(df, 6)
     bad = df.copy(); bad.loc[bad.index[0], ONEHOT_COLS[:2]] = 1
     with pytest.raises(ValueError, match='not one-hot'): assign_folds(bad, 2, ONEHOT_COLS)
     with pytest.raises(KeyError, match='nope'): assign_folds(df, 2, 'nope')

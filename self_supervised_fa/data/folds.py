@@ -4,6 +4,7 @@
 
 # %% ../../nbs/data/05_folds.ipynb #79b58651
 from __future__ import annotations
+import warnings
 import numpy as np
 from sklearn.model_selection import KFold, StratifiedKFold, StratifiedGroupKFold
 
@@ -20,5 +21,7 @@ def fold_numbers(n_folds:int, seed:int=0, n:int|None=None, # number of items (wh
     if n is None: raise ValueError("pass the number of items n, or their labels y")
     kind = KFold if y is None else StratifiedKFold if groups is None else StratifiedGroupKFold
     res = np.full(n, -1, dtype=np.int64)
-    for k, (_, idx) in enumerate(kind(n_folds, shuffle=True, random_state=seed).split(np.zeros(n), y, groups)): res[idx] = k
+    with warnings.catch_warnings():   # a class smaller than n_folds: the callers say so in their own words
+        warnings.filterwarnings('ignore', message='The least populated class in y has only', category=UserWarning)
+        for k, (_, idx) in enumerate(kind(n_folds, shuffle=True, random_state=seed).split(np.zeros(n), y, groups)): res[idx] = k
     return res

@@ -4,6 +4,7 @@
 
 # %% ../../nbs/evaluate/01_probes.ipynb #e08945d9
 from __future__ import annotations
+import warnings
 import numpy as np, torch, torch.nn.functional as F
 from torch import Tensor
 from .embeddings import _as_tensor
@@ -37,8 +38,11 @@ def budget_indices(labels, budget=None, seed: int = 0, classes=None) -> np.ndarr
             n = int(round(budget * len(ci))) if isinstance(budget, float) else min(int(budget), len(ci))
             idx.append(rng.permutation(ci)[:n])
         idx = np.concatenate(idx) if idx else np.array([], dtype=int)
-    present = set(labels[idx].tolist())
-    empty = [c for c in classes.tolist() if c not in present]
+    present, have = set(labels[idx].tolist()), set(labels.tolist())
+    absent = [c for c in classes.tolist() if c not in have]
+    if absent: warnings.warn(f"class(es) {absent} have no item in the labelled set to draw from (a class of very few images, all "
+                             "held out for validation?): they are scored, and can never be predicted")
+    empty = [c for c in classes.tolist() if c not in present and c in have]
     if empty:
         raise ValueError(f"label budget {budget!r} leaves class(es) {empty} without any labelled item; "
                          "use a larger budget (at least 1 per class) or labels per class (an int)")

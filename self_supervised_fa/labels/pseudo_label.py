@@ -4,6 +4,7 @@
 
 # %% ../../nbs/labels/01_pseudo_label.ipynb #4fbc0fe1
 from __future__ import annotations
+import warnings
 from pathlib import Path
 import numpy as np, pandas as pd
 from fastprogress.fastprogress import progress_bar
@@ -33,9 +34,15 @@ def assign_folds(df: pd.DataFrame, n_folds: int=5, label='label', seed: int=0, c
     if n_folds < 2: raise ValueError(f"n_folds must be at least 2, got {n_folds}")
     y = class_labels(df, label, classes)
     counts = y.value_counts()
-    if counts.min() < n_folds:
-        raise ValueError(f"class {counts.idxmin()} has only {counts.min()} items, fewer than n_folds={n_folds}; "
-                         f"use n_folds <= {max(counts.min(), 1)} (at least 2) or drop/merge that class")
+    if counts.max() < n_folds:
+        raise ValueError(f"every class has fewer than n_folds={n_folds} items (the largest, {counts.idxmax()!r}, has {counts.max()}); "
+                         f"use n_folds <= {max(counts.max(), 2)} (--folds)")
+    small = counts[counts < n_folds]
+    if len(small):
+        warnings.warn(f"{len(small)} class(es) have fewer items than the {n_folds} folds ("
+                      + ', '.join(f'{c!r}: {n}' for c, n in small.head(5).items()) + ('...' if len(small) > 5 else '')
+                      + "): the folds without one of them hold out none of that class, and a class of one item is never "
+                        "trained on when it is held out")
     groups = None
     if group is not None:
         if group not in df: raise KeyError(f"group column {group!r} not in the DataFrame (columns: {list(df.columns)})")
