@@ -54,6 +54,7 @@ class ImageData:
         self.id_col, self.source_csv = id_col, source_csv
         self.submission_cols = submission_cols if submission_cols is not None else classes
         self.bad, self.info = None, None
+        self.image_dirs = [self.root]   # the folders the files must stay in (links out of them are refused)
     @property
     def labelled(self) -> bool: return self.classes is not None and 'label' in self.items and self.items.label.notna().all()
     def all_files(self) -> list: return list(self.items.fname) + ([] if self.test is None else list(self.test.fname))
@@ -197,7 +198,9 @@ def read_image_data(path, csv=None, images=None, test_csv=None, test_images=None
         if sub.exists() and classes is not None:
             sc = [c for c in pd.read_csv(sub, nrows=1).columns if c != items.attrs['id_col']]
             if sorted(map(str, sc)) == sorted(map(str, classes)): cols = sc
-        return ImageData(items, classes, root, 'competition', test, items.attrs['id_col'], cols, csv)
+        d = ImageData(items, classes, root, 'competition', test, items.attrs['id_col'], cols, csv)
+        d.image_dirs = [img_dir] + ([tdir] if tcsv is not None else [])
+        return d
     if images is not None: root = _find_dir(root, (), images)
     subdirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith('.')]
     top_images = [f for f in os.listdir(root) if os.path.splitext(f)[1].lower() in IMAGE_EXTS]
@@ -229,10 +232,18 @@ def inspect_images(fnames, workers:int|None=None, progress:bool=True) -> pd.Data
     return pd.DataFrame(res, columns=['ok', 'error', 'width', 'height', 'mode']).assign(fname=fnames)[
         ['fname', 'ok', 'error', 'width', 'height', 'mode']]
 
+def _inside(fnames, folders) -> np.ndarray:
+    "Whether each file, its links followed, lies inside one of `folders` (their links followed too)"
+    roots = [os.path.realpath(f) for f in folders]
+    real = [os.path.realpath(f) for f in fnames]
+    return np.array([any(r == q or r.startswith(q.rstrip(os.sep) + os.sep) for q in roots) for r in real], dtype=bool)
+
 def check_image_data(data:ImageData, report=None, strict:bool=False, workers:int|None=None,
                      progress:bool=True) -> ImageData:
     "Check every train and test file of `data`; write bad ones to `report` (CSV); drop them with a warning, or raise if `strict`"
     res = inspect_images(data.all_files(), workers, progress)
+    out = ~_inside(res.fname, getattr(data, 'image_dirs', [data.root]))
+    res.loc[out, ['ok', 'error']] = False, 'a link to a file outside the image folder (refused like an id with ..)'
     bad = res[~res.ok]
     ids = list(data.items.image_id) + ([] if data.test is None else list(data.test.image_id))
     bad = bad.assign(image_id=[ids[i] for i in bad.index],
