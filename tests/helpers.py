@@ -88,3 +88,19 @@ def pretrain_and_transfer(dls, model, cb, loss_func, tmp_path, cls_dls=None, epo
 def tiny_cnn(n_out=10):
     return nn.Sequential(nn.Conv2d(1, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, n_out))
+
+
+def digit_folder(root, counts:dict, n_test:int=0):
+    "A competition folder (train.csv, test.csv, images/) of real sample digits: `counts` = {class: number of training images}"
+    import shutil, pandas as pd
+    from pathlib import Path
+    from self_supervised_fa.data.sample import get_sample_data
+    src, root = get_sample_data(), Path(root)
+    (root/'images').mkdir(parents=True, exist_ok=True)
+    tr = pd.read_csv(src/'train.csv', dtype={'image_id': str})
+    rows = pd.concat([tr[tr.label == c].head(n) for c, n in counts.items()])
+    test = tr[~tr.image_id.isin(rows.image_id)].head(n_test)
+    for i in list(rows.image_id) + list(test.image_id): shutil.copy(src/'images'/f'{i}.png', root/'images'/f'{i}.png')
+    rows[['image_id', 'label']].to_csv(root/'train.csv', index=False)
+    if n_test: test[['image_id']].to_csv(root/'test.csv', index=False)
+    return root

@@ -40,7 +40,7 @@ def test_help_lists_subcommands_and_shared_flags(capsys):
     assert '{' + ','.join(PRETRAIN_METHODS) + '}' in capsys.readouterr().out   # --method lists the registry
 
 
-def test_workflow_end_to_end(comp, tmp_path):
+def test_workflow_end_to_end(comp, tmp_path, capsys):
     out = tmp_path/'run'
     a = ['--out', str(out)] + TINY
     main(['pretrain', str(comp), '--arch', 'test_resnet', '--epochs', '2', '--group-col', 'region'] + a)
@@ -85,10 +85,14 @@ def test_workflow_end_to_end(comp, tmp_path):
     assert len(r['pages']) == 1 and r['pages'][0].stat().st_size > 5000
     rel = pd.read_csv(rev/'relabel.csv', dtype=str, keep_default_na=False)
     assert rel.image_id.tolist() == table.image_id[:12].tolist() and set(rel.action) == {'keep'}
-    # the user edits relabel.csv: drop the top suspect, relabel the second; train sees exactly that
-    dropped, moved = rel.image_id[0], rel.image_id[1]
+    # the user edits relabel.csv: drop a training suspect, relabel another and a validation one; train sees exactly that
+    split = W.split_valid(W.prepare(comp, folder=W.FolderOptions(progress=False)).items, 0.2, 0).set_index('image_id')
+    trn_rows = [i for i, v in enumerate(rel.image_id) if not split.is_valid[v]]
+    val_row = next(i for i, v in enumerate(rel.image_id) if split.is_valid[v])
+    dropped, moved, held = rel.image_id[trn_rows[0]], rel.image_id[trn_rows[1]], rel.image_id[val_row]
     new_label = next(c for c in PHOTO_CLASSES if c != items.set_index('image_id').label[moved])
-    rel.loc[0, 'action'], rel.loc[1, 'action'], rel.loc[1, 'new_label'] = 'drop', 'relabel', new_label
+    rel.loc[trn_rows[0], 'action'] = 'drop'
+    rel.loc[[trn_rows[1], val_row], 'action'], rel.loc[[trn_rows[1], val_row], 'new_label'] = 'relabel', new_label
     rel.to_csv(rev/'relabel.csv', index=False)
     seen = {}
     orig = W.folder_dls
@@ -101,14 +105,17 @@ def test_workflow_end_to_end(comp, tmp_path):
     got = seen['items'].set_index('image_id')
     assert dropped not in got.index and got.label[moved] == new_label and len(got) == len(items) - 1
     same = items.set_index('image_id').label.drop([dropped, moved])
-    assert (got.label.drop(moved) == same).all()
+    rest = got.label.drop(moved)
+    assert len(rest) == len(same) and (rest.reindex(same.index) == same).all()       # the validation image kept its given label
+    assert got.is_valid.equals(split.is_valid.drop(dropped).reindex(got.index))     # the same split as without the relabel file
+    assert f"1 rows of the relabel file drop or change validation images" in capsys.readouterr().out
     sub = pd.read_csv(out/'submission.csv')
     test = pd.read_csv(comp/'test.csv')
     assert sub.image_id.tolist() == test.image_id.tolist()                         # one row per test image, in order
     assert list(sub.columns) == ['image_id'] + PHOTO_CLASSES                        # the competition's column order
     np.testing.assert_allclose(sub[PHOTO_CLASSES].values.sum(1), 1, atol=1e-9)
     row = sub.set_index('image_id').loc['Test_1']                                   # the missing test image: class frequencies
-    np.testing.assert_allclose(row.values, got.label.value_counts(normalize=True).reindex(PHOTO_CLASSES).values)   # after the relabel file
+    np.testing.assert_allclose(row.values, items.label.value_counts(normalize=True).reindex(PHOTO_CLASSES).values)
     sc = json.loads((out/'scores.json').read_text())
     vp = pd.read_csv(out/'valid_preds.csv')
     pc = [f'prob_{c}' for c in PHOTO_CLASSES]
@@ -117,6 +124,7 @@ def test_workflow_end_to_end(comp, tmp_path):
     y = np.array([PHOTO_CLASSES.index(l) for l in vp.label])
     ref = np.mean([roc_auc_score(y == c, vp[pc].values[:, c]) for c in range(9) if 0 < (y == c).sum() < len(y)])
     assert sc['roc_auc_mean'] == pytest.approx(ref, abs=1e-6) and sc['mode'] == 'soft labels (w=0.5)'
+    assert sc['valid_labels'] == 'given' and set(vp.label) <= set(PHOTO_CLASSES)
 
 
 def test_grey_rotnet_on_class_folders_and_unlabelled(tmp_path, comp):
@@ -142,7 +150,7 @@ class _Kill(Callback):
 
 
 @pytest.mark.parametrize('method', ['simclr', 'moco_v2'])   # moco_v2: an EMA teacher and a key queue in the model
-def test_pretrain_resume_bit_identical(comp, tmp_path, monkeypatch, method):
+def test_pretrain_resume_bit_identical(comp, tmp_path, monkeypatch, capsys, method):
     args = ['pretrain', str(comp), '--method', method, '--arch', 'test_resnet', '--epochs', '4'] + TINY
     main(args + ['--out', str(tmp_path/'full')])
     real = W.CheckpointCallback
@@ -152,18 +160,21 @@ def test_pretrain_resume_bit_identical(comp, tmp_path, monkeypatch, method):
     with pytest.raises(KeyboardInterrupt): main(args + ['--out', str(tmp_path/'cut')])
     ck = tmp_path/'cut'/f'pretrain_{method}'/'checkpoint.safetensors'
     assert checkpoint_epoch(ck) == 1 and not (tmp_path/'cut'/f'encoder_{method}.safetensors').exists()
-    assert [p.name for p in ck.parent.iterdir()] == ['checkpoint.safetensors']       # no half-written file
+    assert sorted(p.name for p in ck.parent.iterdir()) == ['checkpoint.safetensors', 'settings.json']   # no half-written file
     monkeypatch.setattr(W, 'CheckpointCallback', real)
     torch.manual_seed(99); np.random.seed(99)                                       # whatever happened in between
     main(args + ['--out', str(tmp_path/'cut'), '--resume'])
     a, b = (load_file(str(p/f'encoder_{method}.safetensors')) for p in (tmp_path/'full', tmp_path/'cut'))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)        # bit-identical weights
+    assert (tmp_path/'full'/f'encoder_{method}.safetensors').read_bytes() == (tmp_path/'cut'/f'encoder_{method}.safetensors').read_bytes()
     ha, hb = (pd.read_csv(p/f'pretrain_{method}'/'history.csv') for p in (tmp_path/'full', tmp_path/'cut'))
     pd.testing.assert_frame_equal(ha, hb)                                            # same losses and kNN curve
     ta, tb = (load_file(str(p/f'pretrain_{method}'/'checkpoint.safetensors')) for p in (tmp_path/'full', tmp_path/'cut'))
     assert all(torch.equal(ta[k], tb[k]) for k in ta if k.startswith('model.'))     # teacher and queue buffers too
-    with pytest.raises(ValueError, match='another run'):                             # other settings: refused
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:                                             # other settings: refused, naming them
         main(args[:-len(TINY)] + ['--size', '24', '--bs', '32', '--quiet', '--out', str(tmp_path/'cut'), '--resume'])
+    assert e.value.code == 2 and 'size: 16 -> 24' in capsys.readouterr().err
 
 
 def test_pseudo_label_kill_redoes_only_that_fold(comp, tmp_path, monkeypatch):

@@ -4,35 +4,47 @@
 
 # %% ../../nbs/app/02_cli.ipynb #a340810b
 from __future__ import annotations
-import os
+import os, sys, warnings
+from contextlib import contextmanager
 from pathlib import Path
-import torch
-from .registry import METHODS
 from .options import FolderOptions, FitOptions
+from .checks import (positive_int, non_negative_int, positive_float, fraction, weight, image_size, folds_int,
+                                           budgets_list, evaluations_list, check_input, check_output)
 
 # %% auto #0
-__all__ = ['SUBCOMMANDS', 'data_flags', 'model_flags', 'stats_flag', 'parse_stats', 'fit_flags', 'cmd_pretrain', 'cmd_evaluate',
-           'cmd_pseudo_label', 'cmd_train', 'cmd_suspects', 'build_parser', 'main', 'ssfa']
+__all__ = ['PRETRAIN_METHODS', 'SUBCOMMANDS', 'USER_ERRORS', 'HelpFormatter', 'data_flags', 'model_flags', 'stats_flag',
+           'parse_stats', 'fit_flags', 'check_paths', 'cmd_pretrain', 'cmd_evaluate', 'cmd_pseudo_label', 'cmd_train',
+           'cmd_suspects', 'Parser', 'build_parser', 'cli_warnings', 'main', 'ssfa']
 
 # %% ../../nbs/app/02_cli.ipynb #2bd992d5
 import argparse
 
-def _default_workers() -> int: return min(8, os.cpu_count() or 1) if torch.cuda.is_available() else 0
+def _default_workers() -> int:
+    import torch
+    return min(8, os.cpu_count() or 1) if torch.cuda.is_available() else 0
+
+class HelpFormatter(argparse.HelpFormatter):
+    "Each option's default said once: added only where the help text does not already say it, and never '(default: None)'"
+    def _get_help_string(self, action):
+        h = action.help or ''
+        if 'default' in h or action.default in (None, False, argparse.SUPPRESS) or action.option_strings == []: return h
+        return h + ' (default: %(default)s)'
 
 def data_flags(p):
     "DATA and the flags that say how to read it (shared by every subcommand)"
     p.add_argument('data', metavar='DATA', help='image folder: competition layout (train.csv + images/), class sub-folders or an unlabelled tree')
-    p.add_argument('--csv', help='labels CSV (default: DATA/train.csv when present)')
+    p.add_argument('--csv', help='labels CSV, relative to DATA or absolute (default: DATA/train.csv when present)')
     p.add_argument('--images', help='image folder, relative to DATA (default: the first of images/, train_images/, train/ or DATA)')
-    p.add_argument('--test-csv', help='test CSV (default: DATA/test.csv when present)')
+    p.add_argument('--test-csv', help='test CSV, relative to DATA or absolute (default: DATA/test.csv when present)')
     p.add_argument('--id-col', help='id column (default: the first of image_id, id, image, filename, ...)')
     p.add_argument('--label-col', help="label column, or one-hot columns comma separated (default: 'label', else the one-hot columns)")
     p.add_argument('--ext', help='file extension added to the ids (default: found in the folder)')
     p.add_argument('--group-col', help='group column: folds and validation never split a group')
     p.add_argument('--fold-col', help='fold column of the CSV (used as given)')
     p.add_argument('--strict', action='store_true', help='stop on a missing or unreadable file instead of skipping it')
-    p.add_argument('--workers', type=int, default=_default_workers(), help='DataLoader worker processes')
+    p.add_argument('--workers', type=non_negative_int, help='DataLoader worker processes (default: 0 on a CPU, else up to 8)')
     p.add_argument('--cache', action='store_true', help='decode the images once into a resized cache ($SSFA_CACHE or ~/.cache/self_supervised_fa/images)')
+    p.add_argument('--debug', action='store_true', help='show the full traceback and every library warning when something fails')
 
 def model_flags(p, arch:str|None='resnet18', one_of:bool=False):
     "--arch/--encoder (exclusive when `one_of`), --n-in, --size"
@@ -40,7 +52,7 @@ def model_flags(p, arch:str|None='resnet18', one_of:bool=False):
     g.add_argument('--arch', default=None if one_of else arch, help='timm architecture, from random weights')
     g.add_argument('--encoder', help='encoder file (.safetensors) from ssfa pretrain: weights, channels, size and normalisation')
     p.add_argument('--n-in', type=int, choices=(1, 3), help='input channels (default: the encoder\'s, else 1 if every image is grey, else 3)')
-    p.add_argument('--size', type=int, help="square image size (default: the encoder's, else 128)")
+    p.add_argument('--size', type=image_size, help="square image size in pixels (default: the encoder's, else 128)")
     stats_flag(p)
 
 def stats_flag(p):
@@ -58,30 +70,53 @@ def parse_stats(s:str) -> tuple:
     except ValueError: pass
     raise argparse.ArgumentTypeError(f"--stats {s!r}: give 'imagenet' or per-channel 'MEAN,...:STD,...', e.g. 0.5,0.5,0.5:0.25,0.25,0.25")
 
-def fit_flags(p, epochs:int, lr:float|None, bs:int=64, resume:bool=True):
-    "--bs, --epochs, --lr, --seed, --out, --quiet (and --resume)"
-    p.add_argument('--bs', type=int, default=bs, help='batch size')
-    p.add_argument('--epochs', type=int, default=epochs, help='epochs of fit_one_cycle')
-    p.add_argument('--lr', type=float, default=lr, help='maximum learning rate' + (' (default: per method)' if lr is None else ''))
-    p.add_argument('--seed', type=int, default=0, help='random seed')
+def fit_flags(p, epochs:int, lr:float|None, bs:int=64, resume:bool=True, overwrite:bool=True):
+    "--bs, --epochs, --lr, --seed, --out, --quiet (and --resume, --overwrite)"
+    p.add_argument('--bs', type=positive_int, default=bs, help='batch size')
+    p.add_argument('--epochs', type=positive_int, default=epochs, help='epochs of fit_one_cycle')
+    p.add_argument('--lr', type=positive_float, default=lr, help='maximum learning rate' + (' (default: per method)' if lr is None else ''))
+    p.add_argument('--seed', type=non_negative_int, default=0, help='random seed')
     p.add_argument('--out', default='ssfa_out', help='output folder')
-    p.add_argument('--quiet', action='store_true', help='no progress bars or epoch tables')
-    if resume: p.add_argument('--resume', action='store_true', help='continue from the checkpoint in --out')
+    p.add_argument('--quiet', action='store_true', help='no progress bars or epoch tables: one line per stage and epoch')
+    g = p.add_mutually_exclusive_group() if resume and overwrite else p
+    if resume: g.add_argument('--resume', action='store_true', help='continue from the checkpoint in --out')
+    if overwrite: g.add_argument('--overwrite', action='store_true', help='replace results in --out made with other settings (without it they are refused)')
 
 def _folder(a) -> FolderOptions:
     "The data flags as the workflow's `FolderOptions`"
     return FolderOptions(csv=a.csv, images=a.images, test_csv=a.test_csv, id_col=a.id_col, label_col=a.label_col, ext=a.ext,
                          group_col=a.group_col, fold_col=a.fold_col, size=a.size, n_in=a.n_in, stats=a.stats, strict=a.strict,
-                         workers=a.workers, progress=not a.quiet, cache=getattr(a, 'cache', False))
+                         workers=_default_workers() if a.workers is None else a.workers, progress=not a.quiet, cache=a.cache)
 
 def _fit(a, **kwargs) -> FitOptions:
     "The training flags as the workflow's `FitOptions` (`kwargs`: the subcommand's own)"
-    return FitOptions(bs=a.bs, epochs=getattr(a, 'epochs', None), lr=getattr(a, 'lr', None), seed=a.seed, **kwargs)
+    return FitOptions(bs=a.bs, epochs=getattr(a, 'epochs', None), lr=getattr(a, 'lr', None), seed=a.seed,
+                      overwrite=getattr(a, 'overwrite', False), **kwargs)
+
+def check_paths(a):
+    "Every path flag of the parsed arguments `a` checked (exists, right kind, `--out` writable) before any image is read"
+    data = Path(a.data).expanduser()
+    if not data.exists(): raise FileNotFoundError(f"DATA {a.data}: no such folder; give the image folder (or its labels CSV)")
+    base = data if data.is_dir() else data.parent
+    for flag, kind in (('csv', 'csv'), ('test_csv', 'csv'), ('encoder', 'encoder'), ('oof', 'probs'), ('soft_labels', 'probs'),
+                       ('relabel', 'relabel')):
+        if getattr(a, flag, None) is not None: check_input(getattr(a, flag), '--' + flag.replace('_', '-'), kind, base=base)
+    if a.images is not None and not (base/a.images).expanduser().is_dir():
+        raise FileNotFoundError(f"--images {a.images}: no such folder in {base}")
+    if getattr(a, 'encoder', None) is not None and a.n_in is not None:
+        from self_supervised_fa.encoders.files import read_encoder_metadata
+        n = read_encoder_metadata(check_input(a.encoder, '--encoder', 'encoder', base=base))['n_in']
+        if n != a.n_in: raise ValueError(f"--n-in {a.n_in}, but --encoder {a.encoder} takes {n}-channel images: drop --n-in")
+    check_output(a.out, '--out')
 
 # %% ../../nbs/app/02_cli.ipynb #1ad08279
+# the registry's methods, named here so that parsing the arguments (and --help) does not import torch; a test keeps them equal
+PRETRAIN_METHODS = ('simclr', 'barlow_twins', 'byol', 'simsiam', 'moco_v2', 'moco_v3', 'vicreg', 'swav', 'dino', 'rotnet', 'colorize',
+                    'colorize_bins', 'jigsaw', 'context', 'inpaint', 'superres')
+
 def _pretrain_flags(p):
     data_flags(p); model_flags(p)
-    p.add_argument('--method', default='simclr', choices=list(METHODS), help='self-supervised method')
+    p.add_argument('--method', default='simclr', choices=PRETRAIN_METHODS, help='self-supervised method')
     fit_flags(p, epochs=10, lr=None)
     p.add_argument('--no-test', action='store_true', help='pretrain on the training images only (default: train + test images)')
     p.add_argument('--no-knn', action='store_true', help='no kNN monitor (default: on when labels exist)')
@@ -97,24 +132,23 @@ def _evaluate_flags(p):
     data_flags(p)
     p.add_argument('--encoder', required=True, help='encoder file (.safetensors) from ssfa pretrain')
     p.add_argument('--n-in', type=int, choices=(1, 3), help="input channels (default: the encoder's)")
-    p.add_argument('--size', type=int, help="square image size (default: the encoder's)")
+    p.add_argument('--size', type=image_size, help="square image size in pixels (default: the encoder's)")
     stats_flag(p)
-    p.add_argument('--budgets', default='5,20,all', help="labels per class, comma separated ('all': every label)")
-    p.add_argument('--eval', default='knn,linear,finetune', help='evaluations, comma separated')
-    p.add_argument('--valid-pct', type=float, default=0.2, help='stratified (grouped) validation fraction')
-    fit_flags(p, epochs=10, lr=1e-3, resume=False)
+    p.add_argument('--budgets', type=budgets_list, default='5,20,all', help="labels per class, comma separated ('all': every label)")
+    p.add_argument('--eval', type=evaluations_list, default='knn,linear,finetune', help='evaluations, comma separated')
+    p.add_argument('--valid-pct', type=fraction, default=0.2, help='stratified (grouped) validation fraction')
+    fit_flags(p, epochs=10, lr=1e-3, resume=False, overwrite=False)
 
 def cmd_evaluate(a):
     from self_supervised_fa.app.workflow import evaluate_folder
-    df = evaluate_folder(a.data, a.out, a.encoder, a.budgets, a.eval.split(','), fit=_fit(a, valid_pct=a.valid_pct),
-                         folder=_folder(a))
+    df = evaluate_folder(a.data, a.out, a.encoder, a.budgets, a.eval, fit=_fit(a, valid_pct=a.valid_pct), folder=_folder(a))
     print(df.to_string(index=False, float_format=lambda v: f'{v:.4f}'))
     print(f"table: {Path(a.out)/'label_efficiency.csv'}, plot: {Path(a.out)/'label_efficiency.png'}")
     return df
 
 def _pseudo_label_flags(p):
     data_flags(p); model_flags(p, one_of=True)
-    p.add_argument('--folds', type=int, default=5, help='number of folds (stratified; grouped with --group-col)')
+    p.add_argument('--folds', type=folds_int, default=5, help='number of folds (stratified; grouped with --group-col)')
     fit_flags(p, epochs=5, lr=1e-3, resume=False)
     p.add_argument('--no-test', action='store_true', help='do not predict the test images with the fold models')
     p.add_argument('--no-aug', action='store_true', help="no fastai aug_transforms() on the training batches")
@@ -132,20 +166,25 @@ def _train_flags(p):
     g = p.add_mutually_exclusive_group()
     g.add_argument('--soft-labels', help='out-of-fold probabilities (oof.csv from ssfa pseudo-label) to blend with the labels')
     g.add_argument('--plc', action='store_true', help='progressive label correction')
-    p.add_argument('--w', type=float, default=0.5, help='weight of the given label in the soft target w*label + (1-w)*probs')
-    p.add_argument('--valid-pct', type=float, default=0.2, help='stratified (grouped) validation fraction')
+    p.add_argument('--w', type=weight, default=0.5, help='weight of the given label in the soft target w*label + (1-w)*probs')
+    p.add_argument('--valid-pct', type=fraction, default=0.2, help='stratified (grouped) validation fraction')
     p.add_argument('--valid-fold', type=int, help='validate on this fold of --fold-col instead')
     fit_flags(p, epochs=10, lr=1e-3)
     p.add_argument('--no-aug', action='store_true', help="no fastai aug_transforms() on the training batches")
-    p.add_argument('--relabel', help="relabel CSV (review/relabel.csv from ssfa suspects, edited): 'drop' rows leave, 'relabel' rows take new_label")
+    p.add_argument('--relabel', help="relabel CSV (review/relabel.csv from ssfa suspects, edited): 'drop' rows leave the "
+                   "training data, 'relabel' rows take new_label; validation keeps the given labels")
+    p.add_argument('--relabel-valid', action='store_true', help='apply --relabel to the validation images too (the scores then use those labels)')
 
 def cmd_train(a):
     from self_supervised_fa.app.workflow import train_folder
+    if a.relabel_valid and a.relabel is None: raise ValueError("--relabel-valid needs --relabel (the relabel file to apply)")
     r = train_folder(a.data, a.out, a.encoder, a.arch, a.soft_labels, a.w, a.plc, a.relabel, folder=_folder(a),
-                     fit=_fit(a, valid_pct=a.valid_pct, valid_fold=a.valid_fold, resume=a.resume, aug=not a.no_aug))
+                     fit=_fit(a, valid_pct=a.valid_pct, valid_fold=a.valid_fold, resume=a.resume, aug=not a.no_aug),
+                     relabel_valid=a.relabel_valid)
     sc = r['scores']
-    print(f"validation accuracy {sc['accuracy']:.4f}, mean ROC AUC {sc['roc_auc_mean']:.4f} ({sc['mode']}); "
-          f"scores: {Path(a.out)/'scores.json'}" + (f", submission: {Path(a.out)/'submission.csv'}" if r['submission'] is not None else ''))
+    print(f"validation accuracy {sc['accuracy']:.4f}, mean ROC AUC {sc['roc_auc_mean']:.4f} ({sc['mode']}; {sc['valid_labels']} "
+          f"validation labels); scores: {Path(a.out)/'scores.json'}"
+          + (f", submission: {Path(a.out)/'submission.csv'}" if r['submission'] is not None else ''))
     return r
 
 def _suspects_flags(p):
@@ -153,26 +192,31 @@ def _suspects_flags(p):
     p.add_argument('--oof', help='out-of-fold probabilities (oof.csv from ssfa pseudo-label)')
     p.add_argument('--encoder', help='encoder file (.safetensors) from ssfa pretrain: a kNN vote among its embeddings')
     p.add_argument('--n-in', type=int, choices=(1, 3), help="input channels (default: the encoder's)")
-    p.add_argument('--size', type=int, help="square image size (default: the encoder's)")
+    p.add_argument('--size', type=image_size, help="square image size in pixels (default: the encoder's)")
     stats_flag(p)
-    p.add_argument('--top', type=int, default=200, help='suspects drawn on the contact sheets and listed in relabel.csv')
-    p.add_argument('--weight', type=float, default=0.5, help='weight of the out-of-fold probabilities when both --oof and --encoder are given')
+    p.add_argument('--top', type=positive_int, default=200, help='suspects drawn on the contact sheets and listed in relabel.csv')
+    p.add_argument('--weight', type=weight, default=0.5, help='weight of the out-of-fold probabilities when both --oof and --encoder are given')
     p.add_argument('--score', default='margin', choices=('margin', 'self_confidence'), help='suspicion score')
-    p.add_argument('--k', type=int, default=20, help='neighbours of the kNN vote')
-    p.add_argument('--bs', type=int, default=64, help='batch size of the embedding pass')
-    p.add_argument('--seed', type=int, default=0, help='random seed (the folds of the kNN vote)')
+    p.add_argument('--k', type=positive_int, default=20, help='neighbours of the kNN vote')
+    p.add_argument('--bs', type=positive_int, default=64, help='batch size of the embedding pass')
+    p.add_argument('--seed', type=non_negative_int, default=0, help='random seed (the folds of the kNN vote)')
     p.add_argument('--out', default='ssfa_out', help='output folder (the review goes to OUT/review)')
-    p.add_argument('--quiet', action='store_true', help='no progress bars')
+    p.add_argument('--quiet', action='store_true', help='no progress bars: one line per stage')
 
 def cmd_suspects(a):
     from self_supervised_fa.app.workflow import suspects_folder
-    if a.oof is None and a.encoder is None: raise SystemExit("ssfa suspects: give --oof (from ssfa pseudo-label), --encoder (from ssfa pretrain), or both")
     r = suspects_folder(a.data, a.out, a.oof, a.encoder, a.top, a.weight, a.score, a.k, fit=_fit(a), folder=_folder(a))
     rev = Path(a.out)/'review'
+    trust = r['table'].attrs.get('trust') or {}
+    if trust and not trust.get('ok', True):
+        print(f"warning: this ranking cannot be trusted: {trust.get('reason')}. {trust.get('advice', '')}".rstrip())
     print(f"estimated share of wrong labels: {r['noise_rate']:.3f}\nranked table: {rev/'suspects.csv'}\n"
           f"contact sheets: {len(r['pages'])} x {rev/'suspects_NNN.png'}\nedit, then pass to ssfa train --relabel: {r['relabel']}"
           + (' (kept: it existed)' if r['relabel_kept'] else ''))
     return r
+
+def _check_suspects(a):
+    if a.oof is None and a.encoder is None: return "give --oof (from ssfa pseudo-label), --encoder (from ssfa pretrain), or both"
 
 SUBCOMMANDS = {   # name -> (help, add_flags(parser), run(args))
     'pretrain': ('self-supervised pretraining of a timm body on every image -> encoder .safetensors', _pretrain_flags, cmd_pretrain),
@@ -182,24 +226,50 @@ SUBCOMMANDS = {   # name -> (help, add_flags(parser), run(args))
     'train': ('final classifier (labels, soft labels or PLC): validation scores and a Kaggle submission', _train_flags, cmd_train),
 }
 
+class Parser(argparse.ArgumentParser):
+    "argparse's parser whose usage errors take two lines (the error, and where the help is) instead of the whole usage"
+    def error(self, message): self.exit(2, f"{self.prog}: error: {message}\n(see {self.prog} --help)\n")
+
 def build_parser() -> argparse.ArgumentParser:
     "The `ssfa` parser: one sub-parser per entry of `SUBCOMMANDS`"
-    p = argparse.ArgumentParser(prog='ssfa', description='Self-supervised pretraining and label cleaning on your own image folder.')
+    p = Parser(prog='ssfa', description='Self-supervised pretraining and label cleaning on your own image folder.')
     sub = p.add_subparsers(dest='command', metavar='COMMAND')
     for name, (help, add, run) in SUBCOMMANDS.items():
-        sp = sub.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        add(sp); sp.set_defaults(run=run)
+        sp = sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
+        add(sp); sp.set_defaults(run=run, parser=sp)
     return p
+
+USER_ERRORS = (ValueError, KeyError, OSError)   # what bad input raises; anything else is a bug and keeps its traceback
+
+@contextmanager
+def cli_warnings(debug:bool=False):
+    "The library's own warnings as 'ssfa: note: ...' lines on stderr; other libraries' warnings only with `debug`"
+    with warnings.catch_warnings():
+        if not debug:
+            warnings.simplefilter('ignore')
+            warnings.filterwarnings('default', module=r'self_supervised_fa(\.|$)')
+            warnings.showwarning = lambda msg, *args, **kw: print(f"ssfa: note: {msg}", file=sys.stderr, flush=True)
+        yield
 
 def main(argv:list|None=None):
     "Entry point of `ssfa`: parse `argv` (default: the command line) and run the subcommand; returns its result"
-    p = build_parser()
-    a = p.parse_args(argv)
-    if a.command is None: p.print_help(); raise SystemExit(2)
-    return a.run(a)
+    debug = '--debug' in (sys.argv[1:] if argv is None else argv)
+    with cli_warnings(debug):
+        p = build_parser()
+        a = p.parse_args(argv)
+        if a.command is None: p.print_help(); raise SystemExit(2)
+        if a.command == 'suspects' and _check_suspects(a): a.parser.error(_check_suspects(a))
+        try:
+            check_paths(a)
+            return a.run(a)
+        except USER_ERRORS as e:
+            if debug: raise
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            print(f"ssfa {a.command}: error: {msg}\n(--debug shows the traceback)", file=sys.stderr)
+            raise SystemExit(2) from None
 
 def ssfa(argv:list|None=None) -> None:
     "Console entry point `ssfa` (`main` without a return value, which would become the exit status)"
     main(argv)
 
-if __name__ == '__main__' and 'get_ipython' not in globals(): main()   # python -m self_supervised_fa.cli
+if __name__ == '__main__' and 'get_ipython' not in globals(): main()   # python -m self_supervised_fa.app.cli

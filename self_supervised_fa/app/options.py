@@ -46,6 +46,7 @@ class FitOptions:
     valid_pct:float|None = None    # share of the labelled items held out (stratified, grouped)
     valid_fold:int|None = None     # hold out this fold of the CSV's fold column instead
     resume:bool = False            # continue from the last checkpoint of an interrupted run
+    overwrite:bool = False         # replace results in the output folder made with other settings (else: refused)
     aug:bool = True                # augment the training images (classifiers)
 
     def __post_init__(self):

@@ -4,86 +4,30 @@
 
 # %% ../../nbs/app/01_workflow.ipynb #967e24d7
 from __future__ import annotations
-import time
 from pathlib import Path
 import numpy as np, pandas as pd
 from fastai.callback.schedule import *
 from fastai.metrics import accuracy
 from fastai.torch_core import set_seed
 from ..core.io import write_csv_atomic, write_json_atomic
-from ..data.folders import ImageData, read_image_data, check_image_data, grey_only
-from ..data.loading import folder_dls, image_stats, cache_images
-from ..encoders.classifier import classifier_learner
-from ..encoders.files import load_encoder, read_encoder_metadata, save_encoder
+from ..core.runs import run_log, listing_digest
 from ..core.checkpoint import CheckpointCallback
-from ..labels.pseudo_label import assign_folds, kfold_pseudo_labels, FoldLearner
-from .registry import METHODS, method_learner
-from ..labels.relabel import apply_relabel
 from ..core.figures import save_figure
 from ..core.learner import quiet
+from ..data.folders import ImageData
+from ..data.loading import folder_dls
+from ..encoders.classifier import classifier_learner
+from ..encoders.files import load_encoder, save_encoder
+from ..labels.pseudo_label import assign_folds, kfold_pseudo_labels, FoldLearner
+from ..labels.relabel import apply_relabel
+from .registry import METHODS, method_learner
 from .options import FolderOptions, FitOptions
+from .steps import (say, check_inputs, require_labels, prepare, settings, split_valid, plot_history, ok_test_items,
+                                          content_digest, model_id, claim_step)
 
 # %% auto #0
-__all__ = ['prepare', 'settings', 'split_valid', 'plot_history', 'folder_method_learner', 'pretrain_folder', 'evaluate_folder',
-           'pseudo_label_folder', 'write_submission', 'train_folder', 'suspects_folder']
-
-# %% ../../nbs/app/01_workflow.ipynb #4b64b4f3
-def prepare(data, out=None, folder:FolderOptions|None=None) -> ImageData:
-    "`ImageData` of folder `data` (or `data` itself) with every file checked; bad files listed in `out/bad_files.csv`"
-    f = folder or FolderOptions()
-    d = data if isinstance(data, ImageData) else read_image_data(data, **f.read_kwargs())
-    if d.bad is None: check_image_data(d, report=None if out is None else Path(out)/'bad_files.csv', strict=f.strict,
-                                       workers=f.workers, progress=f.progress)
-    return d
-
-def settings(d:ImageData, encoder=None, folder:FolderOptions|None=None) -> dict:
-    "`n_in`, `size` and normalisation `stats`: given in `folder`, else the encoder's recipe, else found from the data; files cached if asked"
-    f = folder or FolderOptions()
-    n_in, size, stats, cache, cache_dir, workers, progress = f.n_in, f.size, f.stats, f.cache, f.cache_dir, f.workers, f.progress
-    meta = read_encoder_metadata(encoder) if encoder is not None else {'recipe': {}}
-    rec = meta['recipe']
-    n_in = n_in or meta.get('n_in') or (1 if grey_only(d) else 3)
-    size = size or rec.get('size') or 128
-    if cache:
-        d.items = d.items.assign(source=d.items.fname, fname=cache_images(d.items.fname, size, n_in, cache_dir, workers, progress))
-        if d.test is not None:
-            ok = ~d.test.fname.isin(d.bad.fname)
-            d.test = d.test.assign(source=d.test.fname)
-            d.test.loc[ok, 'fname'] = cache_images(d.test.fname[ok], size, n_in, cache_dir, workers, progress)
-    if stats is None and rec.get('stats') and rec.get('n_in') == n_in: stats = rec['stats']
-    if stats is None: stats = image_stats(list(d.items.fname) + _ok_test(d).fname.tolist(), n_in, size, workers=workers)
-    return dict(n_in=int(n_in), size=int(size), stats=[list(map(float, s)) for s in stats])
-
-def _ok_test(d): return d.test[~d.test.fname.isin(d.bad.fname)] if d.test is not None else pd.DataFrame(columns=['image_id', 'fname'])
-
-def split_valid(items:pd.DataFrame, valid_pct:float=0.2, seed:int=0, valid_fold:int|None=None) -> pd.DataFrame:
-    "`items` with an `is_valid` column: kept if there, the `fold` == `valid_fold`, else a stratified (grouped) `valid_pct`"
-    if 'is_valid' in items and valid_fold is None: return items
-    if valid_fold is not None:
-        if 'fold' not in items: raise KeyError("valid_fold needs a fold column: name it with fold_col= (--fold-col)")
-        return items.assign(is_valid=items.fold == valid_fold)
-    if 'label' not in items:
-        rng = np.random.default_rng(seed)
-        return items.assign(is_valid=rng.permutation(len(items)) < max(2, round(valid_pct * len(items))))
-    f = assign_folds(items, max(2, round(1 / valid_pct)), 'label', seed, col='_vf', group='group' if 'group' in items else None)
-    return items.assign(is_valid=(f._vf == 0).values)
-
-# %% ../../nbs/app/01_workflow.ipynb #3d2db137
-def plot_history(ckpt:CheckpointCallback, fn, title:str=''):
-    "Loss per batch (and valid loss per epoch), and the kNN top-1 per epoch when monitored, saved as PNG `fn`"
-    import matplotlib.pyplot as plt
-    hist = pd.DataFrame(ckpt.history)
-    knn = 'knn_top1' in hist and hist.knn_top1.notna().any()
-    fig, axs = plt.subplots(1, 2 if knn else 1, figsize=(10 if knn else 5, 3.5), squeeze=False)
-    n = max(1, len(ckpt.batch_losses) // max(1, len(hist)))
-    axs[0, 0].plot(np.arange(1, len(ckpt.batch_losses) + 1) / n, ckpt.batch_losses, lw=0.8, label='train (per batch)')
-    if 'valid_loss' in hist: axs[0, 0].plot(hist.epoch + 1, hist.valid_loss, 'o-', label='valid (per epoch)')
-    axs[0, 0].set(xlabel='epoch', ylabel='loss', title=title); axs[0, 0].legend(); axs[0, 0].grid(alpha=0.3)
-    if knn:
-        axs[0, 1].plot(hist.epoch + 1, hist.knn_top1 * 100, 'o-')
-        axs[0, 1].set(xlabel='epoch', ylabel='kNN top-1 (%)', title='kNN monitor'); axs[0, 1].grid(alpha=0.3)
-    save_figure(fig, fn, dpi=110)
-    return fig
+__all__ = ['folder_method_learner', 'pretrain_folder', 'evaluate_folder', 'pseudo_label_folder', 'write_submission',
+           'train_folder', 'suspects_folder']
 
 # %% ../../nbs/app/01_workflow.ipynb #ec2975b0
 def _knn_dls(d, s, bs, seed, n_bank=2000, n_query=500, workers=0):
@@ -111,37 +55,44 @@ def pretrain_folder(data, out, method:str='simclr', arch:str='resnet18', encoder
                     folder:FolderOptions|None=None, knn:bool=True, with_test:bool=True, method_kwargs:dict|None=None) -> dict:
     "Pretrain `arch` (or `encoder`, a file) with `method` on every image of `data`; encoder, curves and checkpoint in `out`"
     if method not in METHODS: raise ValueError(f"unknown method {method!r}: choose from {list(METHODS)}")
-    ft = (fit or FitOptions()).with_defaults(epochs=10, valid_pct=0.1)
-    bs, epochs, lr, seed, valid_pct, resume = ft.bs, ft.epochs, ft.lr, ft.seed, ft.valid_pct, ft.resume
+    ft = (fit or FitOptions()).with_defaults(epochs=10, valid_pct=0.1, lr=METHODS[method].lr)
+    bs, epochs, lr, seed, valid_pct = ft.bs, ft.epochs, ft.lr, ft.seed, ft.valid_pct
     f = folder or FolderOptions(); workers, progress = f.workers, f.progress
-    out = Path(out); d = prepare(data, out, f)
-    s = settings(d, encoder, f)
-    set_seed(seed, reproducible=True)
-    items = pd.concat([d.items[['image_id', 'fname']], _ok_test(d)[['image_id', 'fname']] if with_test else None])
-    items = split_valid(items.reset_index(drop=True), valid_pct, seed)
-    if items.is_valid.sum() % bs == 1: items.loc[items.index[~items.is_valid][0], 'is_valid'] = True   # no valid batch of one
-    bs = min(bs, int((~items.is_valid).sum()))
-    dls = folder_dls(items, s['size'], s['n_in'], bs, s['stats'], num_workers=workers)
-    body = load_encoder(encoder) if encoder is not None else arch
-    learn = folder_method_learner(method, dls, body, s['n_in'], s['size'], **(method_kwargs or {}))
-    if knn and d.labelled: learn.add_cb(_knn_dls(d, s, bs, seed, workers=workers))
-    lr = lr or METHODS[method].lr
-    arch = getattr(learn.model.encoder, 'arch', arch)
-    config = dict(method=method, arch=arch, encoder=str(encoder), bs=bs, epochs=epochs, lr=lr, seed=seed, n_items=len(items), **s)
-    ck = CheckpointCallback(out/f'pretrain_{method}'/'checkpoint.safetensors', resume=resume, config=config)
-    start = time.time()
-    quiet(learn, progress)
-    learn.fit_one_cycle(epochs, lr, cbs=ck, start_epoch=ck.start_epoch)
-    recipe = dict(config, data=str(d.root), n_images=len(items), seconds=round(time.time() - start, 1))
-    fn = save_encoder(learn.model.encoder, out/f'encoder_{method}.safetensors', recipe=recipe)
-    write_csv_atomic(pd.DataFrame(ck.history), out/f'pretrain_{method}'/'history.csv')
-    plot_history(ck, out/f'pretrain_{method}'/'curves.png', f'{method} pretraining, {arch}')
+    out = check_inputs(data, out, encoder=(encoder, 'encoder'))
+    step = out/f'pretrain_{method}'
+    early = dict(method=method, init=content_digest(encoder), epochs=epochs, lr=lr, seed=seed, with_test=with_test, method_kwargs=method_kwargs)
+    claim_step(step, early, ft, partial=True)
+    with run_log(out, f"pretrain {method} on {data}"):
+        d = prepare(data, out, f)
+        s = settings(d, encoder, f)
+        set_seed(seed, reproducible=True)
+        items = pd.concat([d.items[['image_id', 'fname']], ok_test_items(d)[['image_id', 'fname']] if with_test else None])
+        items = split_valid(items.reset_index(drop=True), valid_pct, seed)
+        if items.is_valid.sum() % bs == 1: items.loc[items.index[~items.is_valid][0], 'is_valid'] = True   # no valid batch of one
+        bs = min(bs, int((~items.is_valid).sum()))
+        dls = folder_dls(items, s['size'], s['n_in'], bs, s['stats'], num_workers=workers)
+        learn = folder_method_learner(method, dls, load_encoder(encoder) if encoder is not None else arch, s['n_in'], s['size'],
+                                      **(method_kwargs or {}))
+        if knn and d.labelled: learn.add_cb(_knn_dls(d, s, bs, seed, workers=workers))
+        arch = getattr(learn.model.encoder, 'arch', arch)
+        config = dict(early, arch=arch, bs=bs, n_items=len(items), data=listing_digest(items), **s)
+        claim_step(step, config, ft, outputs=[out/f'encoder_{method}.safetensors'], what=f'{method} pretraining')
+        ck = CheckpointCallback(step/'checkpoint.safetensors', resume=ft.resume, config=config)
+        say(f"pretraining {method} on {arch} ({s['size']} px, {s['n_in']} channel(s)), {len(items)} images, {epochs} epochs"
+            + (f", resumed after epoch {ck.start_epoch}" if ck.start_epoch else ''))
+        quiet(learn, progress, lines='ssfa:   ')
+        learn.fit_one_cycle(epochs, lr, cbs=ck, start_epoch=ck.start_epoch)
+        # the recipe holds the settings and no clock time, so a resumed run writes the same file as an uninterrupted one
+        recipe = dict(config, encoder=None if encoder is None else str(encoder), data=str(d.root), n_images=len(items))
+        fn = save_encoder(learn.model.encoder, out/f'encoder_{method}.safetensors', recipe=recipe)
+        write_csv_atomic(pd.DataFrame(ck.history), step/'history.csv')
+        plot_history(ck, step/'curves.png', f'{method} pretraining, {arch}')
     return dict(encoder=fn, history=pd.DataFrame(ck.history), learn=learn, settings=s, data=d)
 
 # %% ../../nbs/app/01_workflow.ipynb #f158b2ce
 def _budgets(b):
     if isinstance(b, str): b = [o.strip() for o in b.split(',') if o.strip()]
-    return [None if str(o) == 'all' else int(o) for o in b]
+    return [None if o is None or str(o) == 'all' else int(o) for o in b]
 
 def evaluate_folder(data, out, encoder, budgets='5,20,all', methods=('knn', 'linear', 'finetune'), fit:FitOptions|None=None,
                     folder:FolderOptions|None=None) -> pd.DataFrame:
@@ -150,17 +101,21 @@ def evaluate_folder(data, out, encoder, budgets='5,20,all', methods=('knn', 'lin
     ft = (fit or FitOptions()).with_defaults(epochs=10, lr=1e-3, valid_pct=0.2)
     bs, epochs, lr, seed, valid_pct, valid_fold = ft.bs, ft.epochs, ft.lr, ft.seed, ft.valid_pct, ft.valid_fold
     f = folder or FolderOptions(); workers, progress = f.workers, f.progress
-    out = Path(out); d = prepare(data, out, f)
-    if not d.labelled: raise ValueError(f"{d.root} has no labels: evaluate needs labelled images (a label column, one-hot columns or class folders)")
-    s = settings(d, encoder, f)
-    set_seed(seed, reproducible=True)
-    dls = folder_dls(split_valid(d.items, valid_pct, seed, valid_fold), s['size'], s['n_in'], bs, s['stats'], d.classes,
-                     num_workers=workers)
-    df = label_efficiency(load_encoder(encoder), dls, budgets=_budgets(budgets), methods=tuple(methods), seed=seed,
-                          progress=progress, finetune=FineTune(epochs=epochs, lr=lr, bs=min(bs, 32)))
-    write_csv_atomic(df, out/'label_efficiency.csv')
-    ax = plot_label_efficiency(df, title=f"{Path(encoder).stem} vs from scratch ({d.root.name})")
-    save_figure(ax.figure, out/'label_efficiency.png', dpi=110)
+    out = check_inputs(data, out, encoder=(encoder, 'encoder'))
+    with run_log(out, f"evaluate {encoder} on {data}"):
+        d = prepare(data, out, f)
+        require_labels(d, 'evaluate')
+        s = settings(d, encoder, f)
+        set_seed(seed, reproducible=True)
+        dls = folder_dls(split_valid(d.items, valid_pct, seed, valid_fold), s['size'], s['n_in'], bs, s['stats'], d.classes,
+                         num_workers=workers)
+        say(f"label efficiency of {Path(encoder).name} against the same network from scratch: {', '.join(methods)} at "
+            f"{', '.join(str(b or 'all') for b in _budgets(budgets))} labels per class")
+        df = label_efficiency(load_encoder(encoder), dls, budgets=_budgets(budgets), methods=tuple(methods), seed=seed,
+                              progress=progress, finetune=FineTune(epochs=epochs, lr=lr, bs=min(bs, 32)), report='ssfa:   ')
+        write_csv_atomic(df, out/'label_efficiency.csv')
+        ax = plot_label_efficiency(df, title=f"{Path(encoder).stem} vs from scratch ({d.root.name})")
+        save_figure(ax.figure, out/'label_efficiency.png', dpi=110)
     return df
 
 # %% ../../nbs/app/01_workflow.ipynb #1e532c3c
@@ -179,23 +134,32 @@ def pseudo_label_folder(data, out, encoder=None, arch:str|None=None, folds:int=5
     ft = (fit or FitOptions()).with_defaults(epochs=5, lr=1e-3)
     bs, epochs, lr, seed, aug = ft.bs, ft.epochs, ft.lr, ft.seed, ft.aug
     f = folder or FolderOptions(); workers, progress = f.workers, f.progress
-    out = Path(out); d = prepare(data, out, f)
-    if not d.labelled: raise ValueError(f"{d.root} has no labels: pseudo-labels need labelled images")
-    s = settings(d, encoder, f)
-    items = d.items
-    if 'fold' not in items: items = assign_folds(items, folds, 'label', seed, group='group' if 'group' in items else None)
-    def dls_fn(trn, val):
-        return folder_dls(pd.concat([trn.assign(is_valid=False), val.assign(is_valid=True)]), s['size'], s['n_in'],
-                          min(bs, len(trn)), s['stats'], d.classes, aug=aug, num_workers=workers)
-    def learner_fn(trn, val):
-        set_seed(seed, reproducible=True)
-        return quiet(_classifier(dls_fn(trn, val), encoder, arch, s['n_in'], False), progress)
-    def fit_fn(learn): learn.fit_one_cycle(epochs, lr)
-    test = _ok_test(d) if with_test and d.test is not None and len(_ok_test(d)) else None
-    oof = kfold_pseudo_labels(items, out/'pseudo_label', folds, 'label', 'image_id', FoldLearner(learner_fn, fit_fn), seed=seed,
-                              classes=d.classes, test_df=test, progress=progress)
-    write_csv_atomic(oof, out/'oof.csv')
-    if test is not None: write_csv_atomic(oof.attrs['test'], out/'test_probs.csv')
+    out = check_inputs(data, out, encoder=(encoder, 'encoder'))
+    step = out/'pseudo_label'
+    early = dict(model=model_id(encoder, arch), folds=folds, epochs=epochs, lr=lr, bs=bs, seed=seed, aug=aug, with_test=with_test)
+    claim_step(step, early, ft, partial=True)
+    with run_log(out, f"pseudo-label {data}"):
+        d = prepare(data, out, f)
+        require_labels(d, 'pseudo-label')
+        s = settings(d, encoder, f)
+        items = d.items
+        if 'fold' not in items: items = assign_folds(items, folds, 'label', seed, group='group' if 'group' in items else None)
+        test = ok_test_items(d) if with_test and d.test is not None and len(ok_test_items(d)) else None
+        claim_step(step, dict(early, data=listing_digest(items, ('image_id', 'label', 'fold')),
+                          test=None if test is None else listing_digest(test), **s),
+               ft, outputs=[out/'oof.csv', out/'test_probs.csv'], what='out-of-fold predictions')
+        def dls_fn(trn, val):
+            return folder_dls(pd.concat([trn.assign(is_valid=False), val.assign(is_valid=True)]), s['size'], s['n_in'],
+                              min(bs, len(trn)), s['stats'], d.classes, aug=aug, num_workers=workers)
+        def learner_fn(trn, val):
+            set_seed(seed, reproducible=True)
+            say(f"fold {int(val.fold.iloc[0])}: training on {len(trn)} images, predicting {len(val)}")
+            return quiet(_classifier(dls_fn(trn, val), encoder, arch, s['n_in'], False), progress, lines='ssfa:   ')
+        def fit_fn(learn): learn.fit_one_cycle(epochs, lr)
+        oof = kfold_pseudo_labels(items, step, folds, 'label', 'image_id', FoldLearner(learner_fn, fit_fn), seed=seed,
+                                  classes=d.classes, test_df=test, progress=progress)
+        write_csv_atomic(oof, out/'oof.csv')
+        if test is not None: write_csv_atomic(oof.attrs['test'], out/'test_probs.csv')
     return oof
 
 # %% ../../nbs/app/01_workflow.ipynb #9f793dfb
@@ -215,47 +179,67 @@ def write_submission(learn, d:ImageData, fn) -> pd.DataFrame:
     write_csv_atomic(sub, fn)
     return sub
 
+def _relabelled(items, relabel, classes, relabel_valid:bool):
+    "`items` (with `is_valid`) after the relabel file: on the training rows only, unless `relabel_valid`"
+    new = apply_relabel(items, relabel, 'image_id', 'label', classes)
+    if relabel_valid: return new
+    old, kept = items[items.is_valid].set_index('image_id').label, new[new.is_valid].set_index('image_id').label
+    n = int((~old.index.isin(kept.index)).sum() + (old.reindex(kept.index) != kept).sum())
+    if n: say(f"{n} rows of the relabel file drop or change validation images: validation keeps them with their given labels "
+              f"(relabel_valid=True, --relabel-valid, changes them too; the scores then use those labels)")
+    return pd.concat([new[~new.is_valid], items[items.is_valid]])
+
 def train_folder(data, out, encoder=None, arch:str|None=None, soft_labels=None, w:float=0.5, plc:bool=False, relabel=None,
-                 fit:FitOptions|None=None, folder:FolderOptions|None=None) -> dict:
+                 fit:FitOptions|None=None, folder:FolderOptions|None=None, relabel_valid:bool=False) -> dict:
     """Train the final classifier (given labels, `soft_labels` blended with weight `w`, or `plc`); scores and submission in `out`.
-    `relabel`: a relabel CSV (from `suspects_folder`, edited) whose `drop` rows leave the data and `relabel` rows take their new label"""
+    `relabel`: a relabel CSV (from `suspects_folder`, edited) whose `drop` rows leave the training data and `relabel` rows take their
+    new label; validation keeps the given labels (the same split either way) unless `relabel_valid`"""
     from self_supervised_fa.labels.soft_label import SoftLabelCallback, SoftTargetCrossEntropy, mean_roc_auc
     from self_supervised_fa.labels.plc import PLCCallback
     if (encoder is None) == (arch is None): raise ValueError("pass exactly one of encoder (a file) and arch (a timm name)")
     if soft_labels is not None and plc: raise ValueError("choose soft labels or PLC, not both")
     ft = (fit or FitOptions()).with_defaults(epochs=10, lr=1e-3, valid_pct=0.2)
-    bs, epochs, lr, seed, valid_pct, valid_fold, resume, aug = ft.bs, ft.epochs, ft.lr, ft.seed, ft.valid_pct, ft.valid_fold, ft.resume, ft.aug
+    bs, epochs, lr, seed, valid_pct, valid_fold, aug = ft.bs, ft.epochs, ft.lr, ft.seed, ft.valid_pct, ft.valid_fold, ft.aug
     f = folder or FolderOptions(); workers, progress = f.workers, f.progress
-    out = Path(out); d = prepare(data, out, f)
-    if not d.labelled: raise ValueError(f"{d.root} has no labels to train on")
-    s = settings(d, encoder, f)
-    set_seed(seed, reproducible=True)
-    if relabel is not None: d.items = apply_relabel(d.items, relabel, 'image_id', 'label', d.classes)
-    items = split_valid(d.items, valid_pct, seed, valid_fold)
-    dls = folder_dls(items, s['size'], s['n_in'], min(bs, int((~items.is_valid).sum())), s['stats'], d.classes, aug=aug,
-                     num_workers=workers)
-    learn = _classifier(dls, encoder, arch, s['n_in'], True)
-    cbs, mode = [], 'given labels'
-    if soft_labels is not None:
-        probs = pd.read_csv(soft_labels, dtype={'image_id': str}) if not isinstance(soft_labels, pd.DataFrame) else soft_labels
-        cbs.append(SoftLabelCallback(probs, w=w, item_col='image_id')); learn.loss_func = SoftTargetCrossEntropy()
-        mode = f'soft labels (w={w})'
-    if plc: cbs.append(PLCCallback()); mode = 'PLC'
-    config = dict(encoder=str(encoder), arch=str(arch), mode=mode, bs=bs, epochs=epochs, lr=lr, seed=seed, aug=aug,
-                  relabel=None if relabel is None else str(relabel), **s)
-    ck = CheckpointCallback(out/'train'/'checkpoint.safetensors', resume=resume, config=config)
-    quiet(learn, progress)
-    learn.fit_one_cycle(epochs, lr, cbs=cbs + [ck], start_epoch=ck.start_epoch)
-    with learn.no_bar(): probs, targs = learn.get_preds(ds_idx=1)
-    scores = dict(accuracy=float((probs.argmax(1) == targs).float().mean()), roc_auc_mean=mean_roc_auc(probs, targs),
-                  n_train=int((~items.is_valid).sum()), n_valid=int(items.is_valid.sum()), **config)
-    write_json_atomic(scores, out/'scores.json')
-    valid = items[items.is_valid][['image_id', 'label']].reset_index(drop=True)
-    valid[[f'prob_{v}' for v in learn.dls.vocab]] = probs.numpy()
-    write_csv_atomic(valid, out/'valid_preds.csv')
-    fn = save_encoder(learn.model.encoder, out/'train'/'encoder.safetensors', recipe=dict(config, classes=list(map(str, d.classes))))
-    sub = write_submission(learn, d, out/'submission.csv') if d.test is not None else None
-    plot_history(ck, out/'train'/'curves.png', f'training ({mode})')
+    out = check_inputs(data, out, encoder=(encoder, 'encoder'), soft_labels=(soft_labels, 'probs'), relabel=(relabel, 'relabel'))
+    mode = f'soft labels (w={w})' if soft_labels is not None else 'PLC' if plc else 'given labels'
+    early = dict(model=model_id(encoder, arch), mode=mode, soft_labels=content_digest(soft_labels), relabel=content_digest(relabel),
+                 relabel_valid=relabel_valid, epochs=epochs, lr=lr, seed=seed, aug=aug, valid_pct=valid_pct, valid_fold=valid_fold)
+    step = out/'train'
+    claim_step(step, early, ft, partial=True)
+    with run_log(out, f"train {data} ({mode})"):
+        d = prepare(data, out, f)
+        require_labels(d, 'train')
+        s = settings(d, encoder, f)
+        set_seed(seed, reproducible=True)
+        items = split_valid(d.items, valid_pct, seed, valid_fold)   # from the given labels: the same split with or without relabel
+        if relabel is not None: items = _relabelled(items, relabel, d.classes, relabel_valid)
+        dls = folder_dls(items, s['size'], s['n_in'], min(bs, int((~items.is_valid).sum())), s['stats'], d.classes, aug=aug,
+                         num_workers=workers)
+        learn = _classifier(dls, encoder, arch, s['n_in'], True)
+        cbs = []
+        if soft_labels is not None:
+            probs = pd.read_csv(soft_labels, dtype={'image_id': str}) if not isinstance(soft_labels, pd.DataFrame) else soft_labels
+            cbs.append(SoftLabelCallback(probs, w=w, item_col='image_id')); learn.loss_func = SoftTargetCrossEntropy()
+        if plc: cbs.append(PLCCallback())
+        config = dict(early, bs=bs, data=listing_digest(items, ('image_id', 'label', 'is_valid')), **s)
+        claim_step(step, config, ft, outputs=[out/'scores.json', out/'valid_preds.csv', out/'submission.csv'], what='training')
+        ck = CheckpointCallback(step/'checkpoint.safetensors', resume=ft.resume, config=config)
+        say(f"training a classifier on {int((~items.is_valid).sum())} images ({mode}), validating on {int(items.is_valid.sum())}")
+        quiet(learn, progress, lines='ssfa:   ')
+        learn.fit_one_cycle(epochs, lr, cbs=cbs + [ck], start_epoch=ck.start_epoch)
+        with learn.no_bar(): probs, targs = learn.get_preds(ds_idx=1)
+        valid_labels = 'relabelled' if relabel is not None and relabel_valid else 'given'
+        scores = dict(accuracy=float((probs.argmax(1) == targs).float().mean()), roc_auc_mean=mean_roc_auc(probs, targs),
+                      valid_labels=valid_labels, n_train=int((~items.is_valid).sum()), n_valid=int(items.is_valid.sum()),
+                      **dict(config, encoder=None if encoder is None else str(encoder), arch=arch))
+        write_json_atomic(scores, out/'scores.json')
+        valid = items[items.is_valid][['image_id', 'label']].reset_index(drop=True)
+        valid[[f'prob_{v}' for v in learn.dls.vocab]] = probs.numpy()
+        write_csv_atomic(valid, out/'valid_preds.csv')
+        fn = save_encoder(learn.model.encoder, step/'encoder.safetensors', recipe=dict(config, classes=list(map(str, d.classes))))
+        sub = write_submission(learn, d, out/'submission.csv') if d.test is not None else None
+        plot_history(ck, step/'curves.png', f'training ({mode})')
     return dict(scores=scores, submission=sub, learn=learn, encoder=fn, data=d)
 
 # %% ../../nbs/app/01_workflow.ipynb #e21a1257
@@ -271,20 +255,25 @@ def suspects_folder(data, out, oof=None, encoder=None, top:int=200, weight:float
     "Suspect-label review of `data` in `out/review`: from `oof` (out-of-fold probabilities, a file or DataFrame) and/or `encoder`'s kNN vote"
     from self_supervised_fa.labels.suspects import rank_suspects, KNNVote
     from self_supervised_fa.labels.sheets import write_review
-    from self_supervised_fa.labels.duplicates import find_duplicates
+    from self_supervised_fa.labels.duplicates import find_duplicates, image_fingerprints
     if oof is None and encoder is None:
         raise ValueError("pass oof (out-of-fold probabilities: oof.csv from ssfa pseudo-label), encoder (a kNN vote among "
                          "its embeddings), or both")
     ft = fit or FitOptions(); bs, seed = ft.bs, ft.seed
     f = folder or FolderOptions(); workers, progress = f.workers, f.progress
-    out = Path(out); d = prepare(data, out, f)
-    if not d.labelled: raise ValueError(f"{d.root} has no labels: suspects are labelled items")
-    probs = pd.read_csv(oof, dtype={'image_id': str}) if oof is not None and not isinstance(oof, pd.DataFrame) else oof
-    feats = None
-    if encoder is not None: feats = _embed_items(d, settings(d, encoder, f), encoder, bs, workers, progress)
-    folds = d.items.fold.to_numpy() if 'fold' in d.items else None   # the kNN vote of an item comes from the other folds
-    table = rank_suspects(d.items, probs=probs, feats=feats, classes=d.classes, weight=weight, method=method,
-                          vote=KNNVote(k=k, folds=folds, seed=seed))
-    dup = find_duplicates(feats, items=d.items) if feats is not None and duplicates else None
-    res = write_review(out/'review', table, dict(zip(d.items.image_id, d.items.fname)), top=top, duplicates=dup)
+    out = check_inputs(data, out, oof=(oof, 'probs'), encoder=(encoder, 'encoder'))
+    with run_log(out, f"suspects {data}"):
+        d = prepare(data, out, f)
+        require_labels(d, 'suspects')
+        probs = pd.read_csv(oof, dtype={'image_id': str}) if oof is not None and not isinstance(oof, pd.DataFrame) else oof
+        feats = None
+        if encoder is not None:
+            say(f"embedding {len(d.items)} images with {Path(encoder).name}")
+            feats = _embed_items(d, settings(d, encoder, f), encoder, bs, workers, progress)
+        folds = d.items.fold.to_numpy() if 'fold' in d.items else None   # the kNN vote of an item comes from the other folds
+        table = rank_suspects(d.items, probs=probs, feats=feats, classes=d.classes, weight=weight, method=method,
+                              vote=KNNVote(k=k, folds=folds, seed=seed))
+        if duplicates: say(f"looking for copies among {len(d.items)} images (pixel thumbnails)")
+        dup = find_duplicates(image_fingerprints(d.items.fname), items=d.items) if duplicates else None
+        res = write_review(out/'review', table, dict(zip(d.items.image_id, d.items.fname)), top=top, duplicates=dup)
     return dict(res, table=table, duplicates=dup, noise_rate=table.attrs['noise_rate'])

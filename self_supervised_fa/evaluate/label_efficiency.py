@@ -140,10 +140,16 @@ class FineTune:
     cut:bool = True           # fine-tune without the stages after the linear probe's stage
     def __post_init__(self): _check_head(self.head, 'FineTune.head')
 
+def _row_line(row:dict, prefix:str='') -> str:
+    "One result row as a line: encoder, labels per class, the accuracies"
+    acc = ', '.join(f"{k} {row[k]:.3f}" for k in ('knn_top1', 'linear', 'finetune') if k in row)
+    return f"{prefix}{row['encoder']}, {row['labels']} labels per class ({row['n_train']} images): {acc}"
+
 def label_efficiency(encoder, dls, budgets=(10, 100), scratch=True, methods=('knn', 'linear', 'finetune'),
                      probe:Probe|None=None, # kNN and linear-probe settings; None: `Probe()`
                      finetune:FineTune|None=None, # fine-tuning settings; None: `FineTune()`
-                     seed:int=0, progress:bool=True) -> pd.DataFrame:
+                     seed:int=0, progress:bool=True,
+                     report:str|None=None) -> pd.DataFrame: # one line per result as it comes (`report` starts it), also without `progress`
     "kNN, linear-probe and fine-tuning valid accuracy of `encoder` (and of a from-scratch twin) at each label budget"
     bad = set(methods) - {'knn', 'linear', 'finetune'}
     if bad: raise ValueError(f"unknown methods {sorted(bad)}: choose from 'knn', 'linear', 'finetune'")
@@ -189,7 +195,7 @@ def label_efficiency(encoder, dls, budgets=(10, 100), scratch=True, methods=('kn
                                                     freeze_epochs=ft.freeze_epochs, lr_mult=ft.lr_mult, aug=ft.aug,
                                                     head=ft.head if pre else 'fastai')
             rows.append(row)
-            if progress: print({k_: (round(v, 4) if isinstance(v, float) else v) for k_, v in row.items()})
+            if report is not None or progress: print(_row_line(row, '' if report is None else report), flush=True)
     return pd.DataFrame(rows)
 
 # %% ../../nbs/evaluate/03_label_efficiency.ipynb #be8cb860
