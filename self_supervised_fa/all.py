@@ -8,6 +8,7 @@ from .core.callback import *
 from .core.dist import *
 from .core.checkpoint import *
 from .core.learner import *
+from .core.runs import *
 from .data.colour import *
 from .data.folds import *
 from .data.folders import *
@@ -59,6 +60,8 @@ from .labels.soft_label import *
 from .labels.suspects import *
 from .app.registry import *
 from .app.options import *
+from .app.checks import *
+from .app.steps import *
 from .app.workflow import *
 from .app.cli import *
 from .app.demo import *

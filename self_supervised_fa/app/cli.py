@@ -13,8 +13,8 @@ from .checks import (positive_int, non_negative_int, positive_float, fraction, w
 
 # %% auto #0
 __all__ = ['PRETRAIN_METHODS', 'SUBCOMMANDS', 'USER_ERRORS', 'HelpFormatter', 'data_flags', 'model_flags', 'stats_flag',
-           'parse_stats', 'fit_flags', 'check_paths', 'cmd_pretrain', 'cmd_evaluate', 'cmd_pseudo_label', 'cmd_train',
-           'cmd_suspects', 'Parser', 'build_parser', 'cli_warnings', 'main', 'ssfa']
+           'parse_stats', 'fit_flags', 'check_paths', 'pretrain_methods', 'cmd_pretrain', 'cmd_evaluate',
+           'cmd_pseudo_label', 'cmd_train', 'cmd_suspects', 'Parser', 'build_parser', 'cli_warnings', 'main', 'ssfa']
 
 # %% ../../nbs/app/02_cli.ipynb #2bd992d5
 import argparse
@@ -114,9 +114,14 @@ def check_paths(a):
 PRETRAIN_METHODS = ('simclr', 'barlow_twins', 'byol', 'simsiam', 'moco_v2', 'moco_v3', 'vicreg', 'swav', 'dino', 'rotnet', 'colorize',
                     'colorize_bins', 'jigsaw', 'context', 'inpaint', 'superres')
 
+def pretrain_methods() -> tuple:
+    "What `--method` offers: the registry's methods once it is loaded (with any registered since), else the built-in ones"
+    reg = sys.modules.get('self_supervised_fa.app.registry')
+    return PRETRAIN_METHODS if reg is None else tuple(reg.METHODS)
+
 def _pretrain_flags(p):
     data_flags(p); model_flags(p)
-    p.add_argument('--method', default='simclr', choices=PRETRAIN_METHODS, help='self-supervised method')
+    p.add_argument('--method', default='simclr', choices=pretrain_methods(), help='self-supervised method')
     fit_flags(p, epochs=10, lr=None)
     p.add_argument('--no-test', action='store_true', help='pretrain on the training images only (default: train + test images)')
     p.add_argument('--no-knn', action='store_true', help='no kNN monitor (default: on when labels exist)')
