@@ -12,6 +12,7 @@ from torch import nn, Tensor
 from fastcore.basics import listify, store_attr, ifnone
 from ..augment.views import ViewAugment
 from ..core.pixels import check_images
+from fastai.callback.core import CancelBatchException
 from ..core.callback import ReplaceBatchCallback
 from ..core.figures import show_image_rows
 from .teacher import check_momentum, momentum_at
@@ -83,11 +84,45 @@ class MultiViewCallback(ReplaceBatchCallback):
         return augs
 
     def augs_for(self, x:Tensor) -> list:
-        "The augmentations, one per view (a preset is called with `x`'s size the first time)"
+        "The augmentations, one per view (a preset is called with `x`'s size the first time, and a ViT body's `patch` if it takes one)"
         if self.augs is None:
             h, w = x.shape[-2:]
-            self.augs = self._check_augs(listify(self.preset(h if h == w else (h, w))))
+            patch = getattr(self._encoder(), 'patch_size', None)
+            kw = {'patch': patch} if patch and 'patch' in inspect.signature(self.preset).parameters else {}
+            try: self.augs = self._check_augs(listify(self.preset(h if h == w else (h, w), **kw)))
+            except ValueError as e: self._fail(e)   # e.g. crops that cannot fit the patches: the learner is given back first
         return self.augs
+
+    # --- what every batch and view must be: checked before any work
+    def _encoder(self):
+        learn = getattr(self, 'learn', None)
+        return getattr(unwrap(learn.model), 'encoder', None) if learn is not None and learn.model is not None else None
+
+    def check_view_sizes(self, size=None):
+        "Raise, naming the sizes that work, when the encoder (a ViT) cannot take a view's size (`size`: the input's, for views of size None)"
+        check = getattr(self._encoder(), 'check_input_size', None)
+        for i, a in enumerate(self.augs if check else []):
+            s = ifnone(a.size, size) if hasattr(a, 'size') else None
+            if s is None: continue
+            try: check(s, f"{type(self).__name__}: view {i + 1} ({type(a).__name__})")
+            except ValueError as e: self._fail(e)
+
+    def check_batches(self):
+        "Every loader with images gives some batches of 2 or more (a batch of one, e.g. the last, is skipped: `before_batch`)"
+        for name, dl in zip(('training', 'validation'), self.dls.loaders[:2]):
+            n, bs = getattr(dl, 'n', None), getattr(dl, 'bs', None)
+            if n and bs and min(n, bs) < 2: self._fail(ValueError(
+                f"{type(self).__name__}: every {name} batch would hold one image ({n} images, bs={bs}), and a siamese loss "
+                f"compares the images of a batch; give the {name} DataLoader bs=2 or more and 2 or more images"))
+
+    def before_batch(self):
+        "A batch of one image gives no loss (no negatives, no batch statistics): skipped, and the epoch's loss averages the others"
+        x = self.xb[0]
+        if isinstance(x, Tensor) and x.ndim == 4 and len(x) < 2:
+            self.learn.yb = ()   # fastai's Recorder counts no loss for a batch without targets
+            raise CancelBatchException()
+        super().before_batch()
+        if not getattr(self, 'sizes_checked', False): self.check_view_sizes(x.shape[-2:]); self.sizes_checked = True
 
     @property
     def n_global(self) -> int|None:
@@ -131,8 +166,10 @@ class MultiViewCallback(ReplaceBatchCallback):
     def before_fit(self):
         super().before_fit()
         self.check_model(unwrap(self.learn.model))
+        self.check_batches()
+        if self.augs is not None: self.check_view_sizes()
         self.old_loss_func, self.learn.loss_func = self.learn.loss_func, self.compute_loss
-        self.to_queue = None
+        self.to_queue, self.sizes_checked = None, False
     def _restore(self):
         if hasattr(self, 'old_loss_func'): self.learn.loss_func = self.old_loss_func; del self.old_loss_func
     def after_fit(self): self._restore()
