@@ -4,17 +4,33 @@
 
 # %% ../../nbs/augment/02_multicrop.ipynb #f3b74548
 from __future__ import annotations
+import math
+from timm.layers import to_2tuple
 from .views import ViewAugment
 
 # %% auto #0
-__all__ = ['local_size_for', 'multi_crop_augs', 'dino_augs', 'swav_augs', 'small_dino_augs', 'small_swav_augs', 'dino_preset',
-           'swav_preset']
+__all__ = ['local_size_for', 'patch_multiple', 'multi_crop_augs', 'dino_augs', 'swav_augs', 'small_dino_augs', 'small_swav_augs',
+           'dino_preset', 'swav_preset']
 
 # %% ../../nbs/augment/02_multicrop.ipynb #e08048cf
 def local_size_for(size:int|tuple) -> int|tuple:
     "The local-crop size for global crops of `size`: 3/7 of it (DINO's 96 px for 224), a multiple of 4 (ViT patches), at least 8"
     if isinstance(size, (tuple, list)): return tuple(local_size_for(s) for s in size)
     return max(8, 4 * round(size * 3 / 7 / 4))
+
+def patch_multiple(size:int|tuple, patch:int|tuple) -> int|tuple:
+    "`size` rounded to the nearest multiple of `patch` (a ViT's patch side, or (h, w)), at least one patch"
+    if isinstance(size, (tuple, list)) or isinstance(patch, (tuple, list)):
+        return tuple(patch_multiple(s, p) for s, p in zip(to_2tuple(size), to_2tuple(patch)))
+    return patch * max(1, math.floor(size / patch + 0.5))
+
+def _smaller(local, size) -> bool: return any(l < g for l, g in zip(to_2tuple(local), to_2tuple(size)))
+
+def _min_multicrop_size(patch) -> int:
+    "The smallest image side from which the rounded local crops stay smaller than the rounded global ones, with `patch`"
+    p = max(to_2tuple(patch))
+    return next(s for s in range(p, 8 * p) if all(_smaller(patch_multiple(local_size_for(t), p), patch_multiple(t, p))
+                                                  for t in range(s, 8 * p)))
 
 def _per_crop(kw, n:int, what:str) -> list:
     if kw is None: return [{}] * n
@@ -34,12 +50,19 @@ def multi_crop_augs(size:int|tuple=224, # global crops' output size
                     global_scale=(0.4, 1.), local_scale=(0.05, 0.4), # crop areas, fractions of the image
                     global_kw:dict|list|None=None, # `ViewAugment` options of the global crops: one dict, or one per crop
                     local_kw:dict|list|None=None, # the same for the local crops
+                    patch:int|tuple|None=None, # a ViT's patch size: both sizes rounded to its nearest multiples
                     **kwargs) -> list: # `ViewAugment` options of every crop
     "`n_global` `ViewAugment`s at `size` then `n_local` at `local_size`: the global crops first, as the teacher expects"
     if size is None: raise ValueError("multi_crop_augs needs the global crops' size (an int or (h, w)); pass the images' size")
     if n_global < 1 or n_local < 0 or n_global + n_local < 2:
         raise ValueError(f"multi_crop_augs: need at least 1 global crop and 2 crops in all, got n_global={n_global}, n_local={n_local}")
     local_size = local_size or local_size_for(size)
+    if patch:
+        given, size, local_size = size, patch_multiple(size, patch), patch_multiple(local_size, patch)
+        if n_local and not _smaller(local_size, size):
+            raise ValueError(f"multi_crop_augs: with {patch}-px patches the local crops of {given}-px images ({local_size} px) are no "
+                             f"smaller than the global ones ({size} px); multi-crop works from {_min_multicrop_size(patch)}-px images "
+                             f"with these patches: use such images, a ViT with smaller patches (patch_size=), or n_local=0")
     gs, ls = _check_scale(global_scale, 'global_scale'), _check_scale(local_scale, 'local_scale')
     return ([ViewAugment(size, crop_scale=gs, **{**kwargs, **kw}) for kw in _per_crop(global_kw, n_global, 'global_kw')] +
             [ViewAugment(local_size, crop_scale=ls, **{**kwargs, **kw}) for kw in _per_crop(local_kw, n_local, 'local_kw')])
@@ -48,17 +71,17 @@ def multi_crop_augs(size:int|tuple=224, # global crops' output size
 def _with(kws, kwargs): return [{**kw, **kwargs} for kw in kws]   # the caller's options win over the preset's per-crop ones
 
 def dino_augs(size:int|tuple=224, local_size:int|tuple|None=None, n_local:int=6, global_scale=(0.4, 1.),
-              local_scale=(0.05, 0.4), **kwargs) -> list:
+              local_scale=(0.05, 0.4), patch:int|tuple|None=None, **kwargs) -> list:
     "DINO's crops (Caron et al. 2021): 2 global at 0.4-1, `n_local` local at 0.05-0.4; blur 1.0 / 0.1 + solarise 0.2 on the globals, blur 0.5 on the locals"
     kwargs = {'jitter_strength': 0.5, **kwargs}
-    return multi_crop_augs(size, local_size, 2, n_local, global_scale, local_scale,
+    return multi_crop_augs(size, local_size, 2, n_local, global_scale, local_scale, patch=patch,
                            global_kw=_with([dict(blur_p=1.), dict(blur_p=0.1, solarize_p=0.2)], kwargs),
                            local_kw=_with([dict(blur_p=0.5)], kwargs)[0], **kwargs)
 
 def swav_augs(size:int|tuple=224, local_size:int|tuple|None=None, n_local:int=6, global_scale=(0.14, 1.),
-              local_scale=(0.05, 0.14), **kwargs) -> list:
+              local_scale=(0.05, 0.14), patch:int|tuple|None=None, **kwargs) -> list:
     "SwAV's crops (Caron et al. 2020): 2 global at 0.14-1, `n_local` local at 0.05-0.14; SimCLR's colour distortion and blur 0.5 on every crop"
-    return multi_crop_augs(size, local_size, 2, n_local, global_scale, local_scale, **{'blur_p': 0.5, **kwargs})
+    return multi_crop_augs(size, local_size, 2, n_local, global_scale, local_scale, patch=patch, **{'blur_p': 0.5, **kwargs})
 
 # %% ../../nbs/augment/02_multicrop.ipynb #26908f2f
 def small_dino_augs(size:int|tuple=32, local_size:int|tuple|None=None, n_local:int=6, global_scale=(0.4, 1.),
@@ -73,10 +96,10 @@ def small_swav_augs(size:int|tuple=32, local_size:int|tuple|None=None, n_local:i
 
 def _is_small(size) -> bool: return max(size if isinstance(size, (tuple, list)) else (size,)) <= 64
 
-def dino_preset(size:int|tuple, **kwargs) -> list:
-    "DINO's crops at `size`: `small_dino_augs` up to 64 px, else `dino_augs` (`DINOCallback`'s default)"
-    return (small_dino_augs if _is_small(size) else dino_augs)(size, **kwargs)
+def dino_preset(size:int|tuple, patch:int|tuple|None=None, **kwargs) -> list:
+    "DINO's crops at `size`: `small_dino_augs` up to 64 px, else `dino_augs` (`DINOCallback`'s default; it passes a ViT body's `patch`)"
+    return (small_dino_augs if _is_small(size) else dino_augs)(size, patch=patch, **kwargs)
 
-def swav_preset(size:int|tuple, **kwargs) -> list:
-    "SwAV's crops at `size`: `small_swav_augs` up to 64 px, else `swav_augs` (`SwAVCallback`'s default)"
-    return (small_swav_augs if _is_small(size) else swav_augs)(size, **kwargs)
+def swav_preset(size:int|tuple, patch:int|tuple|None=None, **kwargs) -> list:
+    "SwAV's crops at `size`: `small_swav_augs` up to 64 px, else `swav_augs` (`SwAVCallback`'s default; it passes a ViT body's `patch`)"
+    return (small_swav_augs if _is_small(size) else swav_augs)(size, patch=patch, **kwargs)

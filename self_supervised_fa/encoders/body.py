@@ -9,6 +9,7 @@ from collections import OrderedDict
 import timm
 from torch import nn
 from timm.models import adapt_input_conv, split_model_name_tag
+from timm.layers import to_2tuple
 from fastcore.basics import ifnone
 import fastai.callback.schedule  # noqa: F401 (patches Learner.fit_one_cycle / fine_tune onto Learner)
 from .stages import StagesMixin
@@ -106,13 +107,39 @@ class TimmEncoder(StagesMixin, nn.Module):
 
     def embed(self, x): return self.pool(self(x))
 
+    @property
+    def patch_size(self) -> int|tuple|None:
+        "A ViT's patch side (or (h, w)) that every input side must be a multiple of; None for a CNN or a ViT that pads (`dynamic_img_pad`)"
+        pe = getattr(self.model, 'patch_embed', None)
+        p = getattr(pe, 'patch_size', None)
+        if p is None or getattr(pe, 'dynamic_img_pad', False): return None
+        p = tuple(p)
+        return p[0] if p[0] == p[1] else p
+
+    def check_input_size(self, size:int|tuple, what:str='the input'):
+        "Raise a `ValueError` naming the sizes that work when the body cannot take `size`-px images (a ViT's fixed size or patches)"
+        hw = to_2tuple(size)
+        pe = getattr(self.model, 'patch_embed', None)
+        if getattr(pe, 'strict_img_size', False) and hw != tuple(pe.img_size):
+            raise ValueError(f"{what} is {hw[0]}x{hw[1]} px but the ViT {self.arch or ''} takes {tuple(pe.img_size)} px only; build it "
+                             f"with dynamic_img_size=True (create_timm_body's default) or img_size={hw}")
+        for s, p in zip(hw, to_2tuple(self.patch_size or 1)):
+            if s % p:
+                raise ValueError(f"{what} is {hw[0]}x{hw[1]} px, not a multiple of the ViT's {p}-px patches: use {max(p, s // p * p)} or "
+                                 f"{(s // p + 1) * p} px, or build the body with a patch_size that divides {s} "
+                                 f"({[d for d in range(2, p) if s % d == 0]})")
+
 # %% ../../nbs/encoders/01_body.ipynb #c9fd179f
 def create_timm_body(arch:str, pretrained:bool=False, cut=None, n_in:int=3, **kwargs) -> TimmEncoder:
-    "`TimmEncoder` of timm architecture `arch` with `n_in` input channels; `cut` keeps that many children (None: `forward_features`)"
+    "`TimmEncoder` of timm architecture `arch` with `n_in` input channels; `cut` keeps that many children (None: `forward_features`). ViTs are built with `dynamic_img_size=True` unless told"
     check_arch(arch)
     if not isinstance(n_in, int) or n_in < 1: raise ValueError(f"n_in must be a positive number of channels, got {n_in!r}")
-    model = timm.create_model(arch, pretrained=pretrained, num_classes=0, in_chans=n_in, **kwargs)
-    return TimmEncoder(model, cut=cut, arch=arch)
+    kwargs = dict(pretrained=pretrained, num_classes=0, in_chans=n_in, **kwargs)
+    if 'dynamic_img_size' not in kwargs:   # ViTs: any input size that is a multiple of the patch, not only the one built for
+        try: return TimmEncoder(timm.create_model(arch, dynamic_img_size=True, **kwargs), cut=cut, arch=arch)
+        except TypeError as e:   # an architecture without the option (CNNs): fails on the call, before any weights are made
+            if 'dynamic_img_size' not in str(e): raise
+    return TimmEncoder(timm.create_model(arch, **kwargs), cut=cut, arch=arch)
 
 # %% ../../nbs/encoders/01_body.ipynb #43376eb6
 def as_encoder(encoder, n_in:int|None=None, pretrained:bool=False, **kwargs) -> nn.Module:
