@@ -114,3 +114,17 @@ def test_sizes_that_cannot_work_are_named_before_any_step():
     # the sizes the first error names do work
     seen = _vit_fit(create_dino_model, DINOCallback(**ckw), 42, img_size=56, patch_size=28, **mkw)
     assert seen == [(56, 56), (28, 28)], seen
+
+
+@pytest.mark.parametrize('method', ['dino', 'swav'])
+def test_registry_and_folder_learners_fit_a_vit_at_28_px(method):
+    "method_learner and the folder workflow's learner hand the body's patch to the multi-crop preset: a ViT trains on 28-px digits"
+    from self_supervised_fa.app.workflow import folder_method_learner
+    mkw, ckw = _split(VIT_METHODS[method][2])
+    for make in (lambda dls: method_learner(method, dls, 'test_vit', model_kwargs=mkw, callback_kwargs=ckw),
+                 lambda dls: folder_method_learner(method, dls, 'test_vit', 1, 28, model_kwargs=mkw, callback_kwargs=ckw)):
+        learn = make(_dls(4, 2, 4))
+        seen = []
+        learn.model.encoder.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape[-2:])) if m.training else None)
+        with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
+        assert seen and all(s % 16 == 0 for hw in seen for s in hw), seen

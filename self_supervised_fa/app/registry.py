@@ -133,7 +133,9 @@ def method_learner(name:str, dls, arch='resnet10t', n_in:int|None=None, aug=None
     model = m.factory(arch, n_in=n_in, **{**_factory_kwargs(m.factory, x), **m.model_kwargs, **(model_kwargs or {})})
     ckw = {**m.callback_kwargs, **(callback_kwargs or {})}
     if m.kind == 'siamese':
-        if aug is None: aug = m.preset(x.shape[-1], **{**(dict(flip_p=0.) if m.views else DIGIT_VIEWS), **m.views_kwargs, **(views_kwargs or {})})
+        patch = {'patch': model.encoder.patch_size} if m.views is not None and getattr(model.encoder, 'patch_size', None) else {}
+        if aug is None: aug = m.preset(x.shape[-1], **{**(dict(flip_p=0.) if m.views else DIGIT_VIEWS), **patch, **m.views_kwargs,
+                                                       **(views_kwargs or {})})
         return Learner(dls, model, cbs=m.callback(aug=aug, **ckw), **learner_kwargs)
     cb = m.callback(**ckw)
     learner_kwargs.setdefault('loss_func', m.loss() if m.loss is not None else cb.task_loss())

@@ -17,6 +17,7 @@ from ..core.learner import quiet
 from ..data.folders import ImageData
 from ..data.loading import folder_dls
 from ..encoders.classifier import classifier_learner
+from ..encoders.body import create_timm_body
 from ..encoders.files import load_encoder, save_encoder
 from ..labels.pseudo_label import assign_folds, kfold_pseudo_labels, FoldLearner
 from ..labels.relabel import apply_relabel
@@ -47,7 +48,9 @@ def folder_method_learner(name:str, dls, encoder, n_in:int, size:int, aug=None, 
     "`registry.method_learner` for photos of any size: the method's views at that size (`Method.preset`) unless `aug` is given"
     m = METHODS[name]
     if m.kind == 'siamese':
-        if aug is None: aug = m.preset(size)   # the method's own preset at the images' size (not the digit recipe)
+        if isinstance(encoder, str): encoder = create_timm_body(encoder, n_in=n_in)
+        patch = getattr(encoder, 'patch_size', None) if m.views is not None else None   # multi-crop on a ViT: crops fit its patch
+        if aug is None: aug = m.preset(size, **({'patch': patch} if patch else {}))   # the method's own preset at the images' size
         kwargs.setdefault('loss_func', _loss_set_by_callback)   # unlabelled DataLoaders give fastai no loss to infer
     return method_learner(name, dls, encoder, n_in=n_in, aug=aug, **kwargs)
 
