@@ -50,10 +50,15 @@ class FitOptions:
     aug:bool = True                # augment the training images (classifiers)
 
     def __post_init__(self):
-        for k in ('bs', 'epochs'):
+        for k in ('bs', 'epochs'):   # an untrained result is never what a step is for
             v = getattr(self, k)
-            if v is not None and (not isinstance(v, int) or v < (1 if k == 'bs' else 0)):
-                raise ValueError(f"FitOptions.{k}={v!r}: use a whole number of at least {1 if k == 'bs' else 0}")
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise ValueError(f"FitOptions.{k}={v!r}: use a whole number of at least 1")
+        if self.lr is not None and not (isinstance(self.lr, (int, float)) and 0 < self.lr < float('inf')):
+            raise ValueError(f"FitOptions.lr={self.lr!r}: use a learning rate above 0")
+        if self.valid_pct is not None and not 0 < self.valid_pct < 1:
+            raise ValueError(f"FitOptions.valid_pct={self.valid_pct!r}: use a fraction between 0 and 1, e.g. 0.2")
+        if self.resume and self.overwrite: raise ValueError("FitOptions: resume and overwrite exclude each other")
 
     def with_defaults(self, **defaults) -> FitOptions:
         "A copy whose `None` settings take `defaults`"
