@@ -83,11 +83,13 @@ def test_linear_probe_matches_sklearn_and_budget(pixels):
         linear_probe(trX, trY[:5], teX, teY)
 
 
-def test_budget_class_missing_from_train_is_an_error(pixels):
+def test_budget_class_missing_from_train_is_a_note(pixels):
+    "A class with no training item at all (a class of few images, all held out) is drawn around with a note, never predicted"
     trX, trY, teX, teY = pixels
     keep = trY != 7
-    with pytest.raises(ValueError, match=r'\[7\]'):
-        linear_probe(trX[keep], trY[keep], teX, teY, n_per_class=5)
+    with pytest.warns(UserWarning, match=r'class\(es\) \[7\] have no item'):
+        acc = linear_probe(trX[keep], trY[keep], teX, teY, n_per_class=5)
+    assert 0 < acc <= 1 - (np.asarray(teY) == 7).mean() + 1e-9      # the class-7 test items are all wrong
 
 
 @pytest.mark.parametrize('arch', ['test_resnet', 'test_vit'])
