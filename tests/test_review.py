@@ -100,6 +100,14 @@ def test_rank_suspects_combines_the_stated_way_and_aligns_by_id():
     np.testing.assert_allclose(t.oof_self_conf, p[np.arange(len(d)), y]); np.testing.assert_allclose(t.knn_self_conf, q[np.arange(len(d)), y])
     np.testing.assert_allclose(t.score, suspicion(label_signals(comb, y)))
     np.testing.assert_array_equal(t.suggested.values, comb.argmax(1))
+    # weight=None: each source in proportion to its agreement beyond chance (kappa); random p here, so mostly the kNN vote
+    def kappa(m):
+        pred = m.argmax(1); pe = np.bincount(y, minlength=10) @ np.bincount(pred, minlength=10) / len(y) ** 2
+        return max(((pred == y).mean() - pe) / (1 - pe), 0)
+    w = kappa(p) / (kappa(p) + kappa(q))
+    a = rank_suspects(d, oof, X, vote=KNNVote(k=5, n_folds=5))
+    assert a.attrs['weight'] == pytest.approx(w) and w < 0.2
+    np.testing.assert_allclose(a.set_index('image_id').loc[d.image_id].score, suspicion(label_signals(w * p + (1 - w) * q, y)))
     # string labels and one-hot label columns give the same ranking
     s = rank_suspects(d.assign(label=d.label.map(lambda v: f'digit_{v}')), oof.rename(columns=lambda c: c.replace('prob_', 'prob_digit_')))
     np.testing.assert_allclose(s.score, rank_suspects(d, oof).score)
@@ -162,49 +170,88 @@ def test_asymmetric_noise_flips_to_the_paired_class():
     with pytest.raises(ValueError, match='to themselves'): add_asymmetric_noise(df, 0.2, {1: 1})
 
 
-def _copies(img):
-    def jpeg(im, q): b = io.BytesIO(); im.convert('RGB').save(b, 'JPEG', quality=q); b.seek(0); return Image.open(b)
-    return {'exact': img.copy(), 'resized56': img.resize((56, 56), Image.BICUBIC), 'jpeg75': jpeg(img, 75),
-            'resized56_jpeg75': jpeg(img.resize((56, 56), Image.BICUBIC), 75), 'resized42': img.resize((42, 42), Image.BILINEAR),
-            'jpeg30': jpeg(img, 30)}
+def _sklearn_digits():
+    "scikit-learn's 1,797 8x8 digits as 32-px pictures (the digit folder of issue 23), their labels"
+    from sklearn.datasets import load_digits
+    X, y = load_digits(return_X_y=True)
+    return [Image.fromarray((x.reshape(8, 8) * 255 / 16).astype(np.uint8)).resize((32, 32), Image.BICUBIC) for x in X], y
 
-def test_duplicates_of_real_images_found_and_different_images_not(tmp_path):
-    "Copies (exact, resized, JPEG) of real digits are found; the 20 most similar different digits of the sample are not"
-    trn = load_sample_df('train')
-    root = get_sample_data()
-    fp = image_fingerprints([root/'images'/f'{i}.png' for i in trn.image_id])
-    ns = nearest_similarity(fp)
-    hardest = np.argsort(-ns)[:20]   # different digits that look most alike (thin 1s): they must not be paired
-    assert ns.max() < 0.993   # the default threshold
-    originals = [0, 1, 2, 3, hardest[0]]
-    files, src = [], []
-    for i in set(hardest.tolist()) | set(originals):
-        files.append(root/'images'/f'{trn.image_id[i]}.png'); src.append(i)
+def _near_copies(img):
+    from scipy import ndimage
+    def jpeg(im, q): b = io.BytesIO(); im.convert('RGB').save(b, 'JPEG', quality=q); b.seek(0); return Image.open(b)
+    def shift(im, dy, dx): return Image.fromarray(ndimage.shift(np.asarray(im), (dy, dx), order=0, mode='nearest'))
+    return {'exact': img.copy(), 'resized48': img.resize((48, 48), Image.BICUBIC), 'resized24': img.resize((24, 24), Image.LANCZOS),
+            'jpeg75': jpeg(img, 75), 'shift_right': shift(img, 0, 1), 'shift_diagonal': shift(img, 1, 1),
+            'resized64_jpeg75': jpeg(img.resize((64, 64), Image.BICUBIC), 75)}
+
+def test_duplicates_calibrated_on_real_digits_find_copies_not_lookalikes():
+    "sklearn's digits: nothing reported; planted exact and near-exact copies (resized, re-encoded, shifted 1 px) all found; a same-class lookalike and an edited copy not"
+    digits, y = _sklearn_digits()
+    items = pd.DataFrame({'image_id': [f'd{i}' for i in range(len(y))], 'label': y})
+    fp = image_fingerprints(digits)
+    assert fp.shape == (len(y), 32, 32)
+    clean = find_duplicates(fp, items=items)
+    cal = clean.attrs['threshold']
+    assert len(clean) == 0 and cal['separable'] and cal['copies_found'] > 0.98 and 'calibrated on the data' in cal['how']
+    look = find_duplicates(fp, cal['nearest_other_max'] - 1e-6).iloc[0]    # the closest two different digits: one class
+    assert y[int(look.a)] == y[int(look.b)] and 0.99 < look.similarity < cal['threshold']
+    originals = [0, 1, 2, 3, 4]
+    edited = np.asarray(digits[7]).copy(); edited[12:18, 12:18] = 255 - edited[12:18, 12:18]   # a copy with a visible edit
+    files, src = list(digits), list(range(len(y)))
     for i in originals:
-        for name, im in _copies(Image.open(root/'images'/f'{trn.image_id[i]}.png')).items():
-            fn = tmp_path/f'{trn.image_id[i]}_{name}.{"jpg" if "jpeg" in name else "png"}'
-            im.save(fn); files.append(fn); src.append(i)
-    items = pd.DataFrame({'image_id': [f.stem for f in files], 'label': trn.label.values[src]})
-    items.loc[len(items) - 1, 'label'] = (items.label.iloc[-1] + 1) % 10    # one copy with a conflicting label
-    f = image_fingerprints(files)
-    pairs = find_duplicates(f, items=items)
+        for im in _near_copies(digits[i]).values(): files.append(im); src.append(i)
+    files.append(Image.fromarray(edited)); src.append(-1)
     src = np.array(src)
+    more = pd.DataFrame({'image_id': [f'f{k}' for k in range(len(files))], 'label': np.r_[y, y[src[len(y):-1]], y[7]]})
+    more.loc[len(more) - 2, 'label'] = (y[4] + 1) % 10       # one copy with a conflicting label
+    f = image_fingerprints(files)
+    pairs = find_duplicates(f, items=more)
     assert (src[pairs.a] == src[pairs.b]).all()                                   # only copies of one image pair up
-    expected = sum(7 * 6 // 2 for _ in originals)                                 # original + 6 copies, all pairs
-    assert len(pairs) == expected, (len(pairs), expected)
-    g = duplicate_groups(f)
-    for i in originals: assert len(set(g[src == i])) == 1                          # one group per image and its copies
-    assert len(set(g)) == len(set(src.tolist()))                                   # and nothing else grouped
-    assert pairs.label_conflict.sum() == 21 and set(pairs[pairs.label_conflict].group) == {g[-1]}
-    folds = assign_folds(items.assign(dup=g, label=0), n_folds=2, group='dup')
+    assert len(pairs) == len(originals) * (8 * 7 // 2)                            # original + 7 copies, every pair
+    assert pairs.attrs['threshold']['threshold'] == pytest.approx(cal['threshold'], abs=2e-4)   # planted copies barely move it
+    g = duplicate_groups(f, pairs.attrs['threshold']['threshold'])
+    assert all(len(set(g[src == i])) == 1 for i in originals) and len(set(g)) == len(files) - len(originals) * 7
+    assert set(pairs[pairs.label_conflict].group) == {g[4]}
+    folds = assign_folds(more.assign(dup=g, label=0), n_folds=2, group='dup')
     assert (folds.groupby('dup').fold.nunique() == 1).all()                        # each duplicate group in one fold
+    with pytest.raises(ValueError, match='image_fingerprints'): find_duplicates(np.zeros((10, 64)))
+    assert len(find_duplicates(fp[:1])) == 0 and find_duplicates(fp[:2]).attrs['threshold']['how'].endswith('exact copies only')
+
+
+def test_trust_check_flags_weak_evidence_and_passes_good(tmp_path):
+    "Out-of-fold probabilities of a model that learned little (1 principal component; random) -> not trustworthy, with reason, warning and summary.json; a good one -> trustworthy"
+    import warnings
+    from sklearn.datasets import load_digits
+    X, yc = load_digits(return_X_y=True)
+    rng = np.random.default_rng(0)
+    flip = rng.random(len(yc)) < 0.3
+    y = np.where(flip, (yc + rng.integers(1, 10, len(yc))) % 10, yc)
+    items = pd.DataFrame({'image_id': [f'd{i}' for i in range(len(y))], 'label': y})
+    def oof(d): return cross_val_predict(make_pipeline(PCA(d, random_state=0), LogisticRegression(max_iter=500)), X, y,
+                                         cv=StratifiedKFold(5, shuffle=True, random_state=0), method='predict_proba')
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter('always')
+        good = rank_suspects(items, oof(20))
+    assert not [w for w in seen if issubclass(w.category, SuspectTrustWarning)]
+    tr = good.attrs['trust']
+    assert tr['ok'] and tr['advice'] == '' and tr['kappa'] > 0.5 and roc_auc_score(flip, good.set_index('image_id').score.loc[items.image_id]) > 0.95
+    assert tr['agreement'] == pytest.approx((good.suggested == good.given).mean())
+    for weak in (oof(1), rng.dirichlet(np.ones(10), len(y))):
+        with pytest.warns(SuspectTrustWarning, match='not trustworthy'): t = rank_suspects(items, weak)
+        tr = t.attrs['trust']
+        assert not tr['ok'] and tr['kappa'] < 0.3 and 'kappa' in tr['reason'] and 'pretrain' in tr['advice']
+    pics = {i: (x.reshape(8, 8) * 255 / 16).astype(np.uint8) for i, x in zip(items.image_id, X)}
+    summary = json.loads(write_review(tmp_path, t, pics, top=5)['summary'].read_text())
+    assert summary['trustworthy'] is False and summary['trust']['reason'] == tr['reason'] and summary['trust']['advice']
 
 
 def test_write_review_folder(tmp_path):
     d = noisy_sample(5)
     t = rank_suspects(d, feats=pixels(d.image_id), vote=KNNVote(k=5, n_folds=5))
-    out = write_review(tmp_path/'review', t, get_sample_data()/'images', top=23, per_page=10)
+    dup = find_duplicates(image_fingerprints([get_sample_data()/'images'/f'{i}.png' for i in d.image_id]), 0.65, items=d)
+    out = write_review(tmp_path/'review', t, get_sample_data()/'images', top=23, per_page=10, duplicates=dup)
     assert [p.name for p in out['pages']] == ['suspects_001.png', 'suspects_002.png', 'suspects_003.png']
+    assert len(dup) > 24 and [p.name for p in out['duplicate_pages']] == [f'duplicates_{k:03d}.png' for k in range(1, -(-len(dup) // 24) + 1)]
     assert Image.open(out['pages'][0]).size[0] > 200
     back = pd.read_csv(out['table'])
     assert len(back) == len(d) and back.image_id.tolist() == t.image_id.tolist()
@@ -213,6 +260,8 @@ def test_write_review_folder(tmp_path):
     assert (rel.new_label == t.suggested[:23].values).all()
     summary = json.loads(out['summary'].read_text())
     assert summary['items'] == len(d) and summary['pages'] == 3 and summary['noise_rate'] == pytest.approx(t.attrs['noise_rate'])
+    assert summary['duplicates']['pairs'] == len(dup) and summary['duplicates']['how'] == 'given by the caller'
+    assert summary['trustworthy'] == t.attrs['trust']['ok'] and summary['trust']['kappa'] == pytest.approx(t.attrs['trust']['kappa'])
     rel.loc[0, 'action'] = 'drop'; rel.to_csv(out['relabel'], index=False)     # the reviewer's edit survives a re-run
     out2 = write_review(tmp_path/'review', t, get_sample_data()/'images', top=9, per_page=10)
     assert out2['relabel_kept'] and pd.read_csv(out2['relabel']).action[0] == 'drop'

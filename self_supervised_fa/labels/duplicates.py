@@ -8,62 +8,140 @@ import numpy as np, pandas as pd, torch
 from .sheets import _open
 
 # %% auto #0
-__all__ = ['image_fingerprints', 'nearest_similarity', 'duplicate_groups', 'find_duplicates']
+__all__ = ['image_fingerprints', 'nearest_similarity', 'near_copies', 'calibrate_duplicates', 'duplicate_groups',
+           'find_duplicates']
 
 # %% ../../nbs/labels/06_duplicates.ipynb #f988b0e4
-def _unit(feats) -> np.ndarray:
-    x = np.asarray(feats.detach().cpu() if isinstance(feats, torch.Tensor) else feats, dtype=np.float64)
-    if x.ndim != 2: raise ValueError(f"feats must be 2-D (items, dim), got shape {x.shape}")
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-def image_fingerprints(images, size: int=16) -> np.ndarray:
-    "(n, size*size) features of images (paths, PIL images or arrays): grey Lanczos thumbnails, mean removed, unit length"
+def image_fingerprints(images, size: int=32) -> np.ndarray:
+    "(n, size, size) float32 grey Lanczos thumbnails of images (paths, PIL images or arrays): what `find_duplicates` compares"
     from PIL import Image
-    out = []
-    for src in images:
-        a = np.asarray(_open(src).convert('L').resize((size, size), Image.LANCZOS), dtype=np.float64).ravel()
-        out.append(a - a.mean())
-    return _unit(np.stack(out)).astype(np.float32)
+    ims = [np.asarray(_open(s).convert('L').resize((size, size), Image.LANCZOS), dtype=np.float32) for s in images]
+    return np.stack(ims) if ims else np.zeros((0, size, size), np.float32)
 
-def nearest_similarity(feats) -> np.ndarray:
-    "Cosine similarity of each item to its nearest other item (a look at where copies end and different images begin)"
-    from sklearn.neighbors import NearestNeighbors
-    x = _unit(feats)
-    d, i = NearestNeighbors(n_neighbors=2, metric='cosine', algorithm='brute').fit(x).kneighbors(x)
-    other = np.where(i[:, 0] == np.arange(len(x)), d[:, 1], d[:, 0])   # the item itself, unless an exact copy came first
-    return 1 - other
+def _thumbs(fp, max_shift) -> np.ndarray:
+    fp = np.asarray(fp.detach().cpu() if isinstance(fp, torch.Tensor) else fp, dtype=np.float32)
+    if fp.ndim != 3: raise ValueError(f"fingerprints must be (items, height, width) thumbnails from image_fingerprints, got shape "
+                                      f"{fp.shape}; embeddings are not calibrated for copies: pass image_fingerprints(files)")
+    if min(fp.shape[1:]) - 2 * max_shift < 4: raise ValueError(f"thumbnails of {fp.shape[1:]} px are too small for max_shift={max_shift}")
+    return fp
 
-def _pairs(feats, threshold):
-    from sklearn.neighbors import NearestNeighbors
-    x = _unit(feats)
-    dist, nbr = NearestNeighbors(radius=1 - threshold, metric='cosine', algorithm='brute').fit(x).radius_neighbors(x)
-    i = np.repeat(np.arange(len(x)), [len(n) for n in nbr])
-    j, d = (np.concatenate(nbr), np.concatenate(dist)) if len(x) else (np.array([], int), np.array([]))
-    keep = i < j
-    return i[keep], j[keep], 1 - d[keep]
+def _view(fp, s, dy, dx) -> np.ndarray:
+    "(n, d): every thumbnail's window shifted by (dy, dx), `s` px of border left aside, mean removed, unit length"
+    h, w = fp.shape[1:]
+    v = fp[:, s + dy:h - s + dy, s + dx:w - s + dx].reshape(len(fp), (h - 2 * s) * (w - 2 * s))
+    v = v - v.mean(1, keepdims=True)
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-6)
 
-def duplicate_groups(feats, threshold: float=0.993) -> np.ndarray:
-    "Group id per item: items joined by a chain of pairs with cosine similarity >= `threshold` share one (the smallest index)"
+def _shifts(s): return [(dy, dx) for dy in range(-s, s + 1) for dx in range(-s, s + 1)]
+
+def _sims(fp, s, rows, chunk=1024):
+    "Yield (rows of a chunk, their similarity to every item): the unshifted window of a row against each shift of the other"
+    mid = _view(fp, s, 0, 0)
+    for r in range(0, len(rows), chunk):
+        rr = rows[r:r + chunk]
+        m = np.full((len(rr), len(fp)), -1, np.float32)
+        for dy, dx in _shifts(s): np.maximum(m, mid[rr] @ _view(fp, s, dy, dx).T, out=m)
+        m[np.arange(len(rr)), rr] = -1   # not the item itself
+        yield rr, np.minimum(m, 1)
+
+def nearest_similarity(fp, max_shift: int=2) -> np.ndarray:
+    "Each item's similarity to its nearest other item: the highest correlation of their thumbnails over shifts of up to `max_shift` px"
+    fp = _thumbs(fp, max_shift); near = np.full(len(fp), -1.0)
+    for rr, m in _sims(fp, max_shift, np.arange(len(fp))):
+        near[rr] = np.maximum(near[rr], m.max(1, initial=-1)); near = np.maximum(near, m.max(0))   # both directions
+    return near
+
+def _pairs(fp, threshold, max_shift, near):
+    "(i, j, similarity) of the pairs i < j at `threshold` or above; only items whose nearest other reaches it are searched"
+    fp, found = _thumbs(fp, max_shift), {}
+    for rr, m in _sims(fp, max_shift, np.flatnonzero(near >= threshold)):
+        for a, j in zip(*np.nonzero(m >= threshold)):
+            key = (min(rr[a], j), max(rr[a], j)); found[key] = max(found.get(key, -1), float(m[a, j]))
+    i, j = (np.array(a, dtype=np.int64) for a in zip(*found)) if found else (np.zeros(0, np.int64),) * 2
+    return i, j, np.array(list(found.values()), dtype=np.float64)
+
+# %% ../../nbs/labels/06_duplicates.ipynb #f0520d41
+def _nines(s): return -np.log10(np.maximum(1 - np.asarray(s, dtype=np.float64), 1e-6))
+
+def near_copies(fp, n: int=200, seed: int=0) -> tuple:
+    "(index of the original, copy thumbnails, kind) of `n` random items: JPEG q75, 2x and 0.75x resized and back, shifted 1 px (crop)"
+    import io
+    from PIL import Image
+    fp = _thumbs(fp, 0); h, w = fp.shape[1:]
+    def jpeg(im): b = io.BytesIO(); im.save(b, 'JPEG', quality=75); b.seek(0); return Image.open(b)
+    def shift(a, dy, dx): return np.pad(a, 1, mode='edge')[1 - dy:1 - dy + h, 1 - dx:1 - dx + w]
+    kinds = {'jpeg75': jpeg, 'resize2x': lambda im: im.resize((2 * w, 2 * h), Image.BICUBIC),
+             'resize0.75x': lambda im: im.resize((max(w * 3 // 4, 4), max(h * 3 // 4, 4)), Image.LANCZOS)}
+    idx = np.random.default_rng(seed).choice(len(fp), min(n, len(fp)), replace=False)
+    src, out, names = [], [], []
+    for i in idx:
+        im = Image.fromarray(np.clip(fp[i], 0, 255).astype(np.uint8))
+        for k, f in kinds.items():
+            out.append(np.asarray(f(im).convert('L').resize((w, h), Image.LANCZOS), dtype=np.float32)); src.append(i); names.append(k)
+        for k, (dy, dx) in {'shift1': (0, 1), 'shift1diag': (1, 1)}.items():
+            out.append(shift(fp[i], dy, dx)); src.append(i); names.append(k)
+    return np.array(src, dtype=np.int64), np.stack(out) if out else fp[:0], np.array(names)
+
+def calibrate_duplicates(fp, max_shift: int=2, n_copies: int=200, seed: int=0, near=None) -> dict:
+    "Similarity threshold between light copies of the data's own images and its nearest different images, with how it was found"
+    fp = _thumbs(fp, max_shift); n = len(fp)
+    if n < 20: return dict(threshold=1 - 1e-6, how=f"{n} images are too few to calibrate (20 at least): exact copies only",
+                           separable=None, copies_found=None, n_items=n, max_shift=max_shift)
+    near = _nines(nearest_similarity(fp, max_shift) if near is None else near)   # `near`: nearest_similarity(fp), if at hand
+    src, cp, kinds = near_copies(fp, n_copies, seed)
+    a, b, s0 = fp[src], _thumbs(cp, max_shift), max_shift
+    c = _nines(np.max([np.maximum((_view(a, s0, 0, 0) * _view(b, s0, dy, dx)).sum(1), (_view(b, s0, 0, 0) * _view(a, s0, dy, dx)).sum(1))
+                       for dy, dx in _shifts(s0)], 0))
+    copy = np.quantile(c, 0.01)
+    diff = near[near < copy] if (near < copy).sum() >= 20 else near   # items as close to another as a light copy: copies
+    q90, q99 = np.quantile(diff, [0.9, 0.99])
+    other = q99 + (q99 - q90) * max(np.log10(n / 10), 1)   # exponential tail: the largest of n different images, 1 in 10 n
+    sep = bool(other < copy)
+    t = (other + copy) / 2 if sep else other
+    s = lambda y: float(1 - 10 ** -y)
+    how = (f"calibrated on the data: {len(c)} light copies of {len(set(src.tolist()))} of its images ({', '.join(dict.fromkeys(kinds))}) "
+           f"reach similarity {s(copy):.5f} or more (1st percentile); the nearest other image of each of the {n} "
+           f"reaches {s(diff.max()):.5f} at most (leaving out {n - len(diff)} as close as a light copy), and the tail of that distribution predicts {s(other):.5f} for the most "
+           f"similar of {n} different images (1 in {10 * n}); threshold "
+           + ("midway between the two (in -log10(1 - similarity))" if sep else
+              "at that prediction: light copies are as similar as different images here, so only the closer copies are reported"))
+    return dict(threshold=s(t), how=how, separable=sep, copies_found=float((c >= t).mean()), copy_q01=s(copy),
+                nearest_other_max=s(diff.max()), copy_like=int(n - len(diff)), other_expected_max=s(other), n_items=n, max_shift=max_shift)
+
+# %% ../../nbs/labels/06_duplicates.ipynb #021a484a
+def _threshold(fp, threshold, max_shift, near) -> dict:
+    if threshold is None: return calibrate_duplicates(fp, max_shift, near=near)
+    if not 0 < threshold <= 1: raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    return dict(threshold=float(threshold), how='given by the caller', max_shift=max_shift)
+
+def _groups(n, i, j) -> np.ndarray:
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
-    n = len(feats)
-    i, j, _ = _pairs(feats, threshold)
     _, comp = connected_components(coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n)), directed=False)
-    first = pd.Series(np.arange(n)).groupby(comp).transform('min').to_numpy()
-    return first
+    return pd.Series(np.arange(n)).groupby(comp).transform('min').to_numpy()
 
-def find_duplicates(feats, threshold: float=0.993, items: pd.DataFrame|None=None, item_col: str='image_id',
-                    label: str|None='label') -> pd.DataFrame:
-    "Pairs of items with cosine similarity >= `threshold`, most similar first, with their group and a label-conflict flag"
-    i, j, s = _pairs(feats, threshold)
-    g = duplicate_groups(feats, threshold)
+def duplicate_groups(fp, threshold: float|None=None, max_shift: int=2) -> np.ndarray:
+    "Group id per item: items joined by a chain of pairs at the (calibrated) threshold or above share one (the smallest index)"
+    near = nearest_similarity(fp, max_shift)
+    i, j, _ = _pairs(fp, _threshold(fp, threshold, max_shift, near)['threshold'], max_shift, near)
+    return _groups(len(fp), i, j)
+
+def find_duplicates(fp, threshold: float|None=None, items: pd.DataFrame|None=None, item_col: str='image_id',
+                    label: str|None='label', max_shift: int=2) -> pd.DataFrame:
+    "Pairs of near-identical images (`image_fingerprints`), most similar first; `attrs['threshold']`: the threshold and how it was found"
+    near = nearest_similarity(fp, max_shift)
+    cal = _threshold(fp, threshold, max_shift, near)
+    i, j, s = _pairs(fp, cal['threshold'], max_shift, near)
+    g = _groups(len(fp), i, j)
     res = pd.DataFrame({'a': i, 'b': j, 'similarity': s, 'group': g[i]})
     if items is not None:
-        if len(items) != len(feats): raise ValueError(f"items has {len(items)} rows for {len(feats)} feature rows")
+        if len(items) != len(fp): raise ValueError(f"items has {len(items)} rows for {len(fp)} fingerprints")
         res.insert(2, f'{item_col}_a', items[item_col].values[i]); res.insert(3, f'{item_col}_b', items[item_col].values[j])
         if label is not None and label in items:
             lab = items[label].values
             res['label_a'], res['label_b'] = lab[i], lab[j]
             grp = pd.Series(lab).groupby(g).nunique()
             res['label_conflict'] = grp.reindex(res.group).to_numpy() > 1   # the group's copies disagree
-    return res.sort_values('similarity', ascending=False, kind='stable').reset_index(drop=True)
+    res = res.sort_values('similarity', ascending=False, kind='stable').reset_index(drop=True)
+    res.attrs['threshold'] = cal
+    return res

@@ -11,7 +11,7 @@ from ..core.figures import save_figure
 from ..core.io import write_json_atomic
 
 # %% auto #0
-__all__ = ['image_getter', 'load_thumb', 'show_suspects', 'write_review']
+__all__ = ['image_getter', 'load_thumb', 'show_suspects', 'show_duplicates', 'write_review']
 
 # %% ../../nbs/labels/05_sheets.ipynb #f087f561
 def image_getter(images, suffix: str='.png'):
@@ -40,37 +40,61 @@ def load_thumb(src, thumb: int|None=96) -> torch.Tensor:
 def _title(r, item_col):
     return f"#{r['rank']} {str(r[item_col])[-12:]}\n{r['given']} → {r['suggested']} ({r['confidence']:.2f})"
 
-def show_suspects(table: pd.DataFrame, images, k: int=30, ncols: int=10, item_col: str='image_id', suffix: str='.png',
-                  start: int=0, thumb: int|None=96, size: float=1.4):
-    "Contact sheet (a matplotlib figure) of rows `start:start+k` of a suspect table: image, rank, id, given → suggested (confidence)"
+def _sheet(table, start, k, images, suffix, thumb, ncols, size, cells):
+    "Grid of rows `start:start+k` of `table`: `cells(row)` gives (id, title) of each of the row's pictures; `ncols` a line"
     from self_supervised_fa.core.figures import show_image_rows
     rows = table.iloc[start:start + k]
     if not len(rows): raise ValueError(f"no rows to show: the table has {len(table)} rows, start={start}")
     get = image_getter(images, suffix)
-    ims = [load_thumb(get(i), thumb) for i in rows[item_col]]
-    titles = [_title(r, item_col) for _, r in rows.iterrows()]
+    pics = [c for _, r in rows.iterrows() for c in cells(r)]
     chunk = lambda xs: [xs[i:i + ncols] for i in range(0, len(xs), ncols)]
-    return show_image_rows(chunk(ims), chunk(titles), size=size)
+    return show_image_rows(chunk([load_thumb(get(i), thumb) for i, _ in pics]), chunk([t for _, t in pics]), size=size)
+
+def show_suspects(table: pd.DataFrame, images, k: int=30, ncols: int=10, item_col: str='image_id', suffix: str='.png',
+                  start: int=0, thumb: int|None=96, size: float=1.4):
+    "Contact sheet (a matplotlib figure) of rows `start:start+k` of a suspect table: image, rank, id, given → suggested (confidence)"
+    return _sheet(table, start, k, images, suffix, thumb, ncols, size, lambda r: [(r[item_col], _title(r, item_col))])
+
+# %% ../../nbs/labels/05_sheets.ipynb #f4bd90a0
+def show_duplicates(pairs: pd.DataFrame, images, k: int=24, ncols: int=3, item_col: str='image_id', suffix: str='.png',
+                    start: int=0, thumb: int|None=96, size: float=1.4):
+    "Contact sheet of rows `start:start+k` of `find_duplicates(items=...)`: each pair side by side with ids, labels and similarity"
+    def pair(r):
+        name = lambda s: f"{str(r[f'{item_col}_{s}'])[-14:]}" + (f" [{r[f'label_{s}']}]" if f'label_{s}' in r else '')
+        return [(r[f'{item_col}_a'], name('a')), (r[f'{item_col}_b'], f"{name('b')}\nsim {r.similarity:.5f}")]
+    return _sheet(pairs, start, k, images, suffix, thumb, 2 * ncols, size, pair)
 
 # %% ../../nbs/labels/05_sheets.ipynb #b4427eda
+def _pages(folder, name, n, per_page, draw) -> list:
+    "Save `draw(start, k)` figures as `folder/name_001.png`, ...; remove pages of that name left over from a longer earlier run"
+    pages = [save_figure(draw(start, min(per_page, n - start)), folder/f'{name}_{p + 1:03d}.png')
+             for p, start in enumerate(range(0, n, per_page))]
+    for old in folder.glob(f'{name}_[0-9][0-9][0-9].png'):
+        if old not in pages: old.unlink()
+    return pages
+
 def write_review(folder, table: pd.DataFrame, images, top: int=200, per_page: int=50, ncols: int=10,
                  item_col: str='image_id', suffix: str='.png', duplicates: pd.DataFrame|None=None, thumb: int|None=96) -> dict:
-    "Write `suspects.csv` (every item), PNG contact sheets and `relabel.csv` for the `top` suspects, `summary.json`; return the paths"
+    "Write `suspects.csv` (every item), contact sheets and `relabel.csv` of the `top` suspects, the duplicate pairs and their sheets, `summary.json`"
     from self_supervised_fa.labels.relabel import write_relabel
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     top = min(top, len(table))
-    out = {'table': write_csv_atomic(table, folder/'suspects.csv'), 'pages': []}
-    for p, start in enumerate(range(0, top, per_page)):
-        fig = show_suspects(table, images, min(per_page, top - start), ncols, item_col, suffix, start, thumb)
-        out['pages'].append(save_figure(fig, folder/f'suspects_{p + 1:03d}.png'))
-    for old in folder.glob('suspects_[0-9][0-9][0-9].png'):   # pages left over from a longer earlier review
-        if old not in out['pages']: old.unlink()
+    out = {'table': write_csv_atomic(table, folder/'suspects.csv')}
+    out['pages'] = _pages(folder, 'suspects', top, per_page,
+                          lambda start, k: show_suspects(table, images, k, ncols, item_col, suffix, start, thumb))
     rel = folder/'relabel.csv'
     out['relabel'], out['relabel_kept'] = rel, rel.exists()   # an existing relabel file may hold edits: never overwritten
     if not out['relabel_kept']: write_relabel(rel, table, item_col, top)
-    if duplicates is not None: out['duplicates'] = write_csv_atomic(duplicates, folder/'duplicates.csv')
-    summary = dict(items=len(table), top=top, noise_rate=table.attrs.get('noise_rate'), pages=len(out['pages']),
-                   relabel_kept=out['relabel_kept'], files=sorted(Path(v).name for v in [out['table'], rel, *out['pages'],
-                                                                                         *([out['duplicates']] if duplicates is not None else [])]))
+    dups = None
+    if duplicates is not None:
+        out['duplicates'] = write_csv_atomic(duplicates, folder/'duplicates.csv')
+        dups = dict(pairs=len(duplicates), **duplicates.attrs.get('threshold', {}))
+    out['duplicate_pages'] = _pages(folder, 'duplicates', 0 if duplicates is None else len(duplicates), 24,
+                                    lambda start, k: show_duplicates(duplicates, images, k, 3, item_col, suffix, start, thumb))
+    trust = table.attrs.get('trust')
+    files = [out['table'], rel, *out['pages'], *([out['duplicates']] if duplicates is not None else []), *out['duplicate_pages']]
+    summary = dict(items=len(table), top=top, noise_rate=table.attrs.get('noise_rate'),
+                   trustworthy=None if trust is None else trust['ok'], trust=trust, pages=len(out['pages']),
+                   duplicates=dups, relabel_kept=out['relabel_kept'], files=sorted(Path(v).name for v in files))
     out['summary'] = write_json_atomic(summary, folder/'summary.json')
     return out

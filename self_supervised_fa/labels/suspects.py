@@ -9,10 +9,12 @@ from ..evaluate.probes import knn_scores
 from .soft_label import aligned_probs, prob_columns, PROB_PREFIX
 from ..data.folds import fold_numbers
 from dataclasses import dataclass
+import warnings
 
 # %% auto #0
-__all__ = ['SCORE_METHODS', 'confident_thresholds', 'confident_labels', 'label_signals', 'confident_joint', 'estimate_noise_rate',
-           'knn_vote_probs', 'suspicion', 'KNNVote', 'rank_suspects']
+__all__ = ['TRUST_ADVICE', 'SCORE_METHODS', 'confident_thresholds', 'confident_labels', 'label_signals', 'confident_joint',
+           'estimate_noise_rate', 'SuspectTrustWarning', 'label_trust', 'knn_vote_probs', 'suspicion', 'KNNVote',
+           'rank_suspects']
 
 # %% ../../nbs/labels/04_suspects.ipynb #a5c1d30d
 def _probs_array(probs, name='probs') -> np.ndarray:
@@ -69,6 +71,36 @@ def estimate_noise_rate(probs, labels) -> float:
     cj = confident_joint(probs, labels)
     return float(1 - np.trace(cj) / cj.sum())
 
+# %% ../../nbs/labels/04_suspects.ipynb #489aa38c
+class SuspectTrustWarning(UserWarning):
+    "The evidence agrees too little with the given labels for a trustworthy suspect ranking"
+
+TRUST_ADVICE = ("make the evidence stronger, then rank again: pretrain an encoder on these images (`ssfa pretrain`) and use it "
+                "for the out-of-fold models and the kNN vote (`--encoder`), train the folds longer (`ssfa pseudo-label --epochs`), "
+                "and check the out-of-fold accuracy")
+
+def _kappa(p, y) -> tuple:
+    "(agreement of the top class of `p` with `y`, chance agreement with the same class shares, Cohen's kappa)"
+    c, pred = p.shape[1], p.argmax(1)
+    agree = float((pred == y).mean())
+    chance = float(np.bincount(y, minlength=c) @ np.bincount(pred, minlength=c)) / len(y) ** 2
+    return agree, chance, (agree - chance) / (1 - chance) if chance < 1 else 0.0
+
+def label_trust(probs, labels, min_kappa: float=0.3) -> dict:
+    "Is a suspect ranking from `probs` trustworthy: agreement with `labels` beyond chance (Cohen's kappa >= `min_kappa`)"
+    from sklearn.metrics import roc_auc_score
+    p = _probs_array(probs); y = _label_array(labels, p.shape[1], len(p)); c = p.shape[1]
+    agree, chance, kappa = _kappa(p, y)
+    sep = [roc_auc_score(y == k, p[:, k]) for k in range(c) if 0 < (y == k).sum() < len(y)]
+    noise = estimate_noise_rate(p, y)
+    ok = bool(kappa >= min_kappa)
+    said = (f"the evidence agrees with {agree:.1%} of the given labels, {chance:.1%} by chance (Cohen's kappa {kappa:.2f}, "
+            f"{'at least' if ok else 'below'} {min_kappa})")
+    reason = said if ok else (f"{said}: it disagrees with right labels about as often as with wrong ones, so the ranking "
+                              f"(and the estimated {noise:.1%} wrong labels) mostly reflects the model's own errors")
+    return dict(ok=ok, reason=reason, advice='' if ok else TRUST_ADVICE, agreement=agree, chance=chance, kappa=float(kappa),
+                separability=float(np.mean(sep)) if sep else None, noise_rate=noise, min_kappa=min_kappa)
+
 # %% ../../nbs/labels/04_suspects.ipynb #bcf27c97
 def _folds(n, folds=None, n_folds: int=10, seed: int=0) -> np.ndarray:
     if folds is not None:
@@ -78,7 +110,13 @@ def _folds(n, folds=None, n_folds: int=10, seed: int=0) -> np.ndarray:
     if n < n_folds: raise ValueError(f"{n} items are fewer than n_folds={n_folds}")
     return fold_numbers(n_folds, seed, n=n)
 
-def knn_vote_probs(feats, labels, n_classes: int|None=None, k: int=20, temperature: float=0.1, folds=None,
+def _vote_k(bank_labels, k=None) -> int:
+    "`k` if given, else twice the median class count among the voters, at least 3 and at most 20 (more neighbours than a class has outvote it)"
+    if k is not None: return int(k)
+    counts = np.bincount(np.asarray(bank_labels))
+    return int(np.clip(2 * np.median(counts[counts > 0]), 3, 20))
+
+def knn_vote_probs(feats, labels, n_classes: int|None=None, k: int|None=None, temperature: float=0.1, folds=None,
                    n_folds: int=10, seed: int=0, chunk_size: int=1024) -> np.ndarray:
     "(n, C) class probabilities of each item from a cosine-kNN vote of the items in the other folds (`evaluate.probes.knn_scores`)"
     feats = torch.as_tensor(np.asarray(feats.detach().cpu() if isinstance(feats, torch.Tensor) else feats)).float()
@@ -92,7 +130,7 @@ def knn_vote_probs(feats, labels, n_classes: int|None=None, k: int=20, temperatu
         q = torch.as_tensor(folds == f)
         bank = ~q
         if not bank.any(): raise ValueError(f"fold {f} holds every item: the vote needs items in other folds")
-        s = knn_scores(feats[bank], labels[bank], feats[q], k=min(k, int(bank.sum())), temperature=temperature,
+        s = knn_scores(feats[bank], labels[bank], feats[q], k=min(_vote_k(labels[bank], k), int(bank.sum())), temperature=temperature,
                        n_classes=n_classes, chunk_size=chunk_size).double().numpy()
         out[q.numpy()] = s / s.sum(1, keepdims=True)
     return out
@@ -119,20 +157,20 @@ def _encode_labels(items, label, classes):
 @dataclass
 class KNNVote:
     "How `rank_suspects` asks the embeddings: a cosine-kNN vote of each item's neighbours in the other folds (`knn_vote_probs`)"
-    k:int = 20
+    k:int|None = None     # neighbours; None: twice the median class count among the voters, 3 to 20
     temperature:float = 0.1
     folds:object = None   # fold of each item (e.g. the pseudo-labels' folds); None: `n_folds` shuffled folds
     n_folds:int = 10
     seed:int = 0
 
 def rank_suspects(items: pd.DataFrame, probs=None, feats=None, item_col: str='image_id', label='label', classes=None,
-                  method: str='margin', weight: float=0.5, vote:KNNVote|None=None, prefix: str=PROB_PREFIX) -> pd.DataFrame:
+                  method: str='margin', weight: float|None=None, vote:KNNVote|None=None, prefix: str=PROB_PREFIX) -> pd.DataFrame:
     "Items sorted by how much out-of-fold `probs` and/or a kNN vote among `feats` disagree with their given label"
     if probs is None and feats is None: raise ValueError("pass probs (out-of-fold probabilities), feats (embeddings), or both")
     if item_col not in items: raise KeyError(f"item column {item_col!r} not in the items (columns: {list(items.columns)})")
     if items[item_col].duplicated().any():
         raise ValueError(f"{item_col!r} must identify the items; duplicated: {items[item_col][items[item_col].duplicated()].tolist()[:3]}")
-    if not 0 <= weight <= 1: raise ValueError(f"weight (of the out-of-fold probabilities) must be in [0, 1], got {weight}")
+    if weight is not None and not 0 <= weight <= 1: raise ValueError(f"weight (of the out-of-fold probabilities) must be in [0, 1], got {weight}")
     if classes is None and isinstance(probs, pd.DataFrame):   # the probability columns name the classes, in their order
         values = {str(v): v for v in items[label].unique()} if isinstance(label, str) and label in items else {}
         classes = [values.get(n, n) for n in (str(c)[len(prefix):] for c in prob_columns(probs, prefix))]
@@ -147,6 +185,9 @@ def rank_suspects(items: pd.DataFrame, probs=None, feats=None, item_col: str='im
         if len(feats) != len(items): raise ValueError(f"feats has {len(feats)} rows for {len(items)} items: embed the items in order")
         v = vote or KNNVote()
         srcs['knn'] = knn_vote_probs(feats, y, len(classes), v.k, v.temperature, v.folds, v.n_folds, v.seed)
+    if len(srcs) == 2 and weight is None:   # each source in proportion to its agreement with the labels beyond chance
+        ko, kk = (max(_kappa(srcs[s], y)[2], 0) for s in ('oof', 'knn'))
+        weight = ko / (ko + kk) if ko + kk > 0 else 0.5
     main = weight * srcs['oof'] + (1 - weight) * srcs['knn'] if len(srcs) == 2 else next(iter(srcs.values()))
     sig = label_signals(main, y)
     cls = np.array(classes, dtype=object)
@@ -160,4 +201,7 @@ def rank_suspects(items: pd.DataFrame, probs=None, feats=None, item_col: str='im
     res = res.sort_values('score', ascending=False, kind='stable').reset_index(drop=True)
     res.insert(0, 'rank', np.arange(1, len(res) + 1))
     res.attrs['noise_rate'] = estimate_noise_rate(main, y)
+    if len(srcs) == 2: res.attrs['weight'] = float(weight)
+    res.attrs['trust'] = trust = label_trust(main, y)
+    if not trust['ok']: warnings.warn(f"the suspect ranking is not trustworthy: {trust['reason']}. To do: {trust['advice']}", SuspectTrustWarning)
     return res
