@@ -157,3 +157,19 @@ def test_second_run_on_a_busy_folder_is_refused(small, tmp_path, capsys, monkeyp
         code, err = run_bad(['pretrain', small, '--out', out] + TINY, capsys)
     assert code == 2 and 'is in use by another run' in err and 'ssfa pretrain (the first run)' in err
     assert sorted(p.name for p in out.iterdir()) == ['ssfa.log']                 # the second run wrote nothing
+
+
+def test_suspects_says_when_the_ranking_cannot_be_trusted(small, tmp_path, capsys):
+    "Out-of-fold probabilities that ignore the labels (a model too weak to rank): stdout says so once, with what to do; summary.json too"
+    items = pd.read_csv(small/'train.csv', dtype={'image_id': str})
+    classes = sorted(items.label.astype(str).unique())
+    p = np.random.default_rng(0).dirichlet(np.ones(len(classes)), len(items))
+    oof = pd.DataFrame({'image_id': items.image_id, 'label': items.label, **{f'prob_{c}': p[:, i] for i, c in enumerate(classes)}})
+    oof.to_csv(tmp_path/'oof.csv', index=False)
+    capsys.readouterr()
+    r = ssfa(['suspects', small, '--oof', tmp_path/'oof.csv', '--out', tmp_path/'o', '--quiet'])
+    out, err = capsys.readouterr()
+    assert r['trust']['ok'] is False and out.count('WARNING: this ranking cannot be trusted') == 1 and 'ssfa pretrain' in out
+    assert 'cannot be trusted' not in err and 'agrees with' not in err                     # not repeated as a note
+    assert json.loads((tmp_path/'o'/'review'/'summary.json').read_text())['trustworthy'] is False
+    assert 'near-duplicate pairs: 0' in out                                                  # different digits are not copies

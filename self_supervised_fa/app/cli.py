@@ -154,7 +154,7 @@ def cmd_evaluate(a):
 def _pseudo_label_flags(p):
     data_flags(p); model_flags(p, one_of=True)
     p.add_argument('--folds', type=folds_int, default=5, help='number of folds (stratified; grouped with --group-col)')
-    fit_flags(p, epochs=5, lr=1e-3, resume=False)
+    fit_flags(p, epochs=5, lr=1e-3, resume=False)   # 15 ranks suspects better on small folders, at 3x the time (benchmarks/results/suspects_small.md)
     p.add_argument('--no-test', action='store_true', help='do not predict the test images with the fold models')
     p.add_argument('--no-aug', action='store_true', help="no fastai aug_transforms() on the training batches")
 
@@ -200,9 +200,10 @@ def _suspects_flags(p):
     p.add_argument('--size', type=image_size, help="square image size in pixels (default: the encoder's)")
     stats_flag(p)
     p.add_argument('--top', type=positive_int, default=200, help='suspects drawn on the contact sheets and listed in relabel.csv')
-    p.add_argument('--weight', type=weight, default=0.5, help='weight of the out-of-fold probabilities when both --oof and --encoder are given')
+    p.add_argument('--weight', type=weight, help='weight of the out-of-fold probabilities when both --oof and --encoder are given '
+                   '(default: each source in proportion to its agreement with the labels beyond chance, kappa)')
     p.add_argument('--score', default='margin', choices=('margin', 'self_confidence'), help='suspicion score')
-    p.add_argument('--k', type=positive_int, default=20, help='neighbours of the kNN vote')
+    p.add_argument('--k', type=positive_int, help='neighbours of the kNN vote (default: twice the median class size, 3 to 20)')
     p.add_argument('--bs', type=positive_int, default=64, help='batch size of the embedding pass')
     p.add_argument('--seed', type=non_negative_int, default=0, help='random seed (the folds of the kNN vote)')
     p.add_argument('--out', default='ssfa_out', help='output folder (the review goes to OUT/review)')
@@ -210,11 +211,15 @@ def _suspects_flags(p):
 
 def cmd_suspects(a):
     from self_supervised_fa.app.workflow import suspects_folder
-    r = suspects_folder(a.data, a.out, a.oof, a.encoder, a.top, a.weight, a.score, a.k, fit=_fit(a), folder=_folder(a))
+    from self_supervised_fa.labels.suspects import SuspectTrustWarning
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', SuspectTrustWarning)
+        r = suspects_folder(a.data, a.out, a.oof, a.encoder, a.top, a.weight, a.score, a.k, fit=_fit(a), folder=_folder(a))
     rev = Path(a.out)/'review'
-    trust = r['table'].attrs.get('trust') or {}
-    if trust and not trust.get('ok', True):
-        print(f"warning: this ranking cannot be trusted: {trust.get('reason')}. {trust.get('advice', '')}".rstrip())
+    trust, dup = r['trust'] or {}, r['duplicates']
+    if trust and not trust.get('ok', True):   # said here once, on stdout with the results (its warning is not repeated)
+        print(f"WARNING: this ranking cannot be trusted: {trust.get('reason')}\n  {trust.get('advice', '')}".rstrip())
+    if dup is not None: print(f"near-duplicate pairs: {len(dup)} ({dup.attrs['threshold']['how']})")
     print(f"estimated share of wrong labels: {r['noise_rate']:.3f}\nranked table: {rev/'suspects.csv'}\n"
           f"contact sheets: {len(r['pages'])} x {rev/'suspects_NNN.png'}\nedit, then pass to ssfa train --relabel: {r['relabel']}"
           + (' (kept: it existed)' if r['relabel_kept'] else ''))

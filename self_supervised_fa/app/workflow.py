@@ -253,9 +253,10 @@ def _embed_items(d, s, encoder, bs, workers, progress):
     feats, _ = get_embeddings(load_encoder(encoder), dls.test_dl(d.items), progress=progress)
     return feats.numpy()
 
-def suspects_folder(data, out, oof=None, encoder=None, top:int=200, weight:float=0.5, method:str='margin', k:int=20,
+def suspects_folder(data, out, oof=None, encoder=None, top:int=200, weight:float|None=None, method:str='margin', k:int|None=None,
                     duplicates:bool=True, fit:FitOptions|None=None, folder:FolderOptions|None=None) -> dict:
-    "Suspect-label review of `data` in `out/review`: from `oof` (out-of-fold probabilities, a file or DataFrame) and/or `encoder`'s kNN vote"
+    """Suspect-label review of `data` in `out/review`: from `oof` (out-of-fold probabilities, a file or DataFrame) and/or `encoder`'s kNN vote.
+    `weight` of `oof` in the blend (None: each source by its agreement with the labels), `k` neighbours (None: from the class sizes)"""
     from self_supervised_fa.labels.suspects import rank_suspects, KNNVote
     from self_supervised_fa.labels.sheets import write_review
     from self_supervised_fa.labels.duplicates import find_duplicates, image_fingerprints
@@ -279,4 +280,4 @@ def suspects_folder(data, out, oof=None, encoder=None, top:int=200, weight:float
         if duplicates: say(f"looking for copies among {len(d.items)} images (pixel thumbnails)")
         dup = find_duplicates(image_fingerprints(d.items.fname), items=d.items) if duplicates else None
         res = write_review(out/'review', table, dict(zip(d.items.image_id, d.items.fname)), top=top, duplicates=dup)
-    return dict(res, table=table, duplicates=dup, noise_rate=table.attrs['noise_rate'])
+    return dict(res, table=table, duplicates=dup, noise_rate=table.attrs['noise_rate'], trust=table.attrs.get('trust'))
