@@ -73,6 +73,7 @@ def _cases(small, files, out):
         (['pretrain', small, '--csv', 'labels.csv'], r"--csv labels.csv: no such file"),
         (['pretrain', small, '--images', 'imgs'], r"--images imgs: no such folder"),
         (['pretrain', small, '--out', files/'afile'], r"--out .*afile: is a file; give a folder"),
+        (['pretrain', small, '--cache', '--cache-dir', files/'afile'], r"--cache-dir \(or \$SSFA_CACHE\) .*afile: is a file"),
         (['pretrain', small, '--label-col', 'klass'], r"label column 'klass' is not in .*train.csv \(columns: \['image_id', 'label'\]\)"),
     ]
 

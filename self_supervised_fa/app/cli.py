@@ -43,7 +43,8 @@ def data_flags(p):
     p.add_argument('--fold-col', help='fold column of the CSV (used as given)')
     p.add_argument('--strict', action='store_true', help='stop on a missing or unreadable file instead of skipping it')
     p.add_argument('--workers', type=non_negative_int, help='DataLoader worker processes (default: 0 on a CPU, else up to 8)')
-    p.add_argument('--cache', action='store_true', help='decode the images once into a resized cache ($SSFA_CACHE or ~/.cache/self_supervised_fa/images)')
+    p.add_argument('--cache', action='store_true', help='decode the images once into a resized cache (in --cache-dir)')
+    p.add_argument('--cache-dir', help='folder of the --cache copies (default: $SSFA_CACHE, else ~/.cache/self_supervised_fa/images)')
     p.add_argument('--debug', action='store_true', help='show the full traceback and every library warning when something fails')
 
 def model_flags(p, arch:str|None='resnet18', one_of:bool=False):
@@ -86,7 +87,8 @@ def _folder(a) -> FolderOptions:
     "The data flags as the workflow's `FolderOptions`"
     return FolderOptions(csv=a.csv, images=a.images, test_csv=a.test_csv, id_col=a.id_col, label_col=a.label_col, ext=a.ext,
                          group_col=a.group_col, fold_col=a.fold_col, size=a.size, n_in=a.n_in, stats=a.stats, strict=a.strict,
-                         workers=_default_workers() if a.workers is None else a.workers, progress=not a.quiet, cache=a.cache)
+                         workers=_default_workers() if a.workers is None else a.workers, progress=not a.quiet, cache=a.cache,
+                         cache_dir=a.cache_dir)
 
 def _fit(a, **kwargs) -> FitOptions:
     "The training flags as the workflow's `FitOptions` (`kwargs`: the subcommand's own)"
@@ -108,6 +110,9 @@ def check_paths(a):
         n = read_encoder_metadata(check_input(a.encoder, '--encoder', 'encoder', base=base))['n_in']
         if n != a.n_in: raise ValueError(f"--n-in {a.n_in}, but --encoder {a.encoder} takes {n}-channel images: drop --n-in")
     check_output(a.out, '--out')
+    if a.cache:   # a read-only home (Kaggle): said before the scan, naming the fix
+        from self_supervised_fa.data.loading import default_cache_dir
+        check_output(a.cache_dir or default_cache_dir(), '--cache-dir (or $SSFA_CACHE)')
 
 # %% ../../nbs/app/02_cli.ipynb #1ad08279
 # the registry's methods, named here so that parsing the arguments (and --help) does not import torch; a test keeps them equal

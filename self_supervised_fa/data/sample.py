@@ -4,7 +4,7 @@
 
 # %% ../../nbs/data/00_sample.ipynb #70f0be3a
 from __future__ import annotations
-import os
+import errno, os
 from pathlib import Path
 import numpy as np, pandas as pd
 from PIL import Image
@@ -64,7 +64,12 @@ def _write_png(arr, fn): Image.fromarray(arr, mode='L').save(fn)
 # %% ../../nbs/data/00_sample.ipynb #e57576c6
 def get_sample_data(path=None, force:bool=False) -> Path:
     "Write the MNIST sample (images/, train.csv, test.csv) into `sample_path(path)` once, atomically; return the folder"
-    return materialise_folder(sample_path(path), lambda tmp: _write_dataset(tmp, *_sample_arrays()), force=force)
+    dest = sample_path(path)
+    try: return materialise_folder(dest, lambda tmp: _write_dataset(tmp, *_sample_arrays()), force=force)
+    except OSError as e:
+        if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM): raise
+        raise OSError(e.errno, f"cannot write the sample data to {dest} ({e.strerror}; a read-only home, as on Kaggle?): set "
+                               f"${SAMPLE_ENV} to a writable folder (e.g. /kaggle/working/ssfa_data) or pass path= (ssfa-demo --data)") from None
 
 # %% ../../nbs/data/00_sample.ipynb #37675cbd
 def load_sample_df(split:str='train', path=None) -> pd.DataFrame:
