@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 import numpy as np, pandas as pd
 from ..core.runs import check_settings, file_digest
-from ..core.figures import save_figure
+from ..core.figures import save_figure, plot_training_curves
 from ..core.checkpoint import CheckpointCallback
 from ..data.folders import ImageData, read_image_data, check_image_data, grey_only
 from ..data.loading import image_stats, cache_images
@@ -111,16 +111,8 @@ def claim_step(step, settings:dict, ft:FitOptions, outputs=(), what='results', p
 # %% ../../nbs/app/01_steps.ipynb #1402c7e6
 def plot_history(ckpt:CheckpointCallback, fn, title:str=''):
     "Loss per batch (and valid loss per epoch), and the kNN top-1 per epoch when monitored, saved as PNG `fn`"
-    import matplotlib.pyplot as plt
     hist = pd.DataFrame(ckpt.history)
-    knn = 'knn_top1' in hist and hist.knn_top1.notna().any()
-    fig, axs = plt.subplots(1, 2 if knn else 1, figsize=(10 if knn else 5, 3.5), squeeze=False)
-    n = max(1, len(ckpt.batch_losses) // max(1, len(hist)))
-    axs[0, 0].plot(np.arange(1, len(ckpt.batch_losses) + 1) / n, ckpt.batch_losses, lw=0.8, label='train (per batch)')
-    if 'valid_loss' in hist: axs[0, 0].plot(hist.epoch + 1, hist.valid_loss, 'o-', label='valid (per epoch)')
-    axs[0, 0].set(xlabel='epoch', ylabel='loss', title=title); axs[0, 0].legend(); axs[0, 0].grid(alpha=0.3)
-    if knn:
-        axs[0, 1].plot(hist.epoch + 1, hist.knn_top1 * 100, 'o-')
-        axs[0, 1].set(xlabel='epoch', ylabel='kNN top-1 (%)', title='kNN monitor'); axs[0, 1].grid(alpha=0.3)
+    fig = plot_training_curves(ckpt.batch_losses, hist.valid_loss.tolist() if 'valid_loss' in hist else None,
+                               hist.knn_top1.tolist() if 'knn_top1' in hist else None, title=title)
     save_figure(fig, fn, dpi=110)
     return fig

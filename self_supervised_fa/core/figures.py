@@ -10,7 +10,7 @@ from pathlib import Path
 from .io import atomic_path
 
 # %% auto #0
-__all__ = ['show_image_rows', 'save_figure']
+__all__ = ['show_image_rows', 'plot_training_curves', 'save_figure']
 
 # %% ../../nbs/core/02_figures.ipynb #6b7f7440
 def _as_hwc(im:Tensor):
@@ -31,6 +31,28 @@ def show_image_rows(rows, titles=None, row_labels=None, size:float=1.4):
             if titles is not None and titles[i] is not None: ax.set_title(str(titles[i][j]), fontsize=8)
         if row_labels is not None: axs[i, 0].text(-0.1, 0.5, row_labels[i], transform=axs[i, 0].transAxes,
                                                   ha='right', va='center', fontsize=9)
+    fig.tight_layout()
+    return fig
+
+# %% ../../nbs/core/02_figures.ipynb #701ca03c
+def plot_training_curves(batch_losses, valid_losses=None, knn=None, knn_start:float|None=None, title:str='',
+                         knn_label:str='kNN top-1 (%)'):
+    "Loss per batch (x in epochs) with the valid loss per epoch, and beside it a per-epoch accuracy in [0,1] (`knn`, from `knn_start` at epoch 0)"
+    batch_losses = [float(l) for l in batch_losses]
+    n_ep = max(len(valid_losses or []), len(knn or []), 1)
+    has_knn = bool(knn) and any(v is not None and v == v for v in knn)
+    fig, axs = plt.subplots(1, 2 if has_knn else 1, figsize=(10 if has_knn else 5, 3.3), squeeze=False)
+    ax = axs[0, 0]
+    per_ep = max(1, len(batch_losses) / n_ep)
+    ax.plot([(i + 1) / per_ep for i in range(len(batch_losses))], batch_losses, lw=0.8, label='train (per batch)')
+    if valid_losses: ax.plot(range(1, len(valid_losses) + 1), [float(v) for v in valid_losses], 'o-', label='valid (per epoch)')
+    ax.set(xlabel='epoch', ylabel='loss', title=title); ax.legend(); ax.grid(alpha=0.3)
+    if has_knn:
+        xs, ys = list(range(1, len(knn) + 1)), [100 * float(v) for v in knn]
+        if knn_start is not None: xs, ys = [0] + xs, [100 * float(knn_start)] + ys
+        axs[0, 1].plot(xs, ys, 'o-')
+        if knn_start is not None: axs[0, 1].annotate('start', (0, ys[0]), textcoords='offset points', xytext=(4, -10), fontsize=8)
+        axs[0, 1].set(xlabel='epoch', ylabel=knn_label, title='kNN monitor'); axs[0, 1].grid(alpha=0.3)
     fig.tight_layout()
     return fig
 

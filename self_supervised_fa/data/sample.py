@@ -99,12 +99,13 @@ def check_image_files(fnames, what:str='image') -> None:
 # %% ../../nbs/data/00_sample.ipynb #52005493
 def sample_dls(train_df=None, valid_df=None, n_per_class:int|None=None, n_in:int=1, size:int|None=None, bs:int=64,
                normalize:bool=True, seed:int=0, path=None, label:str='label', item_tfms=None, batch_tfms=None,
+               n_valid:int|None=None, # test images per class in valid (None: all 1,000)
                **kwargs): # to `DataBlock.dataloaders` (`shuffle`, `num_workers`: 0 unless given, ...)
     "fastai `DataLoaders` on the sample (or on `train_df`/`valid_df` with the same layout); valid = the test split"
     if n_in not in (1, 3): raise ValueError(f"n_in must be 1 (grey) or 3 (RGB copies of the grey digits), got {n_in}")
     root = get_sample_data(path)
     train_df = subsample_per_class(ifnone(train_df, load_sample_df('train', path)), n_per_class, seed, label)
-    valid_df = ifnone(valid_df, load_sample_df('test', path))
+    valid_df = subsample_per_class(ifnone(valid_df, load_sample_df('test', path)), n_valid, seed, label)
     df = pd.concat([train_df.assign(is_valid=False), valid_df.assign(is_valid=True)], ignore_index=True)
     check_image_files(root/'images'/(df.image_id + '.png'))
     stats = [s*n_in for s in SAMPLE_STATS]

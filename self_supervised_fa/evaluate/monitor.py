@@ -9,9 +9,10 @@ from fastai.learner import ValueMetric
 from ..core.dist import unwrap
 from .embeddings import get_embeddings
 from .probes import knn_accuracy
+from ..core.figures import plot_training_curves
 
 # %% auto #0
-__all__ = ['KNNMonitorCallback']
+__all__ = ['KNNMonitorCallback', 'plot_pretraining']
 
 # %% ../../nbs/evaluate/02_monitor.ipynb #bf0a823b
 def _get_encoder(model):
@@ -23,21 +24,39 @@ class KNNMonitorCallback(Callback):
     "Cosine-kNN top-1 accuracy of the encoder (or of its stage `stage`) on a small labelled `dls` (train = bank, valid = queries) after every epoch"
     order = 40   # before the Recorder (50) reads metric values in `after_validate`
     def __init__(self, dls, k: int = 20, temperature: float = 0.1, get_encoder=_get_encoder, name: str | None = None,
-                 stage: int | None = None, pool='avg'):
+                 stage: int | None = None, pool='avg',
+                 at_start: bool = True): # also measure the starting weights, before the first step (`start`)
         name = name or ('knn_top1' if stage is None else f'knn_top1_s{stage}')
         self.knn_dls, self.k, self.temperature, self.get_encoder, self.metric_name = dls, k, temperature, get_encoder, name
-        self.stage, self.pool = stage, pool
-        self.value, self.history = None, []
+        self.stage, self.pool, self.at_start = stage, pool, at_start
+        self.value, self.history, self.start = None, [], None
         self.metric = ValueMetric(lambda: self.value, name)
 
     def before_fit(self):
         if not any(m is self.metric for m in self.learn.metrics): self.learn.metrics = list(self.learn.metrics) + [self.metric]
+        if self.at_start and not self.history and getattr(self.learn, 'epoch', 0) == 0: self.start = self.measure()
 
-    def after_validate(self):
+    def measure(self) -> float:
+        "kNN top-1 of the encoder now (the model's train/eval mode is restored)"
         enc = self.get_encoder(self.learn.model)
         trf, trl = get_embeddings(enc, self.knn_dls.train, progress=False, stage=self.stage, pool=self.pool)
         tef, tel = get_embeddings(enc, self.knn_dls.valid, progress=False, stage=self.stage, pool=self.pool)
-        self.value = knn_accuracy(trf, trl, tef, tel, k=min(self.k, len(trf)), temperature=self.temperature, topk=(1,))['top1']
+        return knn_accuracy(trf, trl, tef, tel, k=min(self.k, len(trf)), temperature=self.temperature, topk=(1,))['top1']
+
+    def after_validate(self):
+        self.value = self.measure()
         self.history.append(self.value)
 
     def after_fit(self): self.learn.metrics = [m for m in self.learn.metrics if m is not self.metric]
+
+# %% ../../nbs/evaluate/02_monitor.ipynb #f9618bf3
+def plot_pretraining(learn, title:str=''):
+    "The last fit of `learn`: loss per batch and per epoch and, beside them, each `KNNMonitorCallback`'s accuracy from the starting weights"
+    rec = learn.recorder
+    names = list(rec.metric_names)[1:-1]                    # without 'epoch' and 'time', as in `rec.values`
+    valid = [v[names.index('valid_loss')] for v in rec.values] if 'valid_loss' in names else None
+    monitors = [c for c in learn.cbs if isinstance(c, KNNMonitorCallback)]
+    n = len(rec.values)
+    knn = monitors[0].history[-n:] if monitors and n else None
+    start = monitors[0].start if monitors and len(monitors[0].history) == n else None
+    return plot_training_curves(rec.losses, valid, knn, start, title=title)
