@@ -27,7 +27,8 @@ class HelpFormatter(argparse.HelpFormatter):
     "Each option's default said once: added only where the help text does not already say it, and never '(default: None)'"
     def _get_help_string(self, action):
         h = action.help or ''
-        if 'default' in h or action.default in (None, False, argparse.SUPPRESS) or action.option_strings == []: return h
+        if 'default' in h or any(action.default is v for v in (None, False, argparse.SUPPRESS)) or action.option_strings == []:
+            return h   # `is`, not `in`: a default of 0 (== False) is said
         return h + ' (default: %(default)s)'
 
 def data_flags(p):
