@@ -15,13 +15,16 @@ licenses = {
     'apache2': ('Apache Software License 2.0','OSI Approved :: Apache Software License'),
     'mit': ('MIT License', 'OSI Approved :: MIT License'),
 }
-statuses = [ '1 - Planning', '2 - Pre-Alpha', '3 - Alpha',
+statuses = [ '0 - Pre-Planning', '1 - Planning', '2 - Pre-Alpha', '3 - Alpha',   # settings.ini's status N -> 'N - ...'
     '4 - Beta', '5 - Production/Stable', '6 - Mature', '7 - Inactive' ]
 py_versions = '3.10 3.11 3.12'.split()
 
 requirements = shlex.split(cfg.get('requirements', ''))
 min_python = cfg['min_python']
 lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
+# settings.ini's license is an SPDX expression (Apache-2.0): no License classifier (setuptools >= 77 deprecates them), and
+# the expression as `license_expression` (metadata License-Expression) where setuptools knows it, else as the plain `license`
+spdx = lic[1] is None and int(setuptools.__version__.split('.')[0]) >= 77
 dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
 bench_requirements = shlex.split(cfg.get('bench_requirements', ''))
 dist_requirements = shlex.split(cfg.get('dist_requirements', ''))
@@ -29,7 +32,7 @@ dist_requirements = shlex.split(cfg.get('dist_requirements', ''))
 setuptools.setup(
     name = cfg['lib_name'],
     version = cfg['version'],
-    license = lic[0],
+    **({'license_expression': lic[0]} if spdx else {'license': lic[0]}),
     classifiers = [
         'Development Status :: ' + statuses[int(cfg['status'])],
         'Intended Audience :: ' + cfg['audience'].title(),

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/data/03_loading.ipynb #b1239edf
 from __future__ import annotations
-import hashlib, os
+import errno, hashlib, os
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -18,7 +18,7 @@ from fastai.vision.augment import Resize, aug_transforms
 from ..core.io import atomic_path
 
 # %% auto #0
-__all__ = ['open_image', 'ImageFileBlock', 'image_stats', 'default_cache_dir', 'cache_images', 'folder_dls']
+__all__ = ['CACHE_ENV', 'open_image', 'ImageFileBlock', 'image_stats', 'default_cache_dir', 'cache_images', 'folder_dls']
 
 # %% ../../nbs/data/03_loading.ipynb #1dc56da0
 def _flatten_alpha(im:Image.Image) -> Image.Image:
@@ -83,17 +83,25 @@ def _cache_one(fn, size, n_in, dest:Path) -> str:
         with atomic_path(out) as tmp: _shorter_side(open_image(fn, n_in, size), size).save(tmp, 'JPEG', quality=95)
     return str(out)
 
+CACHE_ENV = 'SSFA_CACHE'  # environment variable that overrides the image-cache folder
+
 def default_cache_dir() -> Path:
     "`$SSFA_CACHE`, else `~/.cache/self_supervised_fa/images`"
-    return Path(os.environ.get('SSFA_CACHE') or Path.home()/'.cache'/'self_supervised_fa'/'images').expanduser()
+    return Path(os.environ.get(CACHE_ENV) or Path.home()/'.cache'/'self_supervised_fa'/'images').expanduser()
 
 def cache_images(fnames, size:int, n_in:int=3, cache_dir=None, workers:int|None=None, progress:bool=True) -> list:
     "Paths of copies of `fnames` resized to shorter side `size` (written once, in parallel, atomically; reused when unchanged)"
     dest = Path(cache_dir or default_cache_dir())/f'{size}px_{n_in}ch'
     fnames = [str(f) for f in fnames]
-    with ThreadPoolExecutor(workers or min(16, 2 * (os.cpu_count() or 1))) as ex:
-        it = ex.map(partial(_cache_one, size=size, n_in=n_in, dest=dest), fnames, chunksize=8)
-        return list(progress_bar(it, total=len(fnames), leave=False) if progress and fnames else it)
+    try:
+        if fnames: dest.mkdir(parents=True, exist_ok=True)   # a read-only location fails here, before any image is read
+        with ThreadPoolExecutor(workers or min(16, 2 * (os.cpu_count() or 1))) as ex:
+            it = ex.map(partial(_cache_one, size=size, n_in=n_in, dest=dest), fnames, chunksize=8)
+            return list(progress_bar(it, total=len(fnames), leave=False) if progress and fnames else it)
+    except OSError as e:
+        if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM): raise
+        raise OSError(e.errno, f"cannot write the image cache to {dest} ({e.strerror}; a read-only home, as on Kaggle?): set "
+                               f"${CACHE_ENV} to a writable folder (e.g. /kaggle/working/ssfa_cache) or pass cache_dir= (ssfa --cache-dir)") from None
 
 # %% ../../nbs/data/03_loading.ipynb #bf8c9c88
 def folder_dls(items:pd.DataFrame, size:int, n_in:int=3, bs:int=64, stats=None, classes=None, valid_col:str='is_valid',
