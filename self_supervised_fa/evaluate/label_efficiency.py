@@ -199,18 +199,42 @@ def label_efficiency(encoder, dls, budgets=(10, 100), scratch=True, methods=('kn
     return pd.DataFrame(rows)
 
 # %% ../../nbs/evaluate/03_label_efficiency.ipynb #be8cb860
-def plot_label_efficiency(df: pd.DataFrame, ax=None, title: str | None = 'Label efficiency'):
-    "Accuracy against labelled images: one colour per evaluation, one line style per encoder (dashed = from scratch)"
+_METHOD_NAMES = {'knn_top1': 'kNN', 'linear': 'linear probe', 'finetune': 'fine-tuned'}
+
+def _per_class(v):
+    "A budget of the `labels` column as labels per class (an int), or None for a fraction or 'all'"
+    if isinstance(v, (bool, np.bool_)): return None
+    if isinstance(v, (int, np.integer)): return int(v)
+    return int(v) if isinstance(v, str) and v.strip().isdigit() else None
+
+def _label_axis(df: pd.DataFrame, n_classes: int | None = None) -> tuple[np.ndarray, list, str]:
+    """x of every row of a `label_efficiency` table, its tick labels and the axis name: labels per class (a fraction or
+    'all' as `n_train / n_classes`; `n_classes` from the labels-per-class rows when None), else labelled images"""
+    per = [_per_class(v) for v in df['labels']]
+    if n_classes is None:   # a class with fewer items than the budget gives fewer images, never more: the largest ratio
+        n_classes = max((round(n / p) for n, p in zip(df['n_train'], per) if p), default=None)
+    if n_classes is None: return df['n_train'].to_numpy(float), [str(v) for v in df['labels']], 'labelled training images'
+    x = np.array([p if p else n / n_classes for n, p in zip(df['n_train'], per)], dtype=float)
+    ticks = [str(p) if p else f"{n / n_classes:.3g}\n({v})" for n, p, v in zip(df['n_train'], per, df['labels'])]
+    return x, ticks, 'labels per class'
+
+def plot_label_efficiency(df: pd.DataFrame, ax=None, title: str | None = 'Label efficiency',
+                          n_classes: int | None = None): # to place fractions and 'all' on the labels-per-class axis; None: from the table
+    "Test accuracy against labels per class: one colour per evaluation, one line style per encoder (dashed = from scratch)"
     import matplotlib.pyplot as plt
     if ax is None: _, ax = plt.subplots(figsize=(6, 4))
-    cols = [c for c in ('knn_top1', 'linear', 'finetune') if c in df]
+    x, ticks, xlabel = _label_axis(df, n_classes)
+    df = df.assign(_x=x)
+    cols = [c for c in _METHOD_NAMES if c in df]
     names = list(dict.fromkeys(df['encoder']))
     ls = {n: '--' if n == 'from scratch' else ['-', '-.', ':'][i % 3] for i, n in enumerate(names)}
     for i, c in enumerate(cols):
         for enc, d in df.groupby('encoder', sort=False):
-            ax.plot(d['n_train'], d[c] * 100, marker='o', color=f'C{i}', ls=ls[enc],
-                    label=f'{c} ({enc})')
-    ax.set_xscale('log'); ax.set_xlabel('labelled training images'); ax.set_ylabel('test accuracy (%)')
+            d = d.dropna(subset=[c]).sort_values('_x')
+            ax.plot(d['_x'], d[c] * 100, marker='o', color=f'C{i}', ls=ls[enc], label=f'{_METHOD_NAMES[c]} ({enc})')
+    ticks = dict(zip(x, ticks))
+    ax.set_xscale('log'); ax.minorticks_off(); ax.set_xticks(list(ticks), list(ticks.values()))
+    ax.set_xlabel(xlabel); ax.set_ylabel('test accuracy (%)')
     if title: ax.set_title(title)
     ax.grid(alpha=0.3); ax.legend(fontsize=8)
     return ax

@@ -81,7 +81,7 @@ def knn_accuracy(train_feats, train_labels, test_feats, test_labels, k: int = 20
     scores, y = scores.cpu(), test_labels.cpu()
     s_true = scores.gather(1, y[:, None])
     n_above = (scores >= s_true).sum(1) - 1   # rank of the true class, ties counted against it; no votes is never a hit
-    return {f'top{t}': ((n_above < t) & (s_true[:, 0] > 0)).float().mean().item() for t in topk if t <= n_classes}
+    return {f'top{t}': ((n_above < t) & (s_true[:, 0] > 0)).double().mean().item() for t in topk if t <= n_classes}
 
 # %% ../../nbs/evaluate/01_probes.ipynb #82c94202
 def linear_probe(train_feats, train_labels, test_feats, test_labels, n_per_class=None, seed: int = 0, C: float = 1.0,
