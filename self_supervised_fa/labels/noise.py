@@ -8,7 +8,7 @@ import numpy as np, pandas as pd
 from ..data.sample import CLASSES, ONEHOT_COLS
 
 # %% auto #0
-__all__ = ['MNIST_ASYM_PAIRS', 'add_label_noise', 'add_asymmetric_noise']
+__all__ = ['MNIST_ASYM_PAIRS', 'add_label_noise', 'add_asymmetric_noise', 'noise_matrix']
 
 # %% ../../nbs/labels/00_noise.ipynb #35023491
 def _check_noise(df:pd.DataFrame, frac:float, label:str):
@@ -52,3 +52,18 @@ def add_asymmetric_noise(df: pd.DataFrame, frac: float, pairs: dict=MNIST_ASYM_P
         idx = np.flatnonzero(df[label].values == c)
         labels[rng.choice(idx, size=int(round(frac * len(idx))), replace=False)] = t
     return _relabelled(df, labels, label, onehot_cols)
+
+# %% ../../nbs/labels/00_noise.ipynb #1e62432d
+def noise_matrix(df: pd.DataFrame, label: str='label', clean: str='label_clean', classes=None) -> pd.DataFrame:
+    "Transition matrix of the noise in `df`: share of the items of clean class `i` (rows) that carry label `j` (columns)"
+    for c in (label, clean):
+        if c not in df: raise KeyError(f"column {c!r} not in the DataFrame (columns: {list(df.columns)}); add the noise with "
+                                       "add_label_noise or add_asymmetric_noise, which keep the clean label")
+    classes = sorted(set(df[clean]) | set(df[label])) if classes is None else list(classes)
+    pos = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({str(v) for v in pd.concat([df[clean], df[label]]) if v not in pos})
+    if unknown: raise ValueError(f"labels {unknown[:5]} are not among the classes {classes[:20]}")
+    m = np.zeros((len(classes), len(classes)))
+    np.add.at(m, (df[clean].map(pos).to_numpy(), df[label].map(pos).to_numpy()), 1)
+    m /= np.maximum(m.sum(1, keepdims=True), 1)
+    return pd.DataFrame(m, index=pd.Index(classes, name='clean'), columns=pd.Index(classes, name='given'))

@@ -15,6 +15,8 @@ from ..data.folds import fold_numbers
 from ..data.folders import onehot_labels
 from dataclasses import dataclass
 from typing import Callable
+from contextlib import nullcontext
+import fastai.callback.progress   # Learner.no_bar
 
 # %% auto #0
 __all__ = ['class_labels', 'assign_folds', 'predict_fold', 'average_fold_predictions', 'FoldLearner', 'kfold_pseudo_labels']
@@ -86,10 +88,10 @@ def _sample_fnames(df, item_col):
     return get_sample_data()/'images'/(df[item_col].astype(str) + '.png')
 
 # %% ../../nbs/labels/01_pseudo_label.ipynb #3673b5d8
-def predict_fold(learn, val: pd.DataFrame, item_col: str, k: int) -> pd.DataFrame:
+def predict_fold(learn, val: pd.DataFrame, item_col: str, k: int, progress: bool=True) -> pd.DataFrame:
     "Probabilities of `learn` on `val`: item, fold, given label (if any), one `prob_<class>` column per class, predicted label"
     dl = learn.dls.test_dl(val)
-    probs = learn.get_preds(dl=dl)[0].float().numpy()
+    with (nullcontext() if progress else learn.no_bar()): probs = learn.get_preds(dl=dl)[0].float().numpy()
     if len(probs) != len(val): raise RuntimeError(f"fold {k}: got {len(probs)} predictions for {len(val)} items")
     vocab = list(learn.dls.vocab)
     res = pd.DataFrame({item_col: val[item_col].astype(str).values, 'fold': k})
@@ -173,8 +175,8 @@ def kfold_pseudo_labels(df: pd.DataFrame, out_dir, n_folds: int=5, label='label'
                                     f"learner_fn must train on its first argument only")
         fit_fn(learn)
         write_csv_atomic(pd.DataFrame({item_col: trained}), out_dir/f'fold_{k}_trained.csv')
-        if test_df is not None: write_csv_atomic(predict_fold(learn, test_df, item_col, k), tfn)  # before the fold's marker file
-        write_csv_atomic(predict_fold(learn, val, item_col, k), fn)
+        if test_df is not None: write_csv_atomic(predict_fold(learn, test_df, item_col, k, progress), tfn)  # before the fold's marker file
+        write_csv_atomic(predict_fold(learn, val, item_col, k, progress), fn)
     barrier()   # every process's folds written
     res = pd.concat([pd.read_csv(out_dir/f'fold_{k}.csv', dtype={item_col: str}) for k in folds])
     res = res.set_index(item_col).loc[d[item_col].astype(str)].reset_index()

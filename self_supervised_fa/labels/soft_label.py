@@ -152,7 +152,7 @@ def aligned_probs(probs: pd.DataFrame, items, vocab, item_col='image_id', prefix
     if bad.any():
         ex = [keys[i] for i in np.flatnonzero(bad)[:3]]
         raise ValueError(f"{bad.sum()} rows of probabilities are missing (NaN), negative or do not sum to 1, e.g. items "
-                         f"{ex}; fix or renormalise them (df[cols] /= df[cols].sum(1))")
+                         f"{ex}; fix or renormalise them (df[cols] = df[cols].div(df[cols].sum(axis=1), axis=0))")
     return torch.tensor(arr, dtype=torch.float32)
 
 # %% ../../nbs/labels/02_soft_label.ipynb #4916980f
