@@ -36,3 +36,12 @@ def small_colour_competition(tmp_path_factory):
     "A small colour competition folder (9 classes x 12 train + 4 test crops); do not modify it: copy it first"
     from self_supervised_fa.data.photos import get_colour_competition
     return get_colour_competition(tmp_path_factory.mktemp('colour')/'comp', n_train=12, n_test=4)
+
+
+@pytest.fixture(autouse=True)
+def _no_autocast_left_on():
+    "A test that leaves CPU autocast on (a fit that raised between `before_batch` and `after_loss`) fails on its own, and the next tests run without it"
+    yield
+    if torch.is_autocast_enabled('cpu'):
+        torch.set_autocast_enabled('cpu', False)
+        pytest.fail("CPU autocast was left on after this test: a fit raised before the callback that opened it could close it")

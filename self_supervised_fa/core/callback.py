@@ -32,7 +32,8 @@ class ReplaceBatchCallback(Callback):
         if not isinstance(x, Tensor) or x.ndim != 4:
             raise TypeError(f"{type(self).__name__} needs a batch of images shaped (B,C,H,W) as the first input, got "
                             f"{type(x).__name__} {tuple(getattr(x, 'shape', ()))}")
-        with self.seeded(): xb, yb = self.new_batch(x.as_subclass(Tensor))
+        # made outside autocast even when a callback ordered before this one (or the user's code) turned it on
+        with self.seeded(), torch.autocast(x.device.type, enabled=False): xb, yb = self.new_batch(x.as_subclass(Tensor))
         self.learn.xb, self.learn.yb = tuple(xb), tuple(yb)
 
     @contextmanager
@@ -62,7 +63,12 @@ class ReplaceBatchCallback(Callback):
     def norm(self, x:Tensor) -> Tensor: "Normalise pixels `x` in [0,1] like the batches"; return normalize(x, self._stats_for(x))
     def denorm(self, x:Tensor) -> Tensor: "Pixels in [0,1] from normalised `x`"; return denormalize(x, self._stats_for(x))
 
-    def after_loss(self):
+    # the loss is checked after every callback's `after_loss` (MixedPrecision leaves autocast there): raising in
+    # `after_loss` would leave autocast on for everything the process runs afterwards
+    def before_backward(self): self._check_loss()
+    def after_batch(self):
+        if not self.training: self._check_loss()
+    def _check_loss(self):
         if not torch.isfinite(self.loss_grad).all():
             self._fail(FloatingPointError(f"{type(self).__name__}: the loss is {self.loss_grad.item()} at epoch {self.epoch}, "
                                           f"batch {self.iter}; training stopped. Lower the learning rate, check the inputs for "
