@@ -8,10 +8,11 @@ NBS = Path(__file__).resolve().parents[1]/'nbs'
 PICTURES = (['augment/00_ops', 'augment/01_views', 'augment/02_multicrop', 'encoders/04_classifier',
              'evaluate/00_embeddings', 'evaluate/01_probes', 'evaluate/02_monitor', 'evaluate/03_label_efficiency',
              'tutorials/own_data', 'tutorials/noisy_labels']
-            + [f'siamese/{n}' for n in ('10_simclr', '11_barlow_twins', '14_moco', '15_vicreg', '16_swav', '17_dino')]
+            + [f'siamese/{n}' for n in ('10_simclr', '11_barlow_twins', '12_byol', '13_simsiam', '14_moco', '15_vicreg', '16_swav',
+                                        '17_dino')]
+            + [f'pretext/{n}' for n in ('10_rotnet', '11_colorize', '12_jigsaw', '13_context', '14_inpaint', '15_superres')]
             + [f'labels/{n}' for n in ('00_noise', '01_pseudo_label', '02_soft_label', '03_plc', '04_suspects', '05_sheets',
                                        '06_duplicates')])
-# not yet: siamese/12_byol, siamese/13_simsiam and the pretext-task notebooks (issue 24 left open for them)
 TABLES = ['labels/07_relabel']   # its result is the relabel table
 
 def _outputs(name):

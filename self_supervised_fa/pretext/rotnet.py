@@ -35,8 +35,8 @@ class RotNetCallback(PretextCallback):
     def make_batch(self, x:Tensor):
         b = x.shape[0]
         if self.all_rotations or (self.valid_all and not getattr(self, 'training', True)):
-            k = torch.arange(4, device=x.device).repeat_interleave(b)
-            return rotate_batch(x.repeat(4, 1, 1, 1), k), k
+            k = torch.arange(4, device=x.device).repeat(b)          # each image in its four orientations, one after another
+            return rotate_batch(x.repeat_interleave(4, 0), k), k
         k = self.randint(4, (b,), x.device)
         return rotate_batch(x, k), k
 
