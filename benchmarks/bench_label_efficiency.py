@@ -28,6 +28,7 @@ from self_supervised_fa.encoders.files import save_encoder, load_encoder
 from self_supervised_fa.evaluate.monitor import KNNMonitorCallback
 from self_supervised_fa.evaluate.label_efficiency import label_efficiency, scratch_like, Probe, FineTune
 from self_supervised_fa.app.registry import METHODS, method_learner
+from self_supervised_fa.core.precision import resolve_precision, PRECISIONS
 
 SIAMESE = [m for m, v in METHODS.items() if v.kind == 'siamese']
 
@@ -69,16 +70,16 @@ def pretrain(m, a, cache):
     dls = sample_dls(valid_df=load_sample_df('test').sample(256, random_state=a.seed), bs=a.bs, seed=a.seed)
     kw = {k: json.loads(v) for k, v in (('model_kwargs', a.model_kwargs), ('callback_kwargs', a.callback_kwargs),
                                         ('views_kwargs', a.views_kwargs)) if v}
-    learn = method_learner(m, dls, a.arch, **kw)
+    learn = method_learner(m, dls, a.arch, precision=a.precision, **kw)
     mon = TimedKNNMonitor(knn_monitor_dls(seed=a.seed)); learn.add_cb(mon)
     epochs, lr = a.epochs or METHODS[m].epochs, a.lr or METHODS[m].lr
     start = time.time()
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
     secs = time.time() - start
-    row = dict(method=row_name(m, a), arch=a.arch, epochs=epochs, lr=lr, pretrain_s=round(secs), knn_monitor_s=round(mon.seconds, 1),
+    row = dict(method=row_name(m, a), arch=a.arch, epochs=epochs, lr=lr, precision=resolve_precision(a.precision), pretrain_s=round(secs), knn_monitor_s=round(mon.seconds, 1),
                final_loss=round(float(learn.recorder.values[-1][0]), 4),
                knn_top1_per_epoch=' '.join(f'{v:.3f}' for v in mon.history), load_average=round(os.getloadavg()[0], 1))
-    save_encoder(learn.model.encoder, fn, recipe=dict(method=m, epochs=epochs, lr=lr, bs=a.bs, seed=a.seed))
+    save_encoder(learn.model.encoder, fn, recipe=dict(method=m, epochs=epochs, lr=lr, bs=a.bs, seed=a.seed, precision=resolve_precision(a.precision)))
     write_json(rec, row)
     return learn.model.encoder, row
 
@@ -90,7 +91,7 @@ def evaluate(name, enc, a, cache, ref=None):
     dls, t = sample_dls(bs=256, seed=a.seed), time.time()
     encs, scratch = ({name: enc}, False) if ref is None else ({'ref': ref}, enc)
     df = pd.concat([
-        label_efficiency(encs, dls, budgets=[int(b) for b in a.labels.split(',')], scratch=scratch, seed=a.seed, methods=('knn', 'linear', 'finetune'), progress=False, finetune=FineTune(epochs=a.ft_epochs)),
+        label_efficiency(encs, dls, budgets=[int(b) for b in a.labels.split(',')], scratch=scratch, seed=a.seed, methods=('knn', 'linear', 'finetune'), progress=False, finetune=FineTune(epochs=a.ft_epochs, precision=a.precision)),
         label_efficiency(encs, dls, budgets=[0.01, 0.1, None], scratch=scratch, seed=a.seed, methods=('knn', 'linear'),
                          progress=False)], ignore_index=True)
     df = df[df.encoder == name].assign(eval_s=round(time.time() - t))
@@ -163,6 +164,7 @@ def main():
     p.add_argument('--epochs', type=int, default=None, help='pretraining epochs for every method (default: each method\'s, methods.METHODS)')
     p.add_argument('--lr', type=float, default=None, help='pretraining learning rate for every method (default: each method\'s)')
     p.add_argument('--bs', type=int, default=128)
+    p.add_argument('--precision', default='auto', choices=PRECISIONS, help="pretraining and fine-tuning precision (the library's default, 'auto'; the rows before issue 28 ran in fp32)")
     p.add_argument('--labels', default='10,100')
     p.add_argument('--ft-epochs', type=int, default=10)
     p.add_argument('--seed', type=int, default=0)

@@ -9,6 +9,7 @@ from .core.dist import *
 from .core.checkpoint import *
 from .core.learner import *
 from .core.runs import *
+from .core.precision import *
 from .data.colour import *
 from .data.folds import *
 from .data.folders import *

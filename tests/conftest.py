@@ -4,6 +4,9 @@ import pytest, torch
 
 warnings.filterwarnings('ignore', category=FutureWarning, module='torch')
 torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+# the same numbers on every machine: 'auto' would pick bf16 on some CPUs (AMD with AVX512-BF16, AMX) and float32 on others;
+# the bf16 and fp16 paths are tested where a test asks for them by name
+os.environ.setdefault('SSFA_PRECISION', 'fp32')
 
 
 @pytest.fixture(scope='session', autouse=True)

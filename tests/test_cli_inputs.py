@@ -7,6 +7,7 @@ import self_supervised_fa.data.folders as folders
 from self_supervised_fa.app.cli import main
 from self_supervised_fa.core.runs import run_log
 from self_supervised_fa.app.steps import split_valid
+from self_supervised_fa.encoders.files import read_encoder_metadata
 from helpers import digit_folder
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
@@ -53,6 +54,7 @@ def _cases(small, files, out):
         (['pretrain', small, '--method', 'simclrr'], r"argument --method: invalid choice: 'simclrr'"),
         (['pretrain', small, '--resume', '--overwrite'], r"argument --overwrite: not allowed with argument --resume"),
         (['pretrain', small, '--workers', '-2'], r"argument --workers"),
+        (['pretrain', small, '--precision', 'half'], r"argument --precision: invalid choice: 'half'"),
         (['evaluate', small, '--encoder', enc, '--budgets', '0,5'], r"argument --budgets: '0,5': give labels per class"),
         (['evaluate', small, '--encoder', enc, '--eval', 'knn,svm'], r"argument --eval: 'knn,svm': choose from knn,linear,finetune"),
         (['evaluate', small, '--encoder', enc, '--valid-pct', '1.5'], r"argument --valid-pct: '1.5' is not a number above 0 and below 1"),
@@ -149,6 +151,20 @@ def test_rerun_with_other_settings_is_refused_then_replaced(small, tmp_path, cap
     rec = json.loads((out/'pseudo_label'/'settings.json').read_text())
     assert rec['model'] == 'resnet10t' and rec['epochs'] == 2
     assert (out/'pseudo_label'/'fold_0.csv').stat().st_mtime_ns != done
+
+
+def test_precision_and_size_defaults_are_said_and_recorded(small, tmp_path, capsys):
+    "Without --size the images' own size; the precision is said once, written into the recipe, and a rerun at another is refused"
+    out = tmp_path/'o'
+    args = ['pretrain', small, '--out', out, '--arch', 'test_resnet', '--bs', '16', '--epochs', '1', '--quiet', '--precision', 'fp32']
+    ssfa(args)
+    said = capsys.readouterr().out
+    assert "image size 28 px: the images' median shorter side (28 px)" in said
+    assert 'float32 on this CPU' in said
+    recipe = read_encoder_metadata(out/'encoder_simclr.safetensors')['recipe']
+    assert (recipe['precision'], recipe['size']) == ('fp32', 28)
+    code, err = run_bad(args[:-1] + ['bf16'], capsys)
+    assert code == 2 and 'precision: "fp32" -> "bf16"' in err and '--overwrite' in err
 
 
 def test_second_run_on_a_busy_folder_is_refused(small, tmp_path, capsys, monkeypatch):

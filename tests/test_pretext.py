@@ -118,4 +118,4 @@ def test_nan_loss_stops_a_pretext_task():
     "The base callback stops training on a NaN/infinite loss with an error naming the epoch and batch"
     dls = tiny_dls(n_per_class=2, bs=8)
     learn = Learner(dls, create_classifier('test_resnet', 2, n_in=1), loss_func=lambda p, y: nn.CrossEntropyLoss()(p, y) * float('inf'), cbs=_Flip())
-    with pytest.raises(FloatingPointError, match='epoch 0, batch 0'), learn.no_bar(): learn.fit(1)
+    with pytest.raises(FloatingPointError, match='epoch 0, training batch 0'), learn.no_bar(): learn.fit(1)

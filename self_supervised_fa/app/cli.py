@@ -7,7 +7,7 @@ from __future__ import annotations
 import os, sys, warnings
 from contextlib import contextmanager
 from pathlib import Path
-from .options import FolderOptions, FitOptions
+from .options import FolderOptions, FitOptions, PRECISION_CHOICES
 from .checks import (positive_int, non_negative_int, positive_float, fraction, weight, image_size, folds_int,
                                            budgets_list, evaluations_list, check_input, check_output)
 
@@ -54,7 +54,8 @@ def model_flags(p, arch:str|None='resnet18', one_of:bool=False):
     g.add_argument('--arch', default=None if one_of else arch, help='timm architecture, from random weights')
     g.add_argument('--encoder', help='encoder file (.safetensors) from ssfa pretrain: weights, channels, size and normalisation')
     p.add_argument('--n-in', type=int, choices=(1, 3), help='input channels (default: the encoder\'s, else 1 if every image is grey, else 3)')
-    p.add_argument('--size', type=image_size, help="square image size in pixels (default: the encoder's, else 128)")
+    p.add_argument('--size', type=image_size, help="square image size in pixels (default: the encoder's, else the "
+                   "images' median shorter side, rounded to a multiple of 4, at most 224)")
     stats_flag(p)
 
 def stats_flag(p):
@@ -80,6 +81,8 @@ def fit_flags(p, epochs:int, lr:float|None, bs:int=64, resume:bool=True, overwri
     p.add_argument('--seed', type=non_negative_int, default=0, help='random seed')
     p.add_argument('--out', default='ssfa_out', help='output folder')
     p.add_argument('--quiet', action='store_true', help='no progress bars or epoch tables: one line per stage and epoch')
+    p.add_argument('--precision', default='auto', choices=PRECISION_CHOICES, help="'auto': bf16 autocast on a CPU or GPU that has "
+                   "bf16, fp16 with a gradient scaler on an older GPU, else fp32; channels-last for convolutional networks")
     g = p.add_mutually_exclusive_group() if resume and overwrite else p
     if resume: g.add_argument('--resume', action='store_true', help='continue from the checkpoint in --out')
     if overwrite: g.add_argument('--overwrite', action='store_true', help='replace results in --out made with other settings (without it they are refused)')
@@ -94,7 +97,7 @@ def _folder(a) -> FolderOptions:
 def _fit(a, **kwargs) -> FitOptions:
     "The training flags as the workflow's `FitOptions` (`kwargs`: the subcommand's own)"
     return FitOptions(bs=a.bs, epochs=getattr(a, 'epochs', None), lr=getattr(a, 'lr', None), seed=a.seed,
-                      overwrite=getattr(a, 'overwrite', False), **kwargs)
+                      overwrite=getattr(a, 'overwrite', False), precision=getattr(a, 'precision', 'auto'), **kwargs)
 
 def check_paths(a):
     "Every path flag of the parsed arguments `a` checked (exists, right kind, `--out` writable) before any image is read"

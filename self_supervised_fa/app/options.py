@@ -7,9 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 # %% auto #0
-__all__ = ['FolderOptions', 'FitOptions']
+__all__ = ['PRECISION_CHOICES', 'FolderOptions', 'FitOptions']
 
 # %% ../../nbs/app/01_options.ipynb #a91ad5ef
+PRECISION_CHOICES = ('auto', 'fp32', 'bf16', 'fp16')   # core.precision.PRECISIONS, named here without importing torch (ssfa --help)
+
 @dataclass
 class FolderOptions:
     "How a user's folder is read, checked and loaded (the data flags of every `ssfa` subcommand)"
@@ -22,7 +24,7 @@ class FolderOptions:
     ext:str|None = None          # file extension added to the ids (default: found)
     group_col:str|None = None    # items of a group never split across folds or the validation set
     fold_col:str|None = None     # a fold column of the CSV, used as given
-    size:int|None = None         # square image size (default: the encoder's, else 128)
+    size:int|None = None         # square image size (default: the encoder's, else the images' median shorter side, at most 224)
     n_in:int|None = None         # input channels (default: the encoder's, else 1 if every image is grey)
     stats:list|None = None       # normalisation (mean, std) per channel (default: the encoder's, else measured)
     strict:bool = False          # stop on a bad file instead of skipping it
@@ -48,6 +50,7 @@ class FitOptions:
     resume:bool = False            # continue from the last checkpoint of an interrupted run
     overwrite:bool = False         # replace results in the output folder made with other settings (else: refused)
     aug:bool = True                # augment the training images (classifiers)
+    precision:str = 'auto'         # 'auto', 'fp32', 'bf16' or 'fp16' (`core.precision`; 'auto': bf16/fp16 where the hardware has it)
 
     def __post_init__(self):
         for k in ('bs', 'epochs'):   # an untrained result is never what a step is for
@@ -59,6 +62,8 @@ class FitOptions:
         if self.valid_pct is not None and not 0 < self.valid_pct < 1:
             raise ValueError(f"FitOptions.valid_pct={self.valid_pct!r}: use a fraction between 0 and 1, e.g. 0.2")
         if self.resume and self.overwrite: raise ValueError("FitOptions: resume and overwrite exclude each other")
+        if self.precision not in PRECISION_CHOICES:
+            raise ValueError(f"FitOptions.precision={self.precision!r}: use one of {', '.join(PRECISION_CHOICES)}")
 
     def with_defaults(self, **defaults) -> FitOptions:
         "A copy whose `None` settings take `defaults`"

@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
 from torch import Tensor
+from fastcore.foundation import L
 from fastai.learner import Learner
+from ..core.precision import Precision
 from ..augment.views import simclr_augs, small_image_augs
 from ..augment.multicrop import dino_preset, swav_preset
 from ..siamese.callback import MultiViewCallback
@@ -118,9 +120,14 @@ def _factory_kwargs(factory, x:Tensor) -> dict:
     params = inspect.signature(factory).parameters
     return {'img_size': tuple(x.shape[-2:])} if 'img_size' in params else {}
 
+def _extra_cbs(precision, learner_kwargs) -> list:
+    "`Precision(precision)` (unless None) and the caller's `cbs`, ahead of the method's callback (`learn.cbs[-1]`)"
+    return ([] if precision is None else [Precision(precision)]) + list(L(learner_kwargs.pop('cbs', None)))
+
 def method_learner(name:str, dls, arch='resnet10t', n_in:int|None=None, aug=None, model_kwargs:dict|None=None,
                    callback_kwargs:dict|None=None,
                    views_kwargs:dict|None=None, # settings of a multi-crop method's view preset (e.g. `dict(n_local=0)`)
+                   precision:str|None='auto', # 'auto', 'fp32', 'bf16', 'fp16' (`core.precision.Precision`); None: add nothing
                    **learner_kwargs) -> Learner:
     "A fastai `Learner` pretraining `arch` (a timm name or a `TimmEncoder`) with method `name` on `dls`, with the recipe's settings"
     if name not in METHODS: raise ValueError(f"unknown method {name!r}: choose from {sorted(METHODS)}")
@@ -136,11 +143,11 @@ def method_learner(name:str, dls, arch='resnet10t', n_in:int|None=None, aug=None
         patch = {'patch': model.encoder.patch_size} if m.views is not None and getattr(model.encoder, 'patch_size', None) else {}
         if aug is None: aug = m.preset(x.shape[-1], **{**(dict(flip_p=0.) if m.views else DIGIT_VIEWS), **patch, **m.views_kwargs,
                                                        **(views_kwargs or {})})
-        return Learner(dls, model, cbs=m.callback(aug=aug, **ckw), **learner_kwargs)
+        return Learner(dls, model, cbs=_extra_cbs(precision, learner_kwargs) + [m.callback(aug=aug, **ckw)], **learner_kwargs)
     cb = m.callback(**ckw)
     learner_kwargs.setdefault('loss_func', m.loss() if m.loss is not None else cb.task_loss())
     learner_kwargs.setdefault('metrics', cb.task_metrics())
-    return Learner(dls, model, cbs=cb, **learner_kwargs)
+    return Learner(dls, model, cbs=_extra_cbs(precision, learner_kwargs) + [cb], **learner_kwargs)
 
 def method_table() -> str:
     "The registered methods as a Markdown table (name, family, import path, what it does): the README's method list"

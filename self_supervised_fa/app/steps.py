@@ -18,8 +18,8 @@ from .options import FolderOptions, FitOptions
 from .checks import check_input, check_output
 
 # %% auto #0
-__all__ = ['say', 'check_inputs', 'prepare', 'require_labels', 'settings', 'ok_test_items', 'split_valid', 'content_digest',
-           'model_id', 'claim_step', 'plot_history']
+__all__ = ['MAX_AUTO_SIZE', 'say', 'check_inputs', 'prepare', 'require_labels', 'data_size', 'settings', 'ok_test_items',
+           'split_valid', 'content_digest', 'model_id', 'claim_step', 'plot_history']
 
 # %% ../../nbs/app/01_steps.ipynb #6bb82290
 def say(msg:str):
@@ -53,6 +53,16 @@ def require_labels(d:ImageData, step:str) -> ImageData:
     raise ValueError(f"{d.root} has no labels{hint}: {step} needs labelled images of at least two classes (a labels CSV with "
                      f"a label column or one-hot columns, or one sub-folder per class)")
 
+MAX_AUTO_SIZE = 224
+
+def _median_side(d:ImageData) -> int:
+    if d.info is None or not len(d.info): raise ValueError("check the files first: check_image_data(data)")
+    return int(np.median(np.minimum(d.info.width, d.info.height)))
+
+def data_size(d:ImageData, cap:int=MAX_AUTO_SIZE) -> int:
+    "The images' own size: the median shorter side of the checked files, to the nearest multiple of 4 (at least 16), at most `cap`"
+    return int(min(cap, max(16, 4 * round(_median_side(d) / 4))))
+
 def settings(d:ImageData, encoder=None, folder:FolderOptions|None=None) -> dict:
     "`n_in`, `size` and normalisation `stats`: given in `folder`, else the encoder's recipe, else found from the data; files cached if asked"
     f = folder or FolderOptions()
@@ -62,7 +72,11 @@ def settings(d:ImageData, encoder=None, folder:FolderOptions|None=None) -> dict:
     if n_in and meta.get('n_in') and n_in != meta['n_in']:
         raise ValueError(f"n_in={n_in} (--n-in) but {Path(encoder).name} takes {meta['n_in']}-channel images: drop --n-in to use the encoder's")
     n_in = n_in or meta.get('n_in') or (1 if grey_only(d) else 3)
-    size = size or rec.get('size') or 128
+    if not size and not rec.get('size'):
+        size = data_size(d)
+        say(f"image size {size} px: the images' median shorter side ({_median_side(d)} px), rounded to a multiple of 4 and "
+            f"capped at {MAX_AUTO_SIZE}; --size to choose another")
+    size = size or rec.get('size')
     if cache:
         d.items = d.items.assign(source=d.items.fname, fname=cache_images(d.items.fname, size, n_in, cache_dir, workers, progress))
         if d.test is not None:

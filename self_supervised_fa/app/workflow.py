@@ -14,6 +14,7 @@ from ..core.runs import run_log, listing_digest
 from ..core.checkpoint import CheckpointCallback
 from ..core.figures import save_figure
 from ..core.learner import quiet
+from ..core.precision import Precision, resolve_precision
 from ..data.folders import ImageData
 from ..data.loading import folder_dls
 from ..encoders.classifier import classifier_learner
@@ -63,7 +64,8 @@ def pretrain_folder(data, out, method:str='simclr', arch:str='resnet18', encoder
     f = folder or FolderOptions(); workers, progress = f.workers, f.progress
     out = check_inputs(data, out, encoder=(encoder, 'encoder'))
     step = out/f'pretrain_{method}'
-    early = dict(method=method, init=content_digest(encoder), epochs=epochs, lr=lr, seed=seed, with_test=with_test, method_kwargs=method_kwargs)
+    early = dict(method=method, init=content_digest(encoder), epochs=epochs, lr=lr, seed=seed, with_test=with_test, method_kwargs=method_kwargs,
+                 precision=resolve_precision(ft.precision))
     claim_step(step, early, ft, partial=True)
     with run_log(out, f"pretrain {method} on {data}"):
         d = prepare(data, out, f)
@@ -75,13 +77,14 @@ def pretrain_folder(data, out, method:str='simclr', arch:str='resnet18', encoder
         bs = min(bs, int((~items.is_valid).sum()))
         dls = folder_dls(items, s['size'], s['n_in'], bs, s['stats'], num_workers=workers)
         learn = folder_method_learner(method, dls, load_encoder(encoder) if encoder is not None else arch, s['n_in'], s['size'],
-                                      **(method_kwargs or {}))
+                                      precision=ft.precision, **(method_kwargs or {}))
         if knn and d.labelled: learn.add_cb(_knn_dls(d, s, bs, seed, workers=workers))
         arch = getattr(learn.model.encoder, 'arch', arch)
         config = dict(early, arch=arch, bs=bs, n_items=len(items), data=listing_digest(items), **s)
         claim_step(step, config, ft, outputs=[out/f'encoder_{method}.safetensors'], what=f'{method} pretraining')
         ck = CheckpointCallback(step/'checkpoint.safetensors', resume=ft.resume, config=config)
-        say(f"pretraining {method} on {arch} ({s['size']} px, {s['n_in']} channel(s)), {len(items)} images, {epochs} epochs"
+        say(f"pretraining {method} on {arch} ({s['size']} px, {s['n_in']} channel(s)), {len(items)} images, {epochs} epochs, "
+            f"{learn.cbs.filter(lambda c: isinstance(c, Precision))[0].describe()}"
             + (f", resumed after epoch {ck.start_epoch}" if ck.start_epoch else ''))
         quiet(learn, progress, lines='ssfa:   ')
         learn.fit_one_cycle(epochs, lr, cbs=ck, start_epoch=ck.start_epoch)
@@ -115,18 +118,19 @@ def evaluate_folder(data, out, encoder, budgets='5,20,all', methods=('knn', 'lin
         say(f"label efficiency of {Path(encoder).name} against the same network from scratch: {', '.join(methods)} at "
             f"{', '.join(str(b or 'all') for b in _budgets(budgets))} labels per class")
         df = label_efficiency(load_encoder(encoder), dls, budgets=_budgets(budgets), methods=tuple(methods), seed=seed,
-                              progress=progress, finetune=FineTune(epochs=epochs, lr=lr, bs=min(bs, 32)), report='ssfa:   ')
+                              progress=progress, finetune=FineTune(epochs=epochs, lr=lr, bs=min(bs, 32), precision=ft.precision),
+                              report='ssfa:   ')
         write_csv_atomic(df, out/'label_efficiency.csv')
         ax = plot_label_efficiency(df, title=f"{Path(encoder).stem} vs from scratch ({d.root.name})")
         save_figure(ax.figure, out/'label_efficiency.png', dpi=110)
     return df
 
 # %% ../../nbs/app/01_workflow.ipynb #1e532c3c
-def _classifier(dls, encoder, arch, n_in, metrics):
+def _classifier(dls, encoder, arch, n_in, metrics, precision='auto'):
     "A classifier learner on `encoder` (a file: all layers train) or a fresh `arch`"
     from self_supervised_fa.labels.soft_label import RocAucMean
     body = load_encoder(encoder) if encoder is not None else arch
-    learn = classifier_learner(dls, body, n_in=n_in, metrics=[accuracy, RocAucMean()] if metrics else accuracy)
+    learn = classifier_learner(dls, body, n_in=n_in, metrics=[accuracy, RocAucMean()] if metrics else accuracy, precision=precision)
     learn.unfreeze()   # one rate for the whole network: label_efficiency's finding on the sample
     return learn
 
@@ -139,7 +143,8 @@ def pseudo_label_folder(data, out, encoder=None, arch:str|None=None, folds:int=5
     f = folder or FolderOptions(); workers, progress = f.workers, f.progress
     out = check_inputs(data, out, encoder=(encoder, 'encoder'))
     step = out/'pseudo_label'
-    early = dict(model=model_id(encoder, arch), folds=folds, epochs=epochs, lr=lr, bs=bs, seed=seed, aug=aug, with_test=with_test)
+    early = dict(model=model_id(encoder, arch), folds=folds, epochs=epochs, lr=lr, bs=bs, seed=seed, aug=aug, with_test=with_test,
+                 precision=resolve_precision(ft.precision))
     claim_step(step, early, ft, partial=True)
     with run_log(out, f"pseudo-label {data}"):
         d = prepare(data, out, f)
@@ -157,7 +162,7 @@ def pseudo_label_folder(data, out, encoder=None, arch:str|None=None, folds:int=5
         def learner_fn(trn, val):
             set_seed(seed, reproducible=True)
             say(f"fold {int(val.fold.iloc[0])}: training on {len(trn)} images, predicting {len(val)}")
-            return quiet(_classifier(dls_fn(trn, val), encoder, arch, s['n_in'], False), progress, lines='ssfa:   ')
+            return quiet(_classifier(dls_fn(trn, val), encoder, arch, s['n_in'], False, ft.precision), progress, lines='ssfa:   ')
         def fit_fn(learn): learn.fit_one_cycle(epochs, lr)
         oof = kfold_pseudo_labels(items, step, folds, 'label', 'image_id', FoldLearner(learner_fn, fit_fn), seed=seed,
                                   classes=d.classes, test_df=test, progress=progress)
@@ -207,7 +212,8 @@ def train_folder(data, out, encoder=None, arch:str|None=None, soft_labels=None, 
     out = check_inputs(data, out, encoder=(encoder, 'encoder'), soft_labels=(soft_labels, 'probs'), relabel=(relabel, 'relabel'))
     mode = f'soft labels (w={w})' if soft_labels is not None else 'PLC' if plc else 'given labels'
     early = dict(model=model_id(encoder, arch), mode=mode, soft_labels=content_digest(soft_labels), relabel=content_digest(relabel),
-                 relabel_valid=relabel_valid, epochs=epochs, lr=lr, seed=seed, aug=aug, valid_pct=valid_pct, valid_fold=valid_fold)
+                 relabel_valid=relabel_valid, epochs=epochs, lr=lr, seed=seed, aug=aug, valid_pct=valid_pct, valid_fold=valid_fold,
+                 precision=resolve_precision(ft.precision))
     step = out/'train'
     claim_step(step, early, ft, partial=True)
     with run_log(out, f"train {data} ({mode})"):
@@ -219,7 +225,7 @@ def train_folder(data, out, encoder=None, arch:str|None=None, soft_labels=None, 
         if relabel is not None: items = _relabelled(items, relabel, d.classes, relabel_valid)
         dls = folder_dls(items, s['size'], s['n_in'], min(bs, int((~items.is_valid).sum())), s['stats'], d.classes, aug=aug,
                          num_workers=workers)
-        learn = _classifier(dls, encoder, arch, s['n_in'], True)
+        learn = _classifier(dls, encoder, arch, s['n_in'], True, ft.precision)
         cbs = []
         if soft_labels is not None:
             probs = pd.read_csv(soft_labels, dtype={'image_id': str}) if not isinstance(soft_labels, pd.DataFrame) else soft_labels
@@ -228,7 +234,8 @@ def train_folder(data, out, encoder=None, arch:str|None=None, soft_labels=None, 
         config = dict(early, bs=bs, data=listing_digest(items, ('image_id', 'label', 'is_valid')), **s)
         claim_step(step, config, ft, outputs=[out/'scores.json', out/'valid_preds.csv', out/'submission.csv'], what='training')
         ck = CheckpointCallback(step/'checkpoint.safetensors', resume=ft.resume, config=config)
-        say(f"training a classifier on {int((~items.is_valid).sum())} images ({mode}), validating on {int(items.is_valid.sum())}")
+        say(f"training a classifier on {int((~items.is_valid).sum())} images ({mode}), validating on {int(items.is_valid.sum())}, "
+            f"{learn.cbs.filter(lambda c: isinstance(c, Precision))[0].describe()}")
         quiet(learn, progress, lines='ssfa:   ')
         learn.fit_one_cycle(epochs, lr, cbs=cbs + [ck], start_epoch=ck.start_epoch)
         with learn.no_bar(): probs, targs = learn.get_preds(ds_idx=1)

@@ -70,9 +70,11 @@ class ReplaceBatchCallback(Callback):
         if not self.training: self._check_loss()
     def _check_loss(self):
         if not torch.isfinite(self.loss_grad).all():
+            where = 'training' if self.training else 'validation'
             self._fail(FloatingPointError(f"{type(self).__name__}: the loss is {self.loss_grad.item()} at epoch {self.epoch}, "
-                                          f"batch {self.iter}; training stopped. Lower the learning rate, check the inputs for "
-                                          "NaNs, or train in float32/bf16 instead of fp16"))
+                                          f"{where} batch {self.iter}; training stopped before this batch changed the weights. "
+                                          "Lower the learning rate, check the inputs for NaNs, or train in float32 "
+                                          "(precision='fp32'; ssfa --precision fp32)"))
     def _fail(self, err): raise err   # subclasses that changed the learner give it back first
 
     def sample(self, n:int=8, ds_idx:int=0) -> Tensor:

@@ -11,6 +11,7 @@ from fastai.torch_core import params, apply_init
 from fastai.vision.learner import create_head
 from fastai.learner import Learner
 from fastai.metrics import accuracy
+from ..core.precision import Precision
 import fastai.callback.schedule  # noqa: F401 (patches Learner.fit_one_cycle / fine_tune onto Learner)
 from .body import as_encoder
 from .files import load_encoder
@@ -40,14 +41,17 @@ def encoder_splitter(model:nn.Module):
 
 # %% ../../nbs/encoders/04_classifier.ipynb #0265b917
 def classifier_learner(dls, encoder, n_out:int|None=None, n_in:int|None=None, pretrained:bool=False,
-                       encoder_path=None, metrics=accuracy, head_kwargs:dict|None=None, **kwargs) -> Learner:
+                       encoder_path=None, metrics=accuracy, head_kwargs:dict|None=None,
+                       precision:str|None='auto', # 'auto', 'fp32', 'bf16', 'fp16' (`core.precision.Precision`); None: add nothing
+                       **kwargs) -> Learner:
     "A fastai `Learner` classifying with a timm encoder (arch name or `TimmEncoder`), optionally from a saved encoder"
     n_out = ifnone(n_out, getattr(dls, 'c', None))
     if n_out is None: raise ValueError("cannot infer the number of classes from dls; pass n_out")
     if isinstance(encoder, str): n_in = ifnone(n_in, dls.one_batch()[0].shape[1])
     body = as_encoder(encoder, n_in, pretrained)
     if encoder_path is not None: body = load_encoder(encoder_path, body)
+    cbs = L([] if precision is None else [Precision(precision)]) + L(kwargs.pop('cbs', None))
     learn = Learner(dls, EncoderClassifier(body, n_out, **(head_kwargs or {})), splitter=encoder_splitter,
-                    metrics=metrics, **kwargs)
+                    metrics=metrics, cbs=cbs, **kwargs)
     if pretrained or encoder_path is not None: learn.freeze()
     return learn

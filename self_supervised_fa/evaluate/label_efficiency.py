@@ -66,6 +66,7 @@ def finetune_accuracy(encoder, dls, epochs: int = 10, lr: float = 2e-3, pretrain
                       lr_mult: float = 10, seed: int = 0, progress: bool = False,
                       aug=None, # augment the training batches with this (e.g. a `ViewAugment`; pixels in [0,1] in and out)
                       head: str = 'fastai', # 'fastai': `create_head`, random; 'probe': one linear layer from `probe_head` (LP-FT)
+                      precision: str = 'auto', # `core.precision.Precision`: 'auto', 'fp32', 'bf16' or 'fp16'
                      ) -> float:
     "Valid accuracy of `encoder` + a head trained on `dls`: `fine_tune` when `pretrained`, else `fit_one_cycle`"
     _check_head(head)
@@ -74,7 +75,7 @@ def finetune_accuracy(encoder, dls, epochs: int = 10, lr: float = 2e-3, pretrain
     dls = DataLoaders(dls.train.new(), dls.valid, path=dls.path, device=dls.device)   # its shuffling seeded here, not by history
     learn = classifier_learner(dls, copy.deepcopy(encoder),   # never touch the caller's encoder
                                head_kwargs=dict(lin_ftrs=[], ps=0., first_bn=False) if head == 'probe' else None,
-                               cbs=None if aug is None else AugmentBatchCallback(aug))
+                               cbs=None if aug is None else AugmentBatchCallback(aug), precision=precision)
     if head == 'probe': learn.model.head[0] = probe_head(learn.model.encoder, dls.train, learn.dls.c, seed)
     quiet(learn, progress)
     if head == 'probe' and freeze_epochs == 0:   # the head is trained already: no head-only epochs
@@ -138,6 +139,7 @@ class FineTune:
     aug:object = None         # augmentation of the training batches (`finetune_accuracy(aug=)`), pretrained and scratch alike
     head:str = 'fastai'       # the pretrained encoders' head (`finetune_accuracy(head=)`; 'probe': LP-FT); from scratch: 'fastai'
     cut:bool = True           # fine-tune without the stages after the linear probe's stage
+    precision:str = 'auto'    # `finetune_accuracy(precision=)`
     def __post_init__(self): _check_head(self.head, 'FineTune.head')
 
 def _row_line(row:dict, prefix:str='') -> str:
@@ -193,7 +195,7 @@ def label_efficiency(encoder, dls, budgets=(10, 100), scratch=True, methods=('kn
                 row['finetune'] = finetune_accuracy(body, subset_dls(dls, idx, ft.bs), epochs=ft.epochs,
                                                     lr=ft.lr if pre else ft.scratch_lr, pretrained=pre, seed=seed,
                                                     freeze_epochs=ft.freeze_epochs, lr_mult=ft.lr_mult, aug=ft.aug,
-                                                    head=ft.head if pre else 'fastai')
+                                                    head=ft.head if pre else 'fastai', precision=ft.precision)
             rows.append(row)
             if report is not None or progress: print(_row_line(row, '' if report is None else report), flush=True)
     return pd.DataFrame(rows)
