@@ -211,6 +211,7 @@ def write_report(out, a, runs, pre0, acc0, pre, acc):
         pre, acc = [{'run': run, **r} for r in pre], acc.assign(run=run)
         acc = pd.concat([acc0, acc[['run', 'encoder', 'labels', 'n_train', 'knn_top1', 'linear', 'finetune', 'eval_s']]], ignore_index=True)
         pre = pd.concat([pre0, pd.DataFrame(pre).astype(str)], ignore_index=True)
+        if 'precision' in pre: pre['precision'] = pre['precision'].fillna('fp32')   # the runs before issue 28 had no other
     else: pre, acc = pre0, acc0   # --report-only
     write_csv_atomic(acc, out.with_suffix('.csv'))
     pct = acc.copy()

@@ -49,7 +49,7 @@ def _pretraining_rows(md:str) -> dict:
     rows = {}
     for line in md.split('\n'):
         cells = [c.strip() for c in line.strip().strip('|').split('|')]
-        if len(cells) == 10 and cells[0].isdigit() and cells[2] not in ('arch',):
+        if len(cells) in (10, 11) and cells[0].isdigit() and cells[2] not in ('arch',):   # 11: with the precision column
             rows[cells[1]] = (cells[3], cells[5], threads.get(cells[0], '?'))
     return rows
 
