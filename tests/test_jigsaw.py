@@ -4,7 +4,7 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
 from self_supervised_fa.jigsaw import *
 from self_supervised_fa.pretext.patches import cut_patches, patch_set_splitter
-from helpers import PRECISIONS, tiny_dls, pretrain_and_transfer
+from helpers import PRECISIONS, tiny_dls, pretrain_and_transfer, skip_bf16_without_right_gradients
 
 
 def _min_hamming_np(P):
@@ -64,6 +64,7 @@ def test_too_small_images_error():
 
 @PRECISIONS
 def test_jigsaw_trains_and_transfers(tmp_path, precision):
+    skip_bf16_without_right_gradients(precision)   # 11-px tiles reach the last stages as 1-px maps
     dls = tiny_dls(n_per_class=10, size=48)     # 11-px tiles: small enough to train in seconds
     model = create_jigsaw_model('test_resnet', n_perms=8, n_in=1)
     assert model.encoder.arch == 'test_resnet'

@@ -4,14 +4,16 @@
 
 # %% ../../nbs/core/08_precision.ipynb #d41882c3
 from __future__ import annotations
-import os
+import functools, os, warnings
 from contextlib import nullcontext
 import torch
+import torch.nn.functional as F
 from torch import nn
 from fastai.callback.fp16 import MixedPrecision
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'PRECISION_ENV', 'cpu_bf16_is_faster', 'resolve_precision', 'has_conv2d', 'Precision']
+__all__ = ['PRECISIONS', 'PRECISION_ENV', 'cpu_bf16_is_faster', 'cpu_bf16_conv_grads_ok', 'resolve_precision', 'has_conv2d',
+           'Precision']
 
 # %% ../../nbs/core/08_precision.ipynb #c7ce6626
 PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
@@ -41,7 +43,26 @@ def _check(precision, what='precision'):
         raise ValueError(f"{what}={precision!r}: choose one of {', '.join(PRECISIONS)} ('auto': bf16 or fp16 where the "
                          "hardware runs them faster, else fp32)")
 
-def resolve_precision(precision:str='auto', device=None, cpu_fast_bf16:bool|None=None, cuda_bf16:bool|None=None) -> str:
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_conv_grads_ok() -> bool:
+    """Whether this torch's bf16 convolution gradients are right on this CPU in the case some builds get wrong: a 3x3,
+    stride-2 convolution of a 1-pixel map, whose taps that see only padding must get a gradient of exactly 0 (torch 2.14's
+    oneDNN kernels on AMX CPUs give them garbage, up to 1e38 or NaN). Measured once per process, in milliseconds, with its own
+    random generator; the wrong values come from memory the kernel leaves unset, so the case is tried eight times (four sizes, both memory layouts)"""
+    g = torch.Generator().manual_seed(0)
+    for (n, cin, cout), cl in [(s, cl) for s in ((16, 16, 16), (32, 64, 96), (32, 192, 96), (8, 64, 32)) for cl in (False, True)]:
+        junk = torch.full((1 << 20,), 3e3); del junk   # memory the kernel may take next holds non-zero values, as in a real fit
+        x = torch.randn(n, cin, 1, 1, generator=g)
+        if cl: x = x.contiguous(memory_format=torch.channels_last)
+        w = (torch.randn(cout, cin, 3, 3, generator=g) * 0.05).requires_grad_(True)
+        with torch.autocast('cpu', torch.bfloat16): y = F.conv2d(x, w, None, 2, 1)
+        y.float().sum().backward()
+        border = w.grad.clone(); border[:, :, 1, 1] = 0
+        if not (bool(torch.isfinite(w.grad).all()) and float(border.abs().max()) == 0.): return False
+    return True
+
+def resolve_precision(precision:str='auto', device=None, cpu_fast_bf16:bool|None=None, cuda_bf16:bool|None=None,
+                      cpu_bf16_ok:bool|None=None) -> str:
     "'fp32', 'bf16' or 'fp16': what `precision` means on `device` (default: the first GPU, else the CPU); the capability checks can be given"
     _check(precision)
     if precision == 'auto' and os.environ.get(PRECISION_ENV, 'auto') != 'auto':
@@ -53,11 +74,18 @@ def resolve_precision(precision:str='auto', device=None, cpu_fast_bf16:bool|None
             raise ValueError(f"precision='bf16': this GPU has no bfloat16; use 'fp16' (or 'auto', which picks it)")
         return ('bf16' if bf16 else 'fp16') if precision == 'auto' else precision
     if device.type == 'cpu' and precision == 'auto':
-        return 'bf16' if (cpu_bf16_is_faster() if cpu_fast_bf16 is None else cpu_fast_bf16) else 'fp32'
+        fast = cpu_bf16_is_faster() if cpu_fast_bf16 is None else cpu_fast_bf16
+        return 'bf16' if fast and (cpu_bf16_conv_grads_ok() if cpu_bf16_ok is None else cpu_bf16_ok) else 'fp32'
     return 'fp32' if precision == 'auto' else precision
 
 # %% ../../nbs/core/08_precision.ipynb #25651cd8
 def has_conv2d(model:nn.Module) -> bool: return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+def _bf16_note(precision, mode, where) -> str:
+    "Why 'auto' stayed in float32 on a CPU that runs bf16 faster, if it did"
+    if precision != 'auto' or mode != 'fp32' or where != 'this CPU' or os.environ.get(PRECISION_ENV, 'auto') != 'auto': return ''
+    if not cpu_bf16_is_faster() or cpu_bf16_conv_grads_ok(): return ''
+    return " (not bf16: this torch's bf16 convolution gradients are wrong on this CPU for 1-pixel feature maps)"
 
 def _channels_last(xs):
     return tuple(x.contiguous(memory_format=torch.channels_last) if isinstance(x, torch.Tensor) and x.ndim == 4 else x for x in xs)
@@ -86,11 +114,15 @@ class Precision(MixedPrecision):
         p = next((model if model is not None else self.learn.model).parameters(), None)
         where = 'this GPU' if p is not None and p.device.type == 'cuda' else 'this CPU' if p is None or p.device.type == 'cpu' else str(p.device)
         what = 'float32' if mode == 'fp32' else f"{mode} autocast" + (' with a gradient scaler' if mode == 'fp16' else '')
-        return f"{what}{' + channels_last' if cl else ''} on {where}"
+        return f"{what}{' + channels_last' if cl else ''} on {where}" + _bf16_note(self.precision, mode, where)
 
     def before_fit(self):
         self.mode, self.cl = self.resolve()
         dev = next(self.learn.model.parameters()).device
+        if self.mode == 'bf16' and dev.type == 'cpu' and not cpu_bf16_conv_grads_ok():
+            warnings.warn("precision='bf16' on a CPU where this torch computes wrong bf16 gradients for 3x3, stride-2 convolutions "
+                          "of 1-pixel feature maps (images small enough that a stage of the network sees 1x1 maps): the "
+                          "weights may turn NaN. Use precision='fp32' (ssfa --precision fp32) or 'auto', or larger images")
         if self.cl: self.learn.model.to(memory_format=torch.channels_last)
         if self.mode == 'fp32': self.autocast, self.learn.scaler, self.scales = nullcontext(), None, []; return
         dtype = torch.bfloat16 if self.mode == 'bf16' else torch.float16
