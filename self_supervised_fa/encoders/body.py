@@ -13,6 +13,8 @@ from timm.layers import to_2tuple
 from fastcore.basics import ifnone
 import fastai.callback.schedule  # noqa: F401 (patches Learner.fit_one_cycle / fine_tune onto Learner)
 from .stages import StagesMixin
+from pathlib import Path
+from .weights import load_weights
 
 # %% auto #0
 __all__ = ['check_arch', 'adapt_first_conv', 'TimmEncoder', 'create_timm_body', 'as_encoder']
@@ -130,16 +132,41 @@ class TimmEncoder(StagesMixin, nn.Module):
                                  f"({[d for d in range(2, p) if s % d == 0]})")
 
 # %% ../../nbs/encoders/01_body.ipynb #c9fd179f
-def create_timm_body(arch:str, pretrained:bool=False, cut=None, n_in:int=3, **kwargs) -> TimmEncoder:
-    "`TimmEncoder` of timm architecture `arch` with `n_in` input channels; `cut` keeps that many children (None: `forward_features`). ViTs are built with `dynamic_img_size=True` unless told"
-    check_arch(arch)
-    if not isinstance(n_in, int) or n_in < 1: raise ValueError(f"n_in must be a positive number of channels, got {n_in!r}")
-    kwargs = dict(pretrained=pretrained, num_classes=0, in_chans=n_in, **kwargs)
+def _timm_model(arch, **kwargs):
     if 'dynamic_img_size' not in kwargs:   # ViTs: any input size that is a multiple of the patch, not only the one built for
-        try: return TimmEncoder(timm.create_model(arch, dynamic_img_size=True, **kwargs), cut=cut, arch=arch)
+        try: return timm.create_model(arch, dynamic_img_size=True, **kwargs)
         except TypeError as e:   # an architecture without the option (CNNs): fails on the call, before any weights are made
             if 'dynamic_img_size' not in str(e): raise
-    return TimmEncoder(timm.create_model(arch, **kwargs), cut=cut, arch=arch)
+    return timm.create_model(arch, **kwargs)
+
+def _pretrained_tag(arch:str, weights) -> str|None:
+    "`arch` with timm's pretrained tag that `weights` names ('timm': the default tag), or None when `weights` is not a tag"
+    if not isinstance(weights, str) or '/' in weights or '\\' in weights or Path(weights).suffix in ('.pth', '.pt', '.bin', '.safetensors'):
+        return None
+    if weights == 'timm': return arch
+    name = weights if weights.startswith(split_model_name_tag(arch)[0] + '.') else f"{split_model_name_tag(arch)[0]}.{weights}"
+    return name if name in timm.list_pretrained(name) else None
+
+def create_timm_body(arch:str, pretrained:bool=False, cut=None, n_in:int=3,
+                     weights=None, # start weights: a file (timm, torchvision, a checkpoint, ours), a folder from `export_timm`, or a timm tag ('timm', 'a1_in1k'; online)
+                     **kwargs) -> TimmEncoder:
+    "`TimmEncoder` of timm architecture `arch` with `n_in` input channels, from `weights`; `cut` keeps that many children (None: `forward_features`). ViTs are built with `dynamic_img_size=True` unless told"
+    check_arch(arch)
+    if not isinstance(n_in, int) or n_in < 1: raise ValueError(f"n_in must be a positive number of channels, got {n_in!r}")
+    tag = _pretrained_tag(arch, weights) if weights is not None and not Path(str(weights)).expanduser().exists() else None
+    if weights is not None and pretrained: raise ValueError("pass weights= or pretrained=True, not both")
+    if tag is not None:
+        try: model = _timm_model(tag, pretrained=True, num_classes=0, in_chans=n_in, **kwargs)
+        except Exception as e:
+            raise OSError(f"timm could not fetch its pretrained weights {tag!r} ({type(e).__name__}: {str(e)[:120]}). Offline (a Kaggle "
+                          f"kernel), attach the weights file as a dataset and pass its path: weights='/kaggle/input/.../model.safetensors'") from None
+        report = dict(source=f'timm {tag}')
+    else:
+        model = _timm_model(arch, pretrained=pretrained, num_classes=0, in_chans=n_in, **kwargs)
+        report = None if weights is None else load_weights(model, weights)
+    enc = TimmEncoder(model, cut=cut, arch=arch)
+    enc.weights = report   # where the start weights came from, and what loading them changed (`weights.describe_load`)
+    return enc
 
 # %% ../../nbs/encoders/01_body.ipynb #43376eb6
 def as_encoder(encoder, n_in:int|None=None, pretrained:bool=False, **kwargs) -> nn.Module:

@@ -11,6 +11,7 @@ from torch import nn
 import fastai.callback.schedule  # noqa: F401 (patches Learner.fit_one_cycle / fine_tune onto Learner)
 from .body import check_arch, TimmEncoder, create_timm_body
 from ..core.io import save_safetensors
+from .weights import load_weights, read_weights
 
 # %% auto #0
 __all__ = ['read_encoder_metadata', 'save_encoder', 'load_encoder']
@@ -66,19 +67,6 @@ def _read_safetensors_meta(path:Path):
         with safe_open(str(path), framework='pt') as f: return dict(f.metadata() or {})
     except Exception: return None
 
-def _read_state(path:Path, safetensors:bool) -> dict:
-    "State dict from a safetensors file or a `torch.save`d state dict (weights only)"
-    from safetensors.torch import load_file
-    if safetensors: return load_file(str(path))
-    try: sd = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path} is not a safetensors file nor a plain state dict that loads with weights_only=True "
-                         f"(it may hold a pickled module, which can run code when loaded). If you trust it, convert it once: "
-                         f"`m = torch.load({str(path)!r}, weights_only=False); save_encoder(m, 'encoder.safetensors')` "
-                         f"(or torch.save(m.state_dict(), ...)). Underlying error: {type(e).__name__}: {str(e)[:200]}") from None
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"{path} holds a {type(sd).__name__}, not a state dict of tensors; save `module.state_dict()` instead")
-    return sd
 
 # %% ../../nbs/encoders/03_files.ipynb #480e9013
 def _match_keys(sd:dict, encoder:nn.Module) -> dict:
@@ -95,16 +83,35 @@ def _match_keys(sd:dict, encoder:nn.Module) -> dict:
                              f"check n_in (input channels) and the architecture")
     return sd
 
-def load_encoder(path, encoder:nn.Module|None=None) -> TimmEncoder:
-    "Load encoder weights from `path` into `encoder` (built from the file's checked metadata when None)"
-    path = Path(path)
+def _ours(meta) -> bool:
+    "Metadata that claims to be ours (then parsed strictly); a plain safetensors file has none or only {'format': 'pt'}"
+    return meta is not None and (meta.get('format', 'pt') != 'pt' or bool({'arch', 'n_in', 'cut', 'recipe'} & set(meta)))
+
+def load_encoder(path, encoder:nn.Module|None=None,
+                 arch:str|None=None, # the architecture of a plain timm/torchvision file (which does not say it)
+                 n_in:int|None=None, # input channels for a plain file (default: its first convolution's)
+                ) -> TimmEncoder:
+    "Load `path` (our encoder file, or a plain timm/torchvision state dict) into `encoder`, built from the file when None (an `export_timm` folder: `sources.open_encoder`)"
+    path = Path(path).expanduser()
     if not path.exists(): raise FileNotFoundError(f"no encoder file at {path}")
+    if path.is_dir(): raise IsADirectoryError(f"{path} is a folder: give the encoder file (a folder from export_timm: open_encoder(folder))")
     meta = _read_safetensors_meta(path)
+    ours = _ours(meta)
+    if not ours:   # a plain state dict: timm's, torchvision's, a checkpoint's
+        if encoder is None and arch is None:
+            raise ValueError(f"{path} does not say which architecture it holds; pass arch= (--arch), e.g. "
+                             f"load_encoder(path, arch='resnet18'), or encoder=create_timm_body(...)")
+        if encoder is None: return create_timm_body(arch, n_in=n_in or _file_in_chans(path), weights=path)
+        load_weights(encoder.model if isinstance(encoder, TimmEncoder) else encoder, path)
+        return encoder
     if encoder is None:
-        if meta is None:
-            raise ValueError(f"{path} does not say which architecture it holds; pass encoder=create_timm_body(arch, n_in=..., cut=...)")
         m = _parse_meta(meta, path)
         encoder = create_timm_body(m['arch'], n_in=m['n_in'], cut=m['cut'])
-    sd = _read_state(path, meta is not None)
-    encoder.load_state_dict(_match_keys(sd, encoder))
+    from safetensors.torch import load_file
+    encoder.load_state_dict(_match_keys(load_file(str(path)), encoder))
     return encoder
+
+def _file_in_chans(path) -> int:
+    "Input channels of a weights file's first convolution (3 when no 4-d tensor is found)"
+    w = next((v for v in read_weights(path).values() if v.ndim == 4), None)
+    return int(w.shape[1]) if w is not None else 3
