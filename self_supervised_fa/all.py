@@ -10,6 +10,7 @@ from .core.checkpoint import *
 from .core.learner import *
 from .core.runs import *
 from .core.precision import *
+from .core.continuation import *
 from .data.colour import *
 from .data.folds import *
 from .data.folders import *
@@ -21,9 +22,12 @@ from .augment.multicrop import *
 from .augment.ops import *
 from .augment.views import *
 from .encoders.stages import *
+from .encoders.weights import *
 from .encoders.body import *
 from .encoders.heads import *
 from .encoders.files import *
+from .encoders.export import *
+from .encoders.sources import *
 from .encoders.classifier import *
 from .siamese.teacher import *
 from .siamese.model import *
@@ -63,6 +67,8 @@ from .app.registry import *
 from .app.options import *
 from .app.checks import *
 from .app.steps import *
+from .app.pretrain import *
 from .app.workflow import *
+from .app.flags import *
 from .app.cli import *
 from .app.demo import *

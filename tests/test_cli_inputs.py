@@ -27,6 +27,8 @@ def files(tmp_path_factory):
     (d/'pic.png').write_bytes(b'\x89PNG\r\n\x1a\n' + bytes(range(256)))
     (d/'ids.csv').write_text('image_id,label\n1,0\n')
     (d/'afile').write_text('x')
+    import timm, torch
+    torch.save(timm.create_model('resnet10t', num_classes=1000).state_dict(), d/'r10t.pth')   # plain weights, as torchvision saves them
     return d
 
 
@@ -66,7 +68,13 @@ def _cases(small, files, out):
         (['train', small, '--arch', 'resnet18', '--relabel-valid'], r"--relabel-valid needs --relabel"),
         (['pretrain', small.parent/'nope'], r"DATA .*nope: no such folder"),
         (['pretrain', small, '--encoder', enc], r"--encoder .*enc.safetensors: no such file; give an encoder file"),
-        (['evaluate', small, '--encoder', png], r"--encoder .*pic.png: not an encoder file \(.*\)"),
+        (['evaluate', small, '--encoder', png], r"--encoder .*pic.png: not an encoder file or start weights \(.*\)"),
+        (['pretrain', small, '--init', files/'gone.pth'], r"--init .*gone.pth: no such file; give an encoder file or start weights"),
+        (['pretrain', small, '--init', png], r"--init .*pic.png: not an encoder file or start weights \(.*weights_only=True"),
+        (['pretrain', small, '--arch', 'resnet18', '--init', files/'r10t.pth'], r"--init .*r10t.pth does not fit --arch resnet18: .*another architecture"),
+        (['train', small, '--arch', 'resnet10t', '--init', 'no_such_tag'], r"--init no_such_tag: no such file or folder, and timm knows no pretrained tag"),
+        (['pretrain', small, '--include-test', '--no-test'], r"--include-test and --no-test contradict each other"),
+        (['evaluate', small, '--encoder', files/'r10t.pth'], r"r10t.pth does not say which architecture it holds: give --arch"),
         (['suspects', small, '--oof', files/'oof.csv'], r"--oof .*oof.csv: no such file; give out-of-fold probabilities"),
         (['train', small, '--arch', 'resnet18', '--soft-labels', png], r"--soft-labels .*pic.png: not a text CSV file"),
         (['train', small, '--arch', 'resnet18', '--soft-labels', ids], r"--soft-labels .*ids.csv: no column prob_<class>"),

@@ -4,6 +4,7 @@ import numpy as np, pandas as pd, pytest, torch
 from fastai.callback.core import Callback
 from safetensors.torch import load_file
 import self_supervised_fa.app.workflow as W
+import self_supervised_fa.app.pretrain as P
 from self_supervised_fa.app.cli import main, build_parser, SUBCOMMANDS
 from self_supervised_fa.app.registry import METHODS as PRETRAIN_METHODS
 from self_supervised_fa.encoders.files import read_encoder_metadata
@@ -29,7 +30,7 @@ def test_help_lists_subcommands_and_shared_flags(capsys):
     with pytest.raises(SystemExit): main(['--help'])
     out = capsys.readouterr().out
     assert all(c in out for c in SUBCOMMANDS)
-    for cmd in SUBCOMMANDS:
+    for cmd in [c for c in SUBCOMMANDS if c != 'export']:   # export reads no images: ENCODER and --out only
         with pytest.raises(SystemExit): main([cmd, '--help'])
         h = capsys.readouterr().out
         trains = cmd != 'suspects'   # suspects trains nothing: no --epochs or --lr
@@ -43,7 +44,8 @@ def test_help_lists_subcommands_and_shared_flags(capsys):
 def test_workflow_end_to_end(comp, tmp_path, capsys):
     out = tmp_path/'run'
     a = ['--out', str(out)] + TINY
-    main(['pretrain', str(comp), '--arch', 'test_resnet', '--epochs', '2', '--group-col', 'region'] + a)
+    main(['pretrain', str(comp), '--arch', 'test_resnet', '--epochs', '2', '--group-col', 'region', '--include-test'] + a)
+    assert 'the 35 test images join pretraining' in capsys.readouterr().out
     enc = out/'encoder_simclr.safetensors'
     meta = read_encoder_metadata(enc)
     rec = meta['recipe']
@@ -149,19 +151,26 @@ class _Kill(Callback):
         if self.training and self.epoch == self.at and self.iter == 1: raise KeyboardInterrupt('killed')
 
 
-@pytest.mark.parametrize('method', ['simclr', 'moco_v2'])   # moco_v2: an EMA teacher and a key queue in the model
-def test_pretrain_resume_bit_identical(comp, tmp_path, monkeypatch, capsys, method):
-    args = ['pretrain', str(comp), '--method', method, '--arch', 'test_resnet', '--epochs', '4'] + TINY
+@pytest.mark.parametrize('method,init', [('simclr', False), ('moco_v2', False),   # moco_v2: an EMA teacher and a key queue in the model
+                                         ('simclr', True)])                       # from start weights: the guard's best encoder survives
+def test_pretrain_resume_bit_identical(comp, tmp_path, monkeypatch, capsys, method, init):
+    extra = []
+    if init:
+        import timm
+        torch.manual_seed(3); torch.save(timm.create_model('test_resnet', num_classes=1000).state_dict(), tmp_path/'start.pth')
+        extra = ['--init', str(tmp_path/'start.pth'), '--warmup', '0.5']
+    args = ['pretrain', str(comp), '--method', method, '--arch', 'test_resnet', '--epochs', '4'] + extra + TINY
     main(args + ['--out', str(tmp_path/'full')])
-    real = W.CheckpointCallback
+    real = P.CheckpointCallback
     class Killed(real):
         def before_fit(self): super().before_fit(); self.learn.add_cb(_Kill(1))
-    monkeypatch.setattr(W, 'CheckpointCallback', Killed)
+    monkeypatch.setattr(P, 'CheckpointCallback', Killed)
     with pytest.raises(KeyboardInterrupt): main(args + ['--out', str(tmp_path/'cut')])
     ck = tmp_path/'cut'/f'pretrain_{method}'/'checkpoint.safetensors'
     assert checkpoint_epoch(ck) == 1 and not (tmp_path/'cut'/f'encoder_{method}.safetensors').exists()
-    assert sorted(p.name for p in ck.parent.iterdir()) == ['checkpoint.safetensors', 'settings.json']   # no half-written file
-    monkeypatch.setattr(W, 'CheckpointCallback', real)
+    assert sorted(p.name for p in ck.parent.iterdir()) == ['best_encoder.safetensors'] * (init and (ck.parent/'best_encoder.safetensors').exists()) \
+        + ['checkpoint.safetensors', 'settings.json']   # no half-written file
+    monkeypatch.setattr(P, 'CheckpointCallback', real)
     torch.manual_seed(99); np.random.seed(99)                                       # whatever happened in between
     main(args + ['--out', str(tmp_path/'cut'), '--resume'])
     a, b = (load_file(str(p/f'encoder_{method}.safetensors')) for p in (tmp_path/'full', tmp_path/'cut'))

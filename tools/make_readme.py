@@ -30,6 +30,7 @@ def benchmarks_readme(results) -> str:
         title, body = _heading(p.read_text())
         title = title or _summary(body, 90)
         body = re.sub(r'^(#+) ', lambda m: '#' + m.group(1) + ' ', body, flags=re.M)   # the file's own headings under ours
+        body = re.sub(r'\]\((?!https?:|/|results/)([^)]+\.png)\)', r'](results/\1)', body)   # pictures beside the result file
         index.append(f'- [`{p.stem}`](#{p.stem}): {title}')
         parts.append(f'<a id="{p.stem}"></a>\n\n## `{p.stem}`: {title}\n\n*File: [`results/{p.name}`](results/{p.name})*\n\n{body}')
     head = ('# Benchmarks\n\nEach result below was written by the script of its name (`python benchmarks/bench_<name>.py`; '

@@ -8,8 +8,8 @@ import argparse, os
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['positive_int', 'non_negative_int', 'positive_float', 'fraction', 'weight', 'image_size', 'folds_int', 'EVALUATIONS',
-           'budgets_list', 'evaluations_list', 'check_input', 'check_output']
+__all__ = ['positive_int', 'non_negative_int', 'positive_float', 'non_negative_float', 'fraction', 'weight', 'image_size',
+           'folds_int', 'EVALUATIONS', 'budgets_list', 'evaluations_list', 'check_input', 'check_output']
 
 # %% ../../nbs/app/01_checks.ipynb #9ce3a4c0
 def _number(kind, lo=None, hi=None, lo_open=False, hi_open=False, what=''):
@@ -29,6 +29,7 @@ def _number(kind, lo=None, hi=None, lo_open=False, hi_open=False, what=''):
 positive_int = _number(int, 1)
 non_negative_int = _number(int, 0)
 positive_float = _number(float, 0, lo_open=True)
+non_negative_float = _number(float, 0)
 fraction = _number(float, 0, 1, lo_open=True, hi_open=True)
 weight = _number(float, 0, 1)
 image_size = _number(int, 8, 4096, what=' (pixels per side; omit the flag for the default)')
@@ -57,6 +58,7 @@ def evaluations_list(s:str) -> list:
 _KINDS = {'encoder': 'an encoder file (.safetensors) from ssfa pretrain',
           'probs': 'out-of-fold probabilities (oof.csv from ssfa pseudo-label)',
           'relabel': 'a relabel file (review/relabel.csv from ssfa suspects)',
+          'weights': 'an encoder file or start weights (.safetensors/.pth/.bin of ssfa, timm or torchvision, or a folder from ssfa export)',
           'csv': 'a CSV file'}
 
 def _csv_header(path:Path, name:str, kind:str) -> list:
@@ -70,13 +72,23 @@ def _csv_header(path:Path, name:str, kind:str) -> list:
     return cols
 
 def check_input(path, name:str, kind:str='csv', base=None) -> Path:
-    "`path` (relative to `base` when it is not found as given) if it is a readable file of `kind` ('encoder', 'probs', 'relabel', 'csv'), else a one-line `ValueError`"
+    "`path` (relative to `base` when it is not found as given) if it is a readable file of `kind` ('encoder', 'weights', 'probs', 'relabel', 'csv'), else a one-line `ValueError`"
     if kind not in _KINDS: raise ValueError(f"kind {kind!r}: choose from {list(_KINDS)}")
     p = Path(path).expanduser()
     if not p.exists() and base is not None and not p.is_absolute() and (Path(base)/p).exists(): p = Path(base)/p
     if not p.exists(): raise FileNotFoundError(f"{name} {path}: no such file; give {_KINDS[kind]}")
+    src = p   # a weights folder is checked by its files, and given back as the folder
+    if kind == 'weights' and p.is_dir():
+        from self_supervised_fa.encoders.weights import weights_file
+        p = weights_file(p)
     if not p.is_file(): raise IsADirectoryError(f"{name} {path}: is a folder; give {_KINDS[kind]}")
     if not os.access(p, os.R_OK): raise PermissionError(f"{name} {path}: not readable (file permissions)")
+    if kind == 'weights':
+        from self_supervised_fa.encoders.sources import weights_metadata
+        from self_supervised_fa.encoders.weights import read_weights
+        try: weights_metadata(p) if p.name in ('model.safetensors', 'config.json') else read_weights(p)
+        except ValueError as e: raise ValueError(f"{name} {path}: not {_KINDS[kind]} ({str(e)[:300]})") from None
+        return src
     if kind == 'encoder':
         from self_supervised_fa.encoders.files import read_encoder_metadata
         try: read_encoder_metadata(p)

@@ -8,115 +8,18 @@ import os, sys, warnings
 from contextlib import contextmanager
 from pathlib import Path
 from .options import FolderOptions, FitOptions, PRECISION_CHOICES
-from .checks import (positive_int, non_negative_int, positive_float, fraction, weight, image_size, folds_int,
+from .checks import (positive_int, non_negative_int, positive_float, non_negative_float, fraction, weight, image_size, folds_int,
                                            budgets_list, evaluations_list, check_input, check_output)
 
 # %% auto #0
-__all__ = ['PRETRAIN_METHODS', 'SUBCOMMANDS', 'USER_ERRORS', 'HelpFormatter', 'data_flags', 'model_flags', 'stats_flag',
-           'parse_stats', 'fit_flags', 'check_paths', 'pretrain_methods', 'cmd_pretrain', 'cmd_evaluate',
-           'cmd_pseudo_label', 'cmd_train', 'cmd_suspects', 'Parser', 'build_parser', 'cli_warnings', 'main', 'ssfa']
+__all__ = ['PRETRAIN_METHODS', 'SUBCOMMANDS', 'USER_ERRORS', 'pretrain_methods', 'cmd_pretrain', 'cmd_evaluate',
+           'cmd_pseudo_label', 'cmd_train', 'cmd_suspects', 'cmd_export', 'Parser', 'build_parser', 'cli_warnings',
+           'main', 'ssfa']
 
 # %% ../../nbs/app/02_cli.ipynb #2bd992d5
 import argparse
-
-def _default_workers() -> int:
-    import torch
-    return min(8, os.cpu_count() or 1) if torch.cuda.is_available() else 0
-
-class HelpFormatter(argparse.HelpFormatter):
-    "Each option's default said once: added only where the help text does not already say it, and never '(default: None)'"
-    def _get_help_string(self, action):
-        h = action.help or ''
-        if 'default' in h or any(action.default is v for v in (None, False, argparse.SUPPRESS)) or action.option_strings == []:
-            return h   # `is`, not `in`: a default of 0 (== False) is said
-        return h + ' (default: %(default)s)'
-
-def data_flags(p):
-    "DATA and the flags that say how to read it (shared by every subcommand)"
-    p.add_argument('data', metavar='DATA', help='image folder: competition layout (train.csv + images/), class sub-folders or an unlabelled tree')
-    p.add_argument('--csv', help='labels CSV, relative to DATA or absolute (default: DATA/train.csv when present)')
-    p.add_argument('--images', help='image folder, relative to DATA (default: the first of images/, train_images/, train/ or DATA)')
-    p.add_argument('--test-csv', help='test CSV, relative to DATA or absolute (default: DATA/test.csv when present)')
-    p.add_argument('--id-col', help='id column (default: the first of image_id, id, image, filename, ...)')
-    p.add_argument('--label-col', help="label column, or one-hot columns comma separated (default: 'label', else the one-hot columns)")
-    p.add_argument('--ext', help='file extension added to the ids (default: found in the folder)')
-    p.add_argument('--group-col', help='group column: folds and validation never split a group')
-    p.add_argument('--fold-col', help='fold column of the CSV (used as given)')
-    p.add_argument('--strict', action='store_true', help='stop on a missing or unreadable file instead of skipping it')
-    p.add_argument('--workers', type=non_negative_int, help='DataLoader worker processes (default: 0 on a CPU, else up to 8)')
-    p.add_argument('--cache', action='store_true', help='decode the images once into a resized cache (in --cache-dir)')
-    p.add_argument('--cache-dir', help='folder of the --cache copies (default: $SSFA_CACHE, else ~/.cache/self_supervised_fa/images)')
-    p.add_argument('--debug', action='store_true', help='show the full traceback and every library warning when something fails')
-
-def model_flags(p, arch:str|None='resnet18', one_of:bool=False):
-    "--arch/--encoder (exclusive when `one_of`), --n-in, --size"
-    g = p.add_mutually_exclusive_group(required=one_of) if one_of else p
-    g.add_argument('--arch', default=None if one_of else arch, help='timm architecture, from random weights')
-    g.add_argument('--encoder', help='encoder file (.safetensors) from ssfa pretrain: weights, channels, size and normalisation')
-    p.add_argument('--n-in', type=int, choices=(1, 3), help='input channels (default: the encoder\'s, else 1 if every image is grey, else 3)')
-    p.add_argument('--size', type=image_size, help="square image size in pixels (default: the encoder's, else the "
-                   "images' median shorter side, rounded to a multiple of 4, at most 224)")
-    stats_flag(p)
-
-def stats_flag(p):
-    p.add_argument('--stats', type=parse_stats, help="normalisation: 'imagenet' or 'MEAN,..:STD,..' per channel (default: the "
-                   "encoder's, else computed from 256 of the images)")
-
-def parse_stats(s:str) -> tuple:
-    "`(mean, std)` lists from 'imagenet' or 'm1,m2,m3:s1,s2,s3'"
-    if s == 'imagenet':
-        from fastai.vision.core import imagenet_stats
-        return tuple(list(v) for v in imagenet_stats)
-    try:
-        m, sd = ([float(v) for v in part.split(',')] for part in s.split(':'))
-        if len(m) == len(sd) and all(v > 0 for v in sd): return m, sd
-    except ValueError: pass
-    raise argparse.ArgumentTypeError(f"--stats {s!r}: give 'imagenet' or per-channel 'MEAN,...:STD,...', e.g. 0.5,0.5,0.5:0.25,0.25,0.25")
-
-def fit_flags(p, epochs:int, lr:float|None, bs:int=64, resume:bool=True, overwrite:bool=True):
-    "--bs, --epochs, --lr, --seed, --out, --quiet (and --resume, --overwrite)"
-    p.add_argument('--bs', type=positive_int, default=bs, help='batch size')
-    p.add_argument('--epochs', type=positive_int, default=epochs, help='epochs of fit_one_cycle')
-    p.add_argument('--lr', type=positive_float, default=lr, help='maximum learning rate' + (' (default: per method)' if lr is None else ''))
-    p.add_argument('--seed', type=non_negative_int, default=0, help='random seed')
-    p.add_argument('--out', default='ssfa_out', help='output folder')
-    p.add_argument('--quiet', action='store_true', help='no progress bars or epoch tables: one line per stage and epoch')
-    p.add_argument('--precision', default='auto', choices=PRECISION_CHOICES, help="'auto': bf16 autocast on a CPU or GPU that has "
-                   "bf16, fp16 with a gradient scaler on an older GPU, else fp32; channels-last for convolutional networks")
-    g = p.add_mutually_exclusive_group() if resume and overwrite else p
-    if resume: g.add_argument('--resume', action='store_true', help='continue from the checkpoint in --out')
-    if overwrite: g.add_argument('--overwrite', action='store_true', help='replace results in --out made with other settings (without it they are refused)')
-
-def _folder(a) -> FolderOptions:
-    "The data flags as the workflow's `FolderOptions`"
-    return FolderOptions(csv=a.csv, images=a.images, test_csv=a.test_csv, id_col=a.id_col, label_col=a.label_col, ext=a.ext,
-                         group_col=a.group_col, fold_col=a.fold_col, size=a.size, n_in=a.n_in, stats=a.stats, strict=a.strict,
-                         workers=_default_workers() if a.workers is None else a.workers, progress=not a.quiet, cache=a.cache,
-                         cache_dir=a.cache_dir)
-
-def _fit(a, **kwargs) -> FitOptions:
-    "The training flags as the workflow's `FitOptions` (`kwargs`: the subcommand's own)"
-    return FitOptions(bs=a.bs, epochs=getattr(a, 'epochs', None), lr=getattr(a, 'lr', None), seed=a.seed,
-                      overwrite=getattr(a, 'overwrite', False), precision=getattr(a, 'precision', 'auto'), **kwargs)
-
-def check_paths(a):
-    "Every path flag of the parsed arguments `a` checked (exists, right kind, `--out` writable) before any image is read"
-    data = Path(a.data).expanduser()
-    if not data.exists(): raise FileNotFoundError(f"DATA {a.data}: no such folder; give the image folder (or its labels CSV)")
-    base = data if data.is_dir() else data.parent
-    for flag, kind in (('csv', 'csv'), ('test_csv', 'csv'), ('encoder', 'encoder'), ('oof', 'probs'), ('soft_labels', 'probs'),
-                       ('relabel', 'relabel')):
-        if getattr(a, flag, None) is not None: check_input(getattr(a, flag), '--' + flag.replace('_', '-'), kind, base=base)
-    if a.images is not None and not (base/a.images).expanduser().is_dir():
-        raise FileNotFoundError(f"--images {a.images}: no such folder in {base}")
-    if getattr(a, 'encoder', None) is not None and a.n_in is not None:
-        from self_supervised_fa.encoders.files import read_encoder_metadata
-        n = read_encoder_metadata(check_input(a.encoder, '--encoder', 'encoder', base=base))['n_in']
-        if n != a.n_in: raise ValueError(f"--n-in {a.n_in}, but --encoder {a.encoder} takes {n}-channel images: drop --n-in")
-    check_output(a.out, '--out')
-    if a.cache:   # a read-only home (Kaggle): said before the scan, naming the fix
-        from self_supervised_fa.data.loading import default_cache_dir
-        check_output(a.cache_dir or default_cache_dir(), '--cache-dir (or $SSFA_CACHE)')
+from .flags import (HelpFormatter, data_flags, model_flags, stats_flag, parse_stats, fit_flags, check_paths,
+                                          _folder, _fit)
 
 # %% ../../nbs/app/02_cli.ipynb #1ad08279
 # the registry's methods, named here so that parsing the arguments (and --help) does not import torch; a test keeps them equal
@@ -129,24 +32,36 @@ def pretrain_methods() -> tuple:
     return PRETRAIN_METHODS if reg is None else tuple(reg.METHODS)
 
 def _pretrain_flags(p):
-    data_flags(p); model_flags(p)
+    data_flags(p); model_flags(p, arch=None)
     p.add_argument('--method', default='simclr', choices=pretrain_methods(), help='self-supervised method')
     fit_flags(p, epochs=10, lr=None)
-    p.add_argument('--no-test', action='store_true', help='pretrain on the training images only (default: train + test images)')
-    p.add_argument('--no-knn', action='store_true', help='no kNN monitor (default: on when labels exist)')
+    p.add_argument('--include-test', action='store_true', help="the test images join pretraining (default: training images only; "
+                   "some competitions forbid using the test images)")
+    p.add_argument('--no-test', action='store_true', help=argparse.SUPPRESS)   # the default since 0.7; kept so old scripts run
+    p.add_argument('--no-knn', action='store_true', help='no monitor (default: kNN when labels exist, else RankMe)')
+    p.add_argument('--no-guard', action='store_true', help='from --init/--encoder: train the body at the full rate from the first '
+                   'step, without warm-up, and keep the last epoch (default: heads warm up on the frozen body, body at --body-lr, '
+                   'the best encoder on the monitor kept)')
+    p.add_argument('--warmup', type=non_negative_float, default=1., help='epochs with the body frozen when continuing from weights')
+    p.add_argument('--body-lr', type=positive_float, default=0.1, help="the body's rate after the warm-up, times the heads' rate")
 
 def cmd_pretrain(a):
-    from self_supervised_fa.app.workflow import pretrain_folder
-    r = pretrain_folder(a.data, a.out, a.method, a.arch, a.encoder, fit=_fit(a, resume=a.resume), folder=_folder(a),
-                        knn=not a.no_knn, with_test=not a.no_test)
+    from self_supervised_fa.app.pretrain import pretrain_folder
+    if a.include_test and a.no_test: raise ValueError("--include-test and --no-test contradict each other: drop --no-test")
+    start = a.encoder or a.init
+    r = pretrain_folder(a.data, a.out, a.method, a.arch or ('resnet18' if start is None or a.init else None), start,
+                        fit=_fit(a, resume=a.resume), folder=_folder(a), knn=not a.no_knn, with_test=a.include_test,
+                        guard=not a.no_guard, warmup=a.warmup, body_lr=a.body_lr)
     print(f"encoder: {r['encoder']}\ncurves: {Path(a.out)/f'pretrain_{a.method}'/'curves.png'}")
     return r
 
 def _evaluate_flags(p):
     data_flags(p)
-    p.add_argument('--encoder', required=True, help='encoder file (.safetensors) from ssfa pretrain')
-    p.add_argument('--n-in', type=int, choices=(1, 3), help="input channels (default: the encoder's)")
-    p.add_argument('--size', type=image_size, help="square image size in pixels (default: the encoder's)")
+    p.add_argument('--encoder', required=True, nargs='+', metavar='ENCODER', help='one or more encoder files to compare (ssfa '
+                   'pretrain or export; the weights you started from; plain timm/torchvision files with --arch)')
+    p.add_argument('--arch', help='the timm architecture of plain timm/torchvision files among --encoder')
+    p.add_argument('--n-in', type=int, choices=(1, 3), help="input channels (default: the first encoder's)")
+    p.add_argument('--size', type=image_size, help="square image size in pixels (default: the first encoder's)")
     stats_flag(p)
     p.add_argument('--budgets', type=budgets_list, default='5,20,all', help="labels per class, comma separated ('all': every label)")
     p.add_argument('--eval', type=evaluations_list, default='knn,linear,finetune', help='evaluations, comma separated')
@@ -155,7 +70,7 @@ def _evaluate_flags(p):
 
 def cmd_evaluate(a):
     from self_supervised_fa.app.workflow import evaluate_folder
-    df = evaluate_folder(a.data, a.out, a.encoder, a.budgets, a.eval, fit=_fit(a, valid_pct=a.valid_pct), folder=_folder(a))
+    df = evaluate_folder(a.data, a.out, a.encoder, a.budgets, a.eval, fit=_fit(a, valid_pct=a.valid_pct), folder=_folder(a), arch=a.arch)
     print(df.to_string(index=False, float_format=lambda v: f'{v:.4f}'))
     print(f"table: {Path(a.out)/'label_efficiency.csv'}, plot: {Path(a.out)/'label_efficiency.png'}")
     return df
@@ -169,7 +84,7 @@ def _pseudo_label_flags(p):
 
 def cmd_pseudo_label(a):
     from self_supervised_fa.app.workflow import pseudo_label_folder
-    oof = pseudo_label_folder(a.data, a.out, a.encoder, a.arch, a.folds, with_test=not a.no_test,
+    oof = pseudo_label_folder(a.data, a.out, a.encoder or a.init, a.arch, a.folds, with_test=not a.no_test,
                               fit=_fit(a, aug=not a.no_aug), folder=_folder(a))
     print(f"out-of-fold accuracy against the given labels: {(oof.pred.astype(str) == oof.label.astype(str)).mean():.4f}")
     print(f"out-of-fold probabilities: {Path(a.out)/'oof.csv'}")
@@ -192,7 +107,7 @@ def _train_flags(p):
 def cmd_train(a):
     from self_supervised_fa.app.workflow import train_folder
     if a.relabel_valid and a.relabel is None: raise ValueError("--relabel-valid needs --relabel (the relabel file to apply)")
-    r = train_folder(a.data, a.out, a.encoder, a.arch, a.soft_labels, a.w, a.plc, a.relabel, folder=_folder(a),
+    r = train_folder(a.data, a.out, a.encoder or a.init, a.arch, a.soft_labels, a.w, a.plc, a.relabel, folder=_folder(a),
                      fit=_fit(a, valid_pct=a.valid_pct, valid_fold=a.valid_fold, resume=a.resume, aug=not a.no_aug),
                      relabel_valid=a.relabel_valid)
     sc = r['scores']
@@ -234,15 +149,29 @@ def cmd_suspects(a):
           + (' (kept: it existed)' if r['relabel_kept'] else ''))
     return r
 
+def _export_flags(p):
+    p.add_argument('encoder', metavar='ENCODER', help='encoder file (.safetensors) from ssfa pretrain or train')
+    p.add_argument('--out', required=True, help='folder for model.safetensors (timm key names) and config.json')
+    p.add_argument('--debug', action='store_true', help='show the full traceback when something fails')
+
+def cmd_export(a):
+    from self_supervised_fa.encoders.export import export_timm, read_timm_export
+    d = export_timm(a.encoder, a.out)
+    m = read_timm_export(d)
+    print(f"exported {m['arch']} ({m['n_in']} input channel(s)) to {d}\nwithout this library: "
+          f"timm.create_model({m['arch']!r}, in_chans={m['n_in']}, num_classes=0, checkpoint_path={str(Path(d)/'model.safetensors')!r})")
+    return d
+
 def _check_suspects(a):
     if a.oof is None and a.encoder is None: return "give --oof (from ssfa pseudo-label), --encoder (from ssfa pretrain), or both"
 
 SUBCOMMANDS = {   # name -> (help, add_flags(parser), run(args))
-    'pretrain': ('self-supervised pretraining of a timm body on every image -> encoder .safetensors', _pretrain_flags, cmd_pretrain),
+    'pretrain': ('self-supervised pretraining of a timm body (from random or --init weights) on the images -> encoder .safetensors', _pretrain_flags, cmd_pretrain),
     'evaluate': ('label-efficiency table and plot of an encoder on the labelled images', _evaluate_flags, cmd_evaluate),
     'pseudo-label': ('k-fold out-of-fold probabilities (oof.csv), resumable fold by fold', _pseudo_label_flags, cmd_pseudo_label),
     'suspects': ('rank the labelled images whose labels look wrong: table, contact sheets, an editable relabel.csv', _suspects_flags, cmd_suspects),
     'train': ('final classifier (labels, soft labels or PLC): validation scores and a Kaggle submission', _train_flags, cmd_train),
+    'export': ('write an encoder as plain timm weights (model.safetensors + config.json) that load without this library', _export_flags, cmd_export),
 }
 
 class Parser(argparse.ArgumentParser):

@@ -12,6 +12,7 @@ from torch import Tensor
 from fastcore.foundation import L
 from fastai.learner import Learner
 from ..core.precision import Precision
+from ..core.continuation import encoder_splitter
 from ..augment.views import simclr_augs, small_image_augs
 from ..augment.multicrop import dino_preset, swav_preset
 from ..siamese.callback import MultiViewCallback
@@ -137,6 +138,7 @@ def method_learner(name:str, dls, arch='resnet10t', n_in:int|None=None, aug=None
                          f"{'has none' if m.views is None else 'was given aug='}: pass the views as `aug` instead")
     x = dls.one_batch()[0]
     n_in = n_in if n_in is not None else x.shape[1]
+    learner_kwargs.setdefault('splitter', encoder_splitter)   # body and heads in two groups (one rate unless told): `ContinueCallback`
     model = m.factory(arch, n_in=n_in, **{**_factory_kwargs(m.factory, x), **m.model_kwargs, **(model_kwargs or {})})
     ckw = {**m.callback_kwargs, **(callback_kwargs or {})}
     if m.kind == 'siamese':

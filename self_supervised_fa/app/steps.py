@@ -12,14 +12,15 @@ from ..core.figures import save_figure, plot_training_curves
 from ..core.checkpoint import CheckpointCallback
 from ..data.folders import ImageData, read_image_data, check_image_data, grey_only
 from ..data.loading import image_stats, cache_images
-from ..encoders.files import read_encoder_metadata
+from ..encoders.sources import weights_metadata, open_encoder
+from ..encoders.weights import weights_file
 from ..labels.pseudo_label import assign_folds
 from .options import FolderOptions, FitOptions
 from .checks import check_input, check_output
 
 # %% auto #0
 __all__ = ['MAX_AUTO_SIZE', 'say', 'check_inputs', 'prepare', 'require_labels', 'data_size', 'settings', 'ok_test_items',
-           'split_valid', 'content_digest', 'model_id', 'claim_step', 'plot_history']
+           'split_valid', 'content_digest', 'model_id', 'start_weights', 'claim_step', 'start_body', 'plot_history']
 
 # %% ../../nbs/app/01_steps.ipynb #6bb82290
 def say(msg:str):
@@ -31,7 +32,10 @@ def check_inputs(data, out, **files):
     if not isinstance(data, ImageData) and not Path(data).expanduser().exists():
         raise FileNotFoundError(f"data {data}: no such folder; give the image folder (or its labels CSV)")
     for name, (path, kind) in files.items():
-        if path is not None and not isinstance(path, pd.DataFrame): check_input(path, name, kind)
+        if path is None or isinstance(path, pd.DataFrame): continue
+        if kind == 'weights' and isinstance(path, str) and not Path(path).expanduser().exists() and weights_metadata(path)['kind'] == 'tag':
+            continue   # a timm tag: fetched by timm when the body is built
+        check_input(path, name, kind)
     return check_output(out, 'out')
 
 def prepare(data, out=None, folder:FolderOptions|None=None) -> ImageData:
@@ -67,11 +71,11 @@ def settings(d:ImageData, encoder=None, folder:FolderOptions|None=None) -> dict:
     "`n_in`, `size` and normalisation `stats`: given in `folder`, else the encoder's recipe, else found from the data; files cached if asked"
     f = folder or FolderOptions()
     n_in, size, stats, cache, cache_dir, workers, progress = f.n_in, f.size, f.stats, f.cache, f.cache_dir, f.workers, f.progress
-    meta = read_encoder_metadata(encoder) if encoder is not None else {'recipe': {}}
+    meta = weights_metadata(encoder) if encoder is not None else {'recipe': {}}
     rec = meta['recipe']
-    if n_in and meta.get('n_in') and n_in != meta['n_in']:
+    if n_in and meta.get('n_in') and n_in != meta['n_in'] and meta.get('kind') in ('ours', 'export'):
         raise ValueError(f"n_in={n_in} (--n-in) but {Path(encoder).name} takes {meta['n_in']}-channel images: drop --n-in to use the encoder's")
-    n_in = n_in or meta.get('n_in') or (1 if grey_only(d) else 3)
+    n_in = n_in or (meta.get('n_in') if meta.get('kind') in ('ours', 'export') else None) or (1 if grey_only(d) else 3)
     if not size and not rec.get('size'):
         size = data_size(d)
         say(f"image size {size} px: the images' median shorter side ({_median_side(d)} px), rounded to a multiple of 4 and "
@@ -108,19 +112,42 @@ def split_valid(items:pd.DataFrame, valid_pct:float=0.2, seed:int=0, valid_fold:
     return items.assign(is_valid=(f._vf == 0).values)
 
 def content_digest(src) -> str|None:
-    "The content digest of an input file or DataFrame (what a result depends on, whatever its name)"
-    if src is None or not isinstance(src, pd.DataFrame): return None if src is None else file_digest(src)
+    "The content digest of an input file, a weights folder (its weights file) or DataFrame (what a result depends on, whatever its name); a timm tag as it is"
+    if src is None: return None
+    if not isinstance(src, pd.DataFrame):
+        if isinstance(src, str) and not Path(src).expanduser().exists() and weights_metadata(src)['kind'] == 'tag': return f'timm:{src}'
+        return file_digest(weights_file(src))
     return f"{int(pd.util.hash_pandas_object(src, index=False).sum()) & (2**64 - 1):016x}"
 
 def model_id(encoder, arch) -> str:
-    "What a classifier starts from: the encoder file's content digest, or the architecture's name"
-    return f"encoder {file_digest(encoder)}" if encoder is not None else arch
+    "What a classifier starts from: the encoder file's content digest (with `arch` for plain weights), or the architecture's name"
+    return arch if encoder is None else f"encoder {content_digest(encoder)}" + (f" as {arch}" if arch else '')
+
+def start_weights(encoder, arch:str|None, step:str) -> tuple:
+    "`(encoder, arch)` checked: a file that says its architecture needs no `arch` (a different one is an error); plain weights need it"
+    if encoder is None:
+        if arch is None: raise ValueError(f"{step} needs an encoder file (--encoder), or an architecture (--arch), with or without --init")
+        return None, arch
+    m = weights_metadata(encoder)
+    if m['kind'] in ('ours', 'export'):
+        if arch is not None and arch != m['arch']:
+            raise ValueError(f"{encoder} holds a {m['arch']}, not a {arch}: drop --arch (the file says its architecture)")
+        return encoder, None
+    if arch is None: raise ValueError(f"{encoder} does not say which architecture it holds: give --arch with --init")
+    return encoder, arch
 
 def claim_step(step, settings:dict, ft:FitOptions, outputs=(), what='results', partial=False) -> str:
     "`core.runs.check_settings` of a step's folder with `ft.overwrite`; a note when `ft.resume` finds nothing to continue"
     state = check_settings(step, settings, ft.overwrite, outputs, what, partial)
     if ft.resume and state == 'new' and not partial: say(f"nothing to resume in {step}: starting from the first epoch")
     return state
+
+def start_body(encoder, arch, n_in:int):
+    "The body a run starts from: `encoder`'s weights (a file, a folder, or a timm tag of `arch`), else `arch` from random weights"
+    if encoder is None: return arch
+    plain = weights_metadata(encoder)['kind'] in ('plain', 'tag')   # a file that says its architecture and channels keeps them
+    return open_encoder(encoder, arch if plain else None, n_in if plain else None)
+
 
 # %% ../../nbs/app/01_steps.ipynb #1402c7e6
 def plot_history(ckpt:CheckpointCallback, fn, title:str=''):

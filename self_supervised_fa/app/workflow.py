@@ -20,116 +20,70 @@ from ..data.loading import folder_dls
 from ..encoders.classifier import classifier_learner
 from ..encoders.body import create_timm_body
 from ..encoders.files import load_encoder, save_encoder
+from ..encoders.sources import weights_metadata
 from ..labels.pseudo_label import assign_folds, kfold_pseudo_labels, FoldLearner
 from ..labels.relabel import apply_relabel
 from .registry import METHODS, method_learner
 from .options import FolderOptions, FitOptions
 from .steps import (say, check_inputs, require_labels, prepare, settings, split_valid, plot_history, ok_test_items,
-                                          content_digest, model_id, claim_step)
+                                          content_digest, model_id, claim_step, start_weights, start_body)
+from .pretrain import pretrain_folder, folder_method_learner   # the first step, in a module of its own
 
 # %% auto #0
-__all__ = ['folder_method_learner', 'pretrain_folder', 'evaluate_folder', 'pseudo_label_folder', 'write_submission',
-           'train_folder', 'suspects_folder']
-
-# %% ../../nbs/app/01_workflow.ipynb #ec2975b0
-def _knn_dls(d, s, bs, seed, n_bank=2000, n_query=500, workers=0):
-    from self_supervised_fa.evaluate.monitor import KNNMonitorCallback
-    items = split_valid(d.items, 0.2, seed)
-    bank, query = items[~items.is_valid], items[items.is_valid]
-    bank = bank.sample(min(n_bank, len(bank)), random_state=seed) if len(bank) > n_bank else bank
-    query = query.sample(min(n_query, len(query)), random_state=seed) if len(query) > n_query else query
-    dls = folder_dls(pd.concat([bank, query]), s['size'], s['n_in'], bs, s['stats'], d.classes, shuffle=False,
-                     num_workers=workers)
-    return KNNMonitorCallback(dls)
-
-def _loss_set_by_callback(*args):
-    raise RuntimeError("the method's callback sets the loss in before_fit; fit the Learner with its callback")
-
-def folder_method_learner(name:str, dls, encoder, n_in:int, size:int, aug=None, **kwargs):
-    "`registry.method_learner` for photos of any size: the method's views at that size (`Method.preset`) unless `aug` is given"
-    m = METHODS[name]
-    if m.kind == 'siamese':
-        if isinstance(encoder, str): encoder = create_timm_body(encoder, n_in=n_in)
-        patch = getattr(encoder, 'patch_size', None) if m.views is not None else None   # multi-crop on a ViT: crops fit its patch
-        if aug is None: aug = m.preset(size, **({'patch': patch} if patch else {}))   # the method's own preset at the images' size
-        kwargs.setdefault('loss_func', _loss_set_by_callback)   # unlabelled DataLoaders give fastai no loss to infer
-    return method_learner(name, dls, encoder, n_in=n_in, aug=aug, **kwargs)
-
-def pretrain_folder(data, out, method:str='simclr', arch:str='resnet18', encoder=None, fit:FitOptions|None=None,
-                    folder:FolderOptions|None=None, knn:bool=True, with_test:bool=True, method_kwargs:dict|None=None) -> dict:
-    "Pretrain `arch` (or `encoder`, a file) with `method` on every image of `data`; encoder, curves and checkpoint in `out`"
-    if method not in METHODS: raise ValueError(f"unknown method {method!r}: choose from {list(METHODS)}")
-    ft = (fit or FitOptions()).with_defaults(epochs=10, valid_pct=0.1, lr=METHODS[method].lr)
-    bs, epochs, lr, seed, valid_pct = ft.bs, ft.epochs, ft.lr, ft.seed, ft.valid_pct
-    f = folder or FolderOptions(); workers, progress = f.workers, f.progress
-    out = check_inputs(data, out, encoder=(encoder, 'encoder'))
-    step = out/f'pretrain_{method}'
-    early = dict(method=method, init=content_digest(encoder), epochs=epochs, lr=lr, seed=seed, with_test=with_test, method_kwargs=method_kwargs,
-                 precision=resolve_precision(ft.precision))
-    claim_step(step, early, ft, partial=True)
-    with run_log(out, f"pretrain {method} on {data}"):
-        d = prepare(data, out, f)
-        s = settings(d, encoder, f)
-        set_seed(seed, reproducible=True)
-        items = pd.concat([d.items[['image_id', 'fname']], ok_test_items(d)[['image_id', 'fname']] if with_test else None])
-        items = split_valid(items.reset_index(drop=True), valid_pct, seed)
-        if items.is_valid.sum() % bs == 1: items.loc[items.index[~items.is_valid][0], 'is_valid'] = True   # no valid batch of one
-        bs = min(bs, int((~items.is_valid).sum()))
-        dls = folder_dls(items, s['size'], s['n_in'], bs, s['stats'], num_workers=workers)
-        learn = folder_method_learner(method, dls, load_encoder(encoder) if encoder is not None else arch, s['n_in'], s['size'],
-                                      precision=ft.precision, **(method_kwargs or {}))
-        if knn and d.labelled: learn.add_cb(_knn_dls(d, s, bs, seed, workers=workers))
-        arch = getattr(learn.model.encoder, 'arch', arch)
-        config = dict(early, arch=arch, bs=bs, n_items=len(items), data=listing_digest(items), **s)
-        claim_step(step, config, ft, outputs=[out/f'encoder_{method}.safetensors'], what=f'{method} pretraining')
-        ck = CheckpointCallback(step/'checkpoint.safetensors', resume=ft.resume, config=config)
-        say(f"pretraining {method} on {arch} ({s['size']} px, {s['n_in']} channel(s)), {len(items)} images, {epochs} epochs, "
-            f"{learn.cbs.filter(lambda c: isinstance(c, Precision))[0].describe()}"
-            + (f", resumed after epoch {ck.start_epoch}" if ck.start_epoch else ''))
-        quiet(learn, progress, lines='ssfa:   ')
-        learn.fit_one_cycle(epochs, lr, cbs=ck, start_epoch=ck.start_epoch)
-        # the recipe holds the settings and no clock time, so a resumed run writes the same file as an uninterrupted one
-        recipe = dict(config, encoder=None if encoder is None else str(encoder), data=str(d.root), n_images=len(items))
-        fn = save_encoder(learn.model.encoder, out/f'encoder_{method}.safetensors', recipe=recipe)
-        write_csv_atomic(pd.DataFrame(ck.history), step/'history.csv')
-        plot_history(ck, step/'curves.png', f'{method} pretraining, {arch}')
-    return dict(encoder=fn, history=pd.DataFrame(ck.history), learn=learn, settings=s, data=d)
+__all__ = ['evaluate_folder', 'pseudo_label_folder', 'write_submission', 'train_folder', 'suspects_folder']
 
 # %% ../../nbs/app/01_workflow.ipynb #f158b2ce
 def _budgets(b):
     if isinstance(b, str): b = [o.strip() for o in b.split(',') if o.strip()]
     return [None if o is None or str(o) == 'all' else int(o) for o in b]
 
+def _names(encoders) -> list:
+    "Short unique names of encoder files: the file's stem (a folder's name), with its parent folder where two are alike"
+    stem = lambda p: Path(str(p)).stem if Path(str(p)).suffix else Path(str(p)).name
+    names = [stem(e) for e in encoders]
+    return [f"{Path(str(e)).parent.name}/{n}" if names.count(n) > 1 else n for e, n in zip(encoders, names)]
+
 def evaluate_folder(data, out, encoder, budgets='5,20,all', methods=('knn', 'linear', 'finetune'), fit:FitOptions|None=None,
-                    folder:FolderOptions|None=None) -> pd.DataFrame:
-    "Label-efficiency table and plot of `encoder` (a file) against the same network from scratch on `data`'s labels"
+                    folder:FolderOptions|None=None,
+                    arch:str|None=None, # the architecture of plain timm/torchvision files among `encoder`
+                   ) -> pd.DataFrame:
+    "Label-efficiency table and plot of `encoder` (a file, or a list of them: start weights, continued, others) against the same network from scratch on `data`'s labels"
     from self_supervised_fa.evaluate.label_efficiency import label_efficiency, plot_label_efficiency, FineTune
     ft = (fit or FitOptions()).with_defaults(epochs=10, lr=1e-3, valid_pct=0.2)
     bs, epochs, lr, seed, valid_pct, valid_fold = ft.bs, ft.epochs, ft.lr, ft.seed, ft.valid_pct, ft.valid_fold
     f = folder or FolderOptions(); workers, progress = f.workers, f.progress
-    out = check_inputs(data, out, encoder=(encoder, 'encoder'))
-    with run_log(out, f"evaluate {encoder} on {data}"):
+    encoders = list(encoder) if isinstance(encoder, (list, tuple)) else [encoder]
+    if not encoders: raise ValueError("evaluate needs at least one encoder file")
+    out = check_inputs(data, out, **{f'encoder {i+1}': (e, 'weights') for i, e in enumerate(encoders)})
+    starts = [start_weights(e, arch, 'evaluate') for e in encoders]
+    with run_log(out, f"evaluate {', '.join(map(str, encoders))} on {data}"):
         d = prepare(data, out, f)
         require_labels(d, 'evaluate')
-        s = settings(d, encoder, f)
+        s = settings(d, encoders[0], f)
+        for e in encoders[1:]:
+            m = weights_metadata(e)
+            if m['kind'] in ('ours', 'export') and m['n_in'] != s['n_in']:
+                raise ValueError(f"{e} takes {m['n_in']}-channel images, {encoders[0]} {s['n_in']}: compare encoders of the same input")
         set_seed(seed, reproducible=True)
         dls = folder_dls(split_valid(d.items, valid_pct, seed, valid_fold), s['size'], s['n_in'], bs, s['stats'], d.classes,
                          num_workers=workers)
-        say(f"label efficiency of {Path(encoder).name} against the same network from scratch: {', '.join(methods)} at "
+        names = _names(encoders) if len(encoders) > 1 else ['pretrained']   # one encoder: the table's name since 0.1
+        say(f"label efficiency of {', '.join(names)} against the same network from scratch: {', '.join(methods)} at "
             f"{', '.join(str(b or 'all') for b in _budgets(budgets))} labels per class")
-        df = label_efficiency(load_encoder(encoder), dls, budgets=_budgets(budgets), methods=tuple(methods), seed=seed,
+        bodies = {n: start_body(e, a, s['n_in']) for n, (e, a) in zip(names, starts)}
+        df = label_efficiency(bodies, dls, budgets=_budgets(budgets), methods=tuple(methods), seed=seed,
                               progress=progress, finetune=FineTune(epochs=epochs, lr=lr, bs=min(bs, 32), precision=ft.precision),
                               report='ssfa:   ')
         write_csv_atomic(df, out/'label_efficiency.csv')
-        ax = plot_label_efficiency(df, title=f"{Path(encoder).stem} vs from scratch ({d.root.name})")
+        ax = plot_label_efficiency(df, title=f"{', '.join(names) if len(names) < 4 else f'{len(names)} encoders'} vs from scratch ({d.root.name})")
         save_figure(ax.figure, out/'label_efficiency.png', dpi=110)
     return df
 
 # %% ../../nbs/app/01_workflow.ipynb #1e532c3c
 def _classifier(dls, encoder, arch, n_in, metrics, precision='auto'):
-    "A classifier learner on `encoder` (a file: all layers train) or a fresh `arch`"
+    "A classifier learner on `encoder` (start weights: all layers train) or a fresh `arch`"
     from self_supervised_fa.labels.soft_label import RocAucMean
-    body = load_encoder(encoder) if encoder is not None else arch
+    body = start_body(encoder, arch, n_in)
     learn = classifier_learner(dls, body, n_in=n_in, metrics=[accuracy, RocAucMean()] if metrics else accuracy, precision=precision)
     learn.unfreeze()   # one rate for the whole network: label_efficiency's finding on the sample
     return learn
@@ -137,11 +91,11 @@ def _classifier(dls, encoder, arch, n_in, metrics, precision='auto'):
 def pseudo_label_folder(data, out, encoder=None, arch:str|None=None, folds:int=5, with_test:bool=True,
                         fit:FitOptions|None=None, folder:FolderOptions|None=None) -> pd.DataFrame:
     "Out-of-fold probabilities of every labelled item (`out/oof.csv`), folds grouped when the items have a group; resumable"
-    if (encoder is None) == (arch is None): raise ValueError("pass exactly one of encoder (a file) and arch (a timm name)")
+    encoder, arch = start_weights(encoder, arch, 'pseudo-label')
     ft = (fit or FitOptions()).with_defaults(epochs=5, lr=1e-3)
     bs, epochs, lr, seed, aug = ft.bs, ft.epochs, ft.lr, ft.seed, ft.aug
     f = folder or FolderOptions(); workers, progress = f.workers, f.progress
-    out = check_inputs(data, out, encoder=(encoder, 'encoder'))
+    out = check_inputs(data, out, encoder=(encoder, 'weights'))
     step = out/'pseudo_label'
     early = dict(model=model_id(encoder, arch), folds=folds, epochs=epochs, lr=lr, bs=bs, seed=seed, aug=aug, with_test=with_test,
                  precision=resolve_precision(ft.precision))
@@ -204,12 +158,12 @@ def train_folder(data, out, encoder=None, arch:str|None=None, soft_labels=None, 
     new label; validation keeps the given labels (the same split either way) unless `relabel_valid`"""
     from self_supervised_fa.labels.soft_label import SoftLabelCallback, SoftTargetCrossEntropy, mean_roc_auc
     from self_supervised_fa.labels.plc import PLCCallback
-    if (encoder is None) == (arch is None): raise ValueError("pass exactly one of encoder (a file) and arch (a timm name)")
+    encoder, arch = start_weights(encoder, arch, 'train')
     if soft_labels is not None and plc: raise ValueError("choose soft labels or PLC, not both")
     ft = (fit or FitOptions()).with_defaults(epochs=10, lr=1e-3, valid_pct=0.2)
     bs, epochs, lr, seed, valid_pct, valid_fold, aug = ft.bs, ft.epochs, ft.lr, ft.seed, ft.valid_pct, ft.valid_fold, ft.aug
     f = folder or FolderOptions(); workers, progress = f.workers, f.progress
-    out = check_inputs(data, out, encoder=(encoder, 'encoder'), soft_labels=(soft_labels, 'probs'), relabel=(relabel, 'relabel'))
+    out = check_inputs(data, out, encoder=(encoder, 'weights'), soft_labels=(soft_labels, 'probs'), relabel=(relabel, 'relabel'))
     mode = f'soft labels (w={w})' if soft_labels is not None else 'PLC' if plc else 'given labels'
     early = dict(model=model_id(encoder, arch), mode=mode, soft_labels=content_digest(soft_labels), relabel=content_digest(relabel),
                  relabel_valid=relabel_valid, epochs=epochs, lr=lr, seed=seed, aug=aug, valid_pct=valid_pct, valid_fold=valid_fold,
@@ -272,7 +226,7 @@ def suspects_folder(data, out, oof=None, encoder=None, top:int=200, weight:float
                          "its embeddings), or both")
     ft = fit or FitOptions(); bs, seed = ft.bs, ft.seed
     f = folder or FolderOptions(); workers, progress = f.workers, f.progress
-    out = check_inputs(data, out, oof=(oof, 'probs'), encoder=(encoder, 'encoder'))
+    out = check_inputs(data, out, oof=(oof, 'probs'), encoder=(encoder, 'weights'))
     with run_log(out, f"suspects {data}"):
         d = prepare(data, out, f)
         require_labels(d, 'suspects')
