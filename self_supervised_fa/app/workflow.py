@@ -18,7 +18,6 @@ from ..core.precision import Precision, resolve_precision
 from ..data.folders import ImageData
 from ..data.loading import folder_dls
 from ..encoders.classifier import classifier_learner
-from ..encoders.body import create_timm_body
 from ..encoders.files import load_encoder, save_encoder
 from ..encoders.sources import weights_metadata
 from ..labels.pseudo_label import assign_folds, kfold_pseudo_labels, FoldLearner
